@@ -1,0 +1,181 @@
+/*
+ * moekit C API: one Mixture-of-Experts layer (sort, permute, grouped GEMM 1,
+ * activation, grouped GEMM 2, finalize) as a single operator.
+ *
+ * Usage (two-phase, CUB style):
+ *   moekit_problem_t p; moekit_problem_init(&p); ...set shapes...
+ *   size_t bytes; moekit_workspace_size(&p, &bytes);   // ahead of time
+ *   moekit_arguments_t a = {p, hidden, ids, weights, w13, w2, ...};
+ *   moekit_run(&a, workspace, bytes, stream);            // never allocates
+ *
+ * Contract (see also DESIGN.md):
+ *   - Each (token, slot) pair of topk_ids is its own row, so a token that picks
+ *     the same expert twice gets that expert's output twice, each times its own
+ *     weight. The result does not depend on T.
+ *   - An id owned by another expert-parallel rank contributes nothing. An id
+ *     outside [0, num_experts) (-1 padding, garbage) contributes nothing and is
+ *     never used as an index; it is counted into the optional diagnostics.
+ *   - out[t] = sum over valid slots s, in slot order, of
+ *       topk_weights[t, s] * expert_out(ids[t, s], hidden[t])
+ *     in fp32, written once. A token with no valid local slot gets zeros.
+ *     The product uses IEEE math: a weight of 0 times an Inf/NaN expert output
+ *     is NaN. A NaN/Inf in one token's input or weights stays in that token's row.
+ *   - Intermediates are rounded to the weight dtype at fixed points: the gathered
+ *     input, the GEMM 1 output, the activation output and the GEMM 2 output;
+ *     every accumulation is fp32.
+ *   - num_tokens = 0 is valid: success, nothing is launched.
+ *   - Every invalid argument is reported synchronously by moekit_can_implement
+ *     and moekit_run, with a message naming the argument (moekit_last_error_message).
+ *     A rejected call touches no memory and leaves no CUDA error behind.
+ *   - moekit_run never allocates, never synchronizes the host, runs on the
+ *     caller's stream and can be captured in a CUDA graph.
+ *   - Deterministic: the same inputs give bitwise-identical outputs.
+ *
+ * Layouts (all row-major and contiguous):
+ *   hidden        [T, H]            input_dtype
+ *   topk_ids      [T, k]            int32, global expert ids
+ *   topk_weights  [T, k]            fp32
+ *   w13           [E_local, N1, H]  weight_dtype; N1 = 2I for gated activations
+ *                                   (SwiGLU, GeGLU), I otherwise
+ *   w13_bias      [E_local, N1]     weight_dtype, optional
+ *   w2            [E_local, H, I]   weight_dtype
+ *   w2_bias       [E_local, H]      weight_dtype, optional
+ *   output        [T, H]            output_dtype
+ * This rank owns global experts [ep_rank * E_local, (ep_rank + 1) * E_local).
+ */
+#ifndef MOEKIT_MOEKIT_H_
+#define MOEKIT_MOEKIT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define MOEKIT_API __declspec(dllexport)
+#else
+#define MOEKIT_API __attribute__((visibility("default")))
+#endif
+
+#define MOEKIT_VERSION_MAJOR 0
+#define MOEKIT_VERSION_MINOR 1
+#define MOEKIT_VERSION_PATCH 0
+
+typedef enum moekit_status {
+  MOEKIT_SUCCESS = 0,
+  MOEKIT_ERROR_INVALID_ARGUMENT = 1, /* a shape, dtype, pointer or size is wrong */
+  MOEKIT_ERROR_NOT_SUPPORTED = 2,    /* valid, but this backend cannot run it */
+  MOEKIT_ERROR_WORKSPACE = 3,        /* workspace null, too small or misaligned */
+  MOEKIT_ERROR_CUDA = 4,             /* a CUDA runtime call failed */
+  MOEKIT_ERROR_NO_DEVICE = 5,        /* device = CUDA but no usable GPU */
+  MOEKIT_ERROR_INTERNAL = 6
+} moekit_status_t;
+
+typedef enum moekit_dtype {
+  MOEKIT_DTYPE_BF16 = 0,
+  MOEKIT_DTYPE_FP16 = 1,
+  MOEKIT_DTYPE_FP32 = 2
+} moekit_dtype_t;
+
+/* Gated kinds read N1 = 2I columns of GEMM 1 (gate and up); the rest read I. */
+typedef enum moekit_activation {
+  MOEKIT_ACT_SWIGLU = 0,     /* silu_a(min(g, limit)) * (clamp(u, -limit, limit) + beta),
+                                silu_a(x) = x * sigmoid(alpha * x); alpha=1, beta=0,
+                                limit=inf is plain SwiGLU; gpt-oss uses 1.702, 1, 7 */
+  MOEKIT_ACT_GEGLU_ERF = 1,  /* gelu_erf(g) * u */
+  MOEKIT_ACT_GEGLU_TANH = 2, /* gelu_tanh(g) * u */
+  MOEKIT_ACT_SILU = 3,       /* x * sigmoid(x) */
+  MOEKIT_ACT_GELU_ERF = 4,
+  MOEKIT_ACT_GELU_TANH = 5,
+  MOEKIT_ACT_RELU = 6,
+  MOEKIT_ACT_RELU2 = 7,      /* relu(x)^2 */
+  MOEKIT_ACT_IDENTITY = 8
+} moekit_activation_t;
+
+/* Where gate and up live among the N1 = 2I rows of w13 (gated kinds only). */
+typedef enum moekit_gate_up_order {
+  MOEKIT_GATE_UP = 0,     /* rows [0, I) gate, [I, 2I) up: vLLM/SGLang w13 = [w1; w3] */
+  MOEKIT_UP_GATE = 1,     /* rows [0, I) up, [I, 2I) gate: TensorRT-LLM/FlashInfer */
+  MOEKIT_INTERLEAVED = 2  /* row 2j gate j, row 2j+1 up j: gpt-oss checkpoints */
+} moekit_gate_up_order_t;
+
+typedef enum moekit_device {
+  MOEKIT_DEVICE_CPU = 0,  /* pointers are host memory; stream is ignored */
+  MOEKIT_DEVICE_CUDA = 1  /* pointers are device memory on the current device */
+} moekit_device_t;
+
+typedef struct moekit_problem {
+  int64_t num_tokens;        /* T >= 0 */
+  int64_t hidden_size;       /* H, a multiple of 8 */
+  int64_t intermediate_size; /* I, a multiple of 8 */
+  int64_t num_experts;       /* E_total >= 1 */
+  int64_t num_local_experts; /* E_local = E_total / ep_size */
+  int64_t ep_rank;           /* 0 <= ep_rank < ep_size */
+  int64_t ep_size;           /* >= 1 */
+  int64_t top_k;             /* 1 <= k <= E_total */
+  moekit_dtype_t input_dtype;
+  moekit_dtype_t weight_dtype; /* also the dtype of every intermediate */
+  moekit_dtype_t output_dtype;
+  moekit_activation_t activation;
+  float swiglu_alpha;        /* SwiGLU only; default 1 */
+  float swiglu_beta;         /* SwiGLU only; default 0 */
+  float swiglu_limit;        /* SwiGLU only; > 0, default +inf (no clamp) */
+  moekit_gate_up_order_t gate_up_order;
+  int32_t has_w13_bias;      /* 0 or 1 */
+  int32_t has_w2_bias;       /* 0 or 1 */
+  moekit_device_t device;
+} moekit_problem_t;
+
+/* Device-side counters, added to by every run that is given them; the caller
+ * zeroes them when it wants. Reading them needs no synchronization of moekit. */
+typedef struct moekit_diagnostics {
+  unsigned long long invalid_ids;                 /* ids outside [0, E_total) */
+  unsigned long long tokens_without_valid_expert; /* every slot's id invalid */
+  unsigned long long tokens_without_local_expert; /* no slot on this rank */
+  unsigned long long reserved;
+} moekit_diagnostics_t;
+
+typedef struct moekit_arguments {
+  moekit_problem_t problem;
+  const void* hidden;          /* [T, H] input_dtype */
+  const int32_t* topk_ids;     /* [T, k] */
+  const float* topk_weights;   /* [T, k] */
+  const void* w13;             /* [E_local, N1, H] weight_dtype */
+  const void* w13_bias;        /* [E_local, N1] or NULL */
+  const void* w2;              /* [E_local, H, I] weight_dtype */
+  const void* w2_bias;         /* [E_local, H] or NULL */
+  void* output;                /* [T, H] output_dtype */
+  moekit_diagnostics_t* diagnostics; /* optional, same memory space as the rest */
+} moekit_arguments_t;
+
+/* Fills p with defaults: ep_size 1, SwiGLU(1, 0, inf), GATE_UP, bf16, CUDA. */
+MOEKIT_API void moekit_problem_init(moekit_problem_t* p);
+
+/* MOEKIT_SUCCESS if moekit_run would accept args (workspace aside). */
+MOEKIT_API moekit_status_t moekit_can_implement(const moekit_arguments_t* args);
+
+/* Bytes of workspace for problem p; depends on T, so query per batch size. */
+MOEKIT_API moekit_status_t moekit_workspace_size(const moekit_problem_t* p, size_t* bytes);
+
+/* Runs the layer. workspace must be 256-byte aligned, in the problem's memory
+ * space, and at least moekit_workspace_size bytes. stream is a cudaStream_t
+ * (NULL: the legacy default stream); ignored on the CPU. */
+MOEKIT_API moekit_status_t moekit_run(const moekit_arguments_t* args, void* workspace,
+                                      size_t workspace_bytes, void* stream);
+
+/* The message of this thread's last failed call ("" if none). */
+MOEKIT_API const char* moekit_last_error_message(void);
+MOEKIT_API const char* moekit_status_string(moekit_status_t status);
+MOEKIT_API const char* moekit_dtype_name(moekit_dtype_t dtype);
+MOEKIT_API const char* moekit_activation_name(moekit_activation_t activation);
+
+/* 1 if the CUDA backend can run here (a GPU of compute capability 9.0). */
+MOEKIT_API int moekit_cuda_available(void);
+
+#ifdef __cplusplus
+}  /* extern "C" */
+#endif
+
+#endif  /* MOEKIT_MOEKIT_H_ */

@@ -1,0 +1,119 @@
+#include "reference/random_layer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "common/activation_math.hpp"
+#include "reference/dtype.hpp"
+#include "reference/parallel.hpp"
+
+namespace moekit::ref {
+
+namespace {
+
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+void fill_random(moekit_dtype_t d, void* dst, int64_t n, float stddev, uint64_t seed) {
+  // Fixed-size blocks with their own streams: the values do not depend on how
+  // the blocks are spread over threads.
+  constexpr int64_t kBlock = 1 << 16;
+  const float scale = stddev * std::sqrt(3.0f) / 2147483648.0f;  // uniform(-sqrt3, sqrt3) * stddev
+  parallel_for((n + kBlock - 1) / kBlock, [&](int64_t b0, int64_t b1, int) {
+    for (int64_t b = b0; b < b1; ++b) {
+      uint64_t s = seed * 0x632be59bd9b4e019ull + static_cast<uint64_t>(b);
+      const int64_t end = std::min(n, (b + 1) * kBlock);
+      for (int64_t i = b * kBlock; i < end; ++i) {
+        const int32_t r = static_cast<int32_t>(splitmix64(s) >> 32);
+        store_from_float(d, dst, i, static_cast<float>(r) * scale);
+      }
+    }
+  });
+}
+
+void route_softmax_topk(const float* logits, int64_t num_tokens, int64_t num_experts,
+                        int64_t top_k, bool renormalize, int32_t* topk_ids, float* topk_weights) {
+  parallel_for(num_tokens, [&](int64_t t0, int64_t t1, int) {
+    std::vector<int32_t> order(num_experts);
+    std::vector<double> prob(num_experts);
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* row = logits + t * num_experts;
+      auto key = [&](int32_t e) { return std::isnan(row[e]) ? -INFINITY : row[e]; };
+      double mx = -INFINITY, sum = 0.0;
+      for (int64_t e = 0; e < num_experts; ++e) mx = std::max<double>(mx, key(e));
+      for (int64_t e = 0; e < num_experts; ++e) sum += prob[e] = std::exp(key(e) - mx);
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t x, int32_t y) {
+        return key(x) > key(y) || (key(x) == key(y) && x < y);
+      });
+      double kept = 0.0;
+      for (int64_t s = 0; s < top_k; ++s) kept += prob[order[s]];
+      for (int64_t s = 0; s < top_k; ++s) {
+        topk_ids[t * top_k + s] = order[s];
+        topk_weights[t * top_k + s] =
+            static_cast<float>(prob[order[s]] / (renormalize ? kept : sum));
+      }
+    }
+  });
+}
+
+moekit_arguments_t HostLayer::arguments(void* output) const {
+  moekit_arguments_t a{};
+  a.problem = problem;
+  a.hidden = hidden.data();
+  a.topk_ids = topk_ids.data();
+  a.topk_weights = topk_weights.data();
+  a.w13 = w13.data();
+  a.w13_bias = problem.has_w13_bias ? w13_bias.data() : nullptr;
+  a.w2 = w2.data();
+  a.w2_bias = problem.has_w2_bias ? w2_bias.data() : nullptr;
+  a.output = output;
+  return a;
+}
+
+uint64_t weight_bytes(const moekit_problem_t& p) {
+  const uint64_t n1 = activation_is_gated(p.activation) ? 2 * p.intermediate_size
+                                                         : p.intermediate_size;
+  const uint64_t per_expert = n1 * p.hidden_size + p.hidden_size * p.intermediate_size +
+                              (p.has_w13_bias ? n1 : 0) + (p.has_w2_bias ? p.hidden_size : 0);
+  return per_expert * p.num_local_experts * dtype_size(p.weight_dtype);
+}
+
+HostLayer make_random_layer(const moekit_problem_t& p, uint64_t seed) {
+  HostLayer l;
+  l.problem = p;
+  const int64_t T = p.num_tokens, H = p.hidden_size, I = p.intermediate_size;
+  const int64_t E = p.num_local_experts, k = p.top_k;
+  const int64_t n1 = activation_is_gated(p.activation) ? 2 * I : I;
+  const size_t wb = dtype_size(p.weight_dtype);
+  l.hidden.resize(T * H * dtype_size(p.input_dtype));
+  l.w13.resize(E * n1 * H * wb);
+  l.w2.resize(E * H * I * wb);
+  fill_random(p.input_dtype, l.hidden.data(), T * H, 1.0f, seed + 1);
+  fill_random(p.weight_dtype, l.w13.data(), E * n1 * H, 1.0f / std::sqrt(float(H)), seed + 2);
+  fill_random(p.weight_dtype, l.w2.data(), E * H * I, 1.0f / std::sqrt(float(I)), seed + 3);
+  if (p.has_w13_bias) {
+    l.w13_bias.resize(E * n1 * wb);
+    fill_random(p.weight_dtype, l.w13_bias.data(), E * n1, 0.1f, seed + 4);
+  }
+  if (p.has_w2_bias) {
+    l.w2_bias.resize(E * H * wb);
+    fill_random(p.weight_dtype, l.w2_bias.data(), E * H, 0.1f, seed + 5);
+  }
+  std::vector<float> logits(T * p.num_experts);
+  fill_random(MOEKIT_DTYPE_FP32, logits.data(), logits.size(), 1.0f, seed + 6);
+  l.topk_ids.resize(T * k);
+  l.topk_weights.resize(T * k);
+  route_softmax_topk(logits.data(), T, p.num_experts, k, true, l.topk_ids.data(),
+                     l.topk_weights.data());
+  return l;
+}
+
+}  // namespace moekit::ref

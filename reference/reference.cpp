@@ -1,0 +1,200 @@
+// CPU reference of the MoE layer. Plain loops; the only concession to speed is
+// the GEMM's 16 independent partial sums, which vectorize without reordering
+// anything between runs (results stay deterministic).
+#include "reference/reference.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "reference/dtype.hpp"
+
+namespace moekit::ref {
+
+namespace {
+
+size_t align256(size_t n) { return (n + 255) & ~size_t{255}; }
+
+float dot16(const float* a, const float* b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = 0.0f;
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace
+
+void sort_pairs(const Routing& r, const int32_t* topk_ids, int32_t* expert_offsets,
+                int32_t* sorted_pairs, int32_t* pair_to_row, moekit_diagnostics_t* diagnostics) {
+  const int64_t pairs = r.num_tokens * r.top_k;
+  // Counting sort: histogram, exclusive scan, stable scatter.
+  std::fill(expert_offsets, expert_offsets + r.num_local_experts + 1, 0);
+  for (int64_t p = 0; p < pairs; ++p) {
+    int64_t e = local_expert(r, topk_ids[p]);
+    if (e >= 0) ++expert_offsets[e + 1];
+  }
+  for (int64_t e = 0; e < r.num_local_experts; ++e) expert_offsets[e + 1] += expert_offsets[e];
+  int64_t invalid_row = expert_offsets[r.num_local_experts];
+  std::vector<int32_t> cursor(expert_offsets, expert_offsets + r.num_local_experts);
+  for (int64_t p = 0; p < pairs; ++p) {
+    int64_t e = local_expert(r, topk_ids[p]);
+    if (e >= 0) {
+      int32_t row = cursor[e]++;
+      sorted_pairs[row] = static_cast<int32_t>(p);
+      pair_to_row[p] = row;
+    } else {
+      sorted_pairs[invalid_row++] = static_cast<int32_t>(p);
+      pair_to_row[p] = -1;
+    }
+  }
+  if (diagnostics != nullptr) {
+    for (int64_t t = 0; t < r.num_tokens; ++t) {
+      int64_t invalid = 0, local = 0;
+      for (int64_t s = 0; s < r.top_k; ++s) {
+        int32_t id = topk_ids[t * r.top_k + s];
+        invalid += (id < 0 || id >= r.num_experts);
+        local += local_expert(r, id) >= 0;
+      }
+      diagnostics->invalid_ids += invalid;
+      diagnostics->tokens_without_valid_expert += (invalid == r.top_k);
+      diagnostics->tokens_without_local_expert += (local == 0);
+    }
+  }
+}
+
+void permute(const void* hidden, moekit_dtype_t input_dtype, const int32_t* sorted_pairs,
+             int64_t n_rows, int64_t top_k, int64_t hidden_size, moekit_dtype_t compute,
+             float* rows) {
+  parallel_for(n_rows, [&](int64_t begin, int64_t end, int) {
+    for (int64_t row = begin; row < end; ++row) {
+      int64_t token = sorted_pairs[row] / top_k;
+      for (int64_t h = 0; h < hidden_size; ++h) {
+        rows[row * hidden_size + h] =
+            round_to(compute, load_as_float(input_dtype, hidden, token * hidden_size + h));
+      }
+    }
+  });
+}
+
+void grouped_gemm(const float* a, const int32_t* expert_offsets, int64_t num_local_experts,
+                  const void* w, const void* bias, moekit_dtype_t weight_dtype, int64_t n,
+                  int64_t k, float* scratch, float* c) {
+  // One work item = one output column of one expert: its weight row is widened
+  // to fp32 once and reused for every row routed to that expert.
+  parallel_for(num_local_experts * n, [&](int64_t begin, int64_t end, int thread) {
+    float* wrow = scratch + static_cast<int64_t>(thread) * k;
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t e = item / n, col = item % n;
+      int64_t row0 = expert_offsets[e], row1 = expert_offsets[e + 1];
+      if (row0 == row1) continue;
+      int64_t wbase = (e * n + col) * k;
+      for (int64_t i = 0; i < k; ++i) wrow[i] = load_as_float(weight_dtype, w, wbase + i);
+      float b = bias ? load_as_float(weight_dtype, bias, e * n + col) : 0.0f;
+      for (int64_t row = row0; row < row1; ++row) {
+        c[row * n + col] = round_to(weight_dtype, dot16(a + row * k, wrow, k) + b);
+      }
+    }
+  });
+}
+
+void activation(const float* gemm1, int64_t n_rows, int64_t inter, const ActivationParams& p,
+                moekit_gate_up_order_t order, moekit_dtype_t compute, float* out) {
+  const bool gated = activation_is_gated(p.kind);
+  const int64_t n1 = gated ? 2 * inter : inter;
+  parallel_for(n_rows, [&](int64_t begin, int64_t end, int) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float* g = gemm1 + row * n1;
+      for (int64_t j = 0; j < inter; ++j) {
+        float v = gated ? apply_gated_activation(p, g[gate_column(order, j, inter)],
+                                                 g[up_column(order, j, inter)])
+                        : apply_activation(p.kind, g[j]);
+        out[row * inter + j] = round_to(compute, v);
+      }
+    }
+  });
+}
+
+void finalize(const float* y, const int32_t* pair_to_row, const float* topk_weights,
+              int64_t num_tokens, int64_t top_k, int64_t hidden_size, void* out,
+              moekit_dtype_t output_dtype) {
+  parallel_for(num_tokens, [&](int64_t begin, int64_t end, int) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t h = 0; h < hidden_size; ++h) {
+        float acc = 0.0f;
+        for (int64_t s = 0; s < top_k; ++s) {
+          int32_t row = pair_to_row[t * top_k + s];
+          if (row >= 0) acc = std::fma(topk_weights[t * top_k + s], y[row * hidden_size + h], acc);
+        }
+        store_from_float(output_dtype, out, t * hidden_size + h, acc);
+      }
+    }
+  });
+}
+
+namespace {
+
+struct CpuLayout {
+  size_t offsets, sorted_pairs, pair_to_row, rows, gemm1, act, scratch, total;
+};
+
+CpuLayout cpu_layout(const moekit_problem_t& p) {
+  const size_t pairs = static_cast<size_t>(p.num_tokens * p.top_k);
+  const size_t n1 = activation_is_gated(p.activation) ? 2 * p.intermediate_size
+                                                       : p.intermediate_size;
+  CpuLayout l{};
+  size_t at = 0;
+  auto take = [&](size_t bytes) { size_t here = at; at += align256(bytes); return here; };
+  l.offsets = take(sizeof(int32_t) * (p.num_local_experts + 1));
+  l.sorted_pairs = take(sizeof(int32_t) * pairs);
+  l.pair_to_row = take(sizeof(int32_t) * pairs);
+  l.rows = take(sizeof(float) * pairs * p.hidden_size);  // also GEMM 2's output
+  l.gemm1 = take(sizeof(float) * pairs * n1);
+  l.act = take(sizeof(float) * pairs * p.intermediate_size);
+  l.scratch = take(sizeof(float) * cpu_threads() *
+                   std::max(p.hidden_size, p.intermediate_size));
+  l.total = at;
+  return l;
+}
+
+}  // namespace
+
+size_t layer_workspace_bytes(const moekit_problem_t& p) { return cpu_layout(p).total; }
+
+void moe_layer(const moekit_arguments_t& args, void* workspace) {
+  const moekit_problem_t& p = args.problem;
+  if (p.num_tokens == 0) return;
+  const CpuLayout l = cpu_layout(p);
+  char* ws = static_cast<char*>(workspace);
+  auto* offsets = reinterpret_cast<int32_t*>(ws + l.offsets);          // [E_local + 1]
+  auto* sorted_pairs = reinterpret_cast<int32_t*>(ws + l.sorted_pairs);  // [T*k]
+  auto* pair_to_row = reinterpret_cast<int32_t*>(ws + l.pair_to_row);    // [T*k]
+  auto* rows = reinterpret_cast<float*>(ws + l.rows);                    // [T*k, H]
+  auto* gemm1 = reinterpret_cast<float*>(ws + l.gemm1);                  // [T*k, N1]
+  auto* act = reinterpret_cast<float*>(ws + l.act);                      // [T*k, I]
+  auto* scratch = reinterpret_cast<float*>(ws + l.scratch);              // [threads, max(H, I)]
+
+  const Routing r{p.num_tokens, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank};
+  sort_pairs(r, args.topk_ids, offsets, sorted_pairs, pair_to_row, args.diagnostics);
+  const int64_t n_rows = offsets[p.num_local_experts];
+  const int64_t n1 = activation_is_gated(p.activation) ? 2 * p.intermediate_size
+                                                        : p.intermediate_size;
+  const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
+
+  permute(args.hidden, p.input_dtype, sorted_pairs, n_rows, p.top_k, p.hidden_size,
+          p.weight_dtype, rows);
+  grouped_gemm(rows, offsets, p.num_local_experts, args.w13, args.w13_bias, p.weight_dtype, n1,
+               p.hidden_size, scratch, gemm1);
+  activation(gemm1, n_rows, p.intermediate_size, ap, p.gate_up_order, p.weight_dtype, act);
+  float* y = rows;  // the gathered input is dead after GEMM 1
+  grouped_gemm(act, offsets, p.num_local_experts, args.w2, args.w2_bias, p.weight_dtype,
+               p.hidden_size, p.intermediate_size, scratch, y);
+  finalize(y, pair_to_row, args.topk_weights, p.num_tokens, p.top_k, p.hidden_size, args.output,
+           p.output_dtype);
+}
+
+}  // namespace moekit::ref

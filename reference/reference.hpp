@@ -1,0 +1,68 @@
+// The CPU reference of every stage of the MoE layer, and the layer composed
+// from them. It is also the CPU backend behind moekit_run(device = CPU), so it
+// works on caller-owned buffers and allocates nothing.
+//
+// Rows are (token, slot) pairs: pair p = t * k + s. The sort orders the valid
+// local pairs by local expert and, within an expert, by p; invalid or remote
+// pairs follow in p order. GPU kernels must produce exactly these integers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/activation_math.hpp"
+#include "moekit/moekit.h"
+
+namespace moekit::ref {
+
+struct Routing {
+  int64_t num_tokens;
+  int64_t top_k;
+  int64_t num_experts;        // E_total
+  int64_t num_local_experts;  // E_local
+  int64_t ep_rank;
+};
+
+// Local expert of a global id, or -1 if the id is out of range or remote.
+inline int64_t local_expert(const Routing& r, int32_t id) {
+  if (id < 0 || id >= r.num_experts) return -1;
+  int64_t e = static_cast<int64_t>(id) - r.ep_rank * r.num_local_experts;
+  return (e >= 0 && e < r.num_local_experts) ? e : -1;
+}
+
+// Stage 2. expert_offsets [E_local + 1]: rows of expert e are
+// [offsets[e], offsets[e+1]); offsets[E_local] = number of valid rows.
+// sorted_pairs [T*k]: row -> pair. pair_to_row [T*k]: pair -> row, -1 if invalid.
+void sort_pairs(const Routing& r, const int32_t* topk_ids, int32_t* expert_offsets,
+                int32_t* sorted_pairs, int32_t* pair_to_row, moekit_diagnostics_t* diagnostics);
+
+// Stage 3. rows [n_rows, H] = hidden[sorted_pairs[row] / k], rounded to `compute`.
+void permute(const void* hidden, moekit_dtype_t input_dtype, const int32_t* sorted_pairs,
+             int64_t n_rows, int64_t top_k, int64_t hidden_size, moekit_dtype_t compute,
+             float* rows);
+
+// Stages 4 and 6. c [rows, N] = a [rows, K] x w[e]^T (w [E_local, N, K]) + bias[e]
+// for the rows of each expert, fp32 accumulation, rounded to weight_dtype.
+// scratch: [cpu_threads(), K] floats.
+void grouped_gemm(const float* a, const int32_t* expert_offsets, int64_t num_local_experts,
+                  const void* w, const void* bias, moekit_dtype_t weight_dtype, int64_t n,
+                  int64_t k, float* scratch, float* c);
+
+// Stage 5. out [rows, I] from gemm1 [rows, N1], rounded to `compute`.
+void activation(const float* gemm1, int64_t n_rows, int64_t inter, const ActivationParams& p,
+                moekit_gate_up_order_t order, moekit_dtype_t compute, float* out);
+
+// Stage 7. out [T, H] = sum over valid slots in slot order of w * y[row], fp32.
+void finalize(const float* y, const int32_t* pair_to_row, const float* topk_weights,
+              int64_t num_tokens, int64_t top_k, int64_t hidden_size, void* out,
+              moekit_dtype_t output_dtype);
+
+// Workspace of the composed layer (host memory), 256-byte aligned pieces.
+size_t layer_workspace_bytes(const moekit_problem_t& p);
+
+// The whole layer. Arguments are assumed valid (the API validates them).
+void moe_layer(const moekit_arguments_t& args, void* workspace);
+
+}  // namespace moekit::ref
+
+#include "reference/parallel.hpp"

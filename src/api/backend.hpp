@@ -1,0 +1,18 @@
+// The two backends behind MoeLayer. Arguments reaching them are validated.
+#pragma once
+
+#include <cstddef>
+
+#include "moekit/moekit.hpp"
+
+namespace moekit::detail {
+
+// CUDA backend (src/api/cuda_backend.cu).
+bool cuda_backend_available();
+Status cuda_workspace_size(const Problem& p, size_t* bytes);
+// Checks what only the CUDA runtime can tell: a usable device, and that every
+// pointer is device-accessible memory.
+Status cuda_check_arguments(const Arguments& a, const void* workspace);
+Status cuda_run(const Arguments& a, void* workspace, CUstream_st* stream);
+
+}  // namespace moekit::detail

@@ -1,0 +1,58 @@
+// MoeLayer: validate once, then hand the call to the CPU reference or the CUDA
+// backend. The C API (src/capi) wraps exactly these functions.
+#include <limits>
+
+#include "api/backend.hpp"
+#include "api/validate.hpp"
+#include "reference/reference.hpp"
+
+namespace moekit {
+
+Problem default_problem() {
+  Problem p{};
+  p.ep_size = 1;
+  p.input_dtype = p.weight_dtype = p.output_dtype = MOEKIT_DTYPE_BF16;
+  p.activation = MOEKIT_ACT_SWIGLU;
+  p.swiglu_alpha = 1.0f;
+  p.swiglu_beta = 0.0f;
+  p.swiglu_limit = std::numeric_limits<float>::infinity();
+  p.gate_up_order = MOEKIT_GATE_UP;
+  p.device = MOEKIT_DEVICE_CUDA;
+  return p;
+}
+
+bool cuda_available() { return detail::cuda_backend_available(); }
+
+Status MoeLayer::can_implement(const Arguments& args) {
+  if (Status s = detail::validate_arguments(args); !s) return s;
+  if (args.problem.device == MOEKIT_DEVICE_CUDA && args.problem.num_tokens > 0)
+    return detail::cuda_check_arguments(args, nullptr);
+  return Status();
+}
+
+Status MoeLayer::workspace_size(const Problem& problem, size_t* bytes) {
+  if (bytes == nullptr)
+    return Status(MOEKIT_ERROR_INVALID_ARGUMENT, "bytes: expected a pointer, got NULL");
+  if (Status s = detail::validate_problem(problem); !s) return s;
+  if (problem.device == MOEKIT_DEVICE_CUDA) return detail::cuda_workspace_size(problem, bytes);
+  *bytes = problem.num_tokens == 0 ? 0 : ref::layer_workspace_bytes(problem);
+  return Status();
+}
+
+Status MoeLayer::run(const Arguments& args, void* workspace, size_t workspace_bytes,
+                     CUstream_st* stream) {
+  if (Status s = detail::validate_arguments(args); !s) return s;
+  size_t required = 0;
+  if (Status s = workspace_size(args.problem, &required); !s) return s;
+  if (Status s = detail::validate_workspace(args, workspace, workspace_bytes, required); !s)
+    return s;
+  if (args.problem.num_tokens == 0) return Status();
+  if (args.problem.device == MOEKIT_DEVICE_CPU) {
+    ref::moe_layer(args, workspace);
+    return Status();
+  }
+  if (Status s = detail::cuda_check_arguments(args, workspace); !s) return s;
+  return detail::cuda_run(args, workspace, stream);
+}
+
+}  // namespace moekit

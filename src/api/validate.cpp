@@ -1,0 +1,184 @@
+#include "api/validate.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "common/activation_math.hpp"
+
+namespace moekit::detail {
+
+const char* dtype_name(moekit_dtype_t d) {
+  switch (d) {
+    case MOEKIT_DTYPE_BF16: return "bf16";
+    case MOEKIT_DTYPE_FP16: return "fp16";
+    case MOEKIT_DTYPE_FP32: return "fp32";
+  }
+  return "unknown";
+}
+
+size_t dtype_bytes(moekit_dtype_t d) { return d == MOEKIT_DTYPE_FP32 ? 4 : 2; }
+
+int64_t gemm1_columns(const Problem& p) {
+  return activation_is_gated(p.activation) ? 2 * p.intermediate_size : p.intermediate_size;
+}
+
+namespace {
+
+constexpr size_t kTensorAlign = 16;  // 16-byte vector loads and stores
+constexpr size_t kWorkspaceAlign = 256;
+
+bool valid_dtype(moekit_dtype_t d) {
+  return d == MOEKIT_DTYPE_BF16 || d == MOEKIT_DTYPE_FP16 || d == MOEKIT_DTYPE_FP32;
+}
+
+Status check_dtype(const char* name, moekit_dtype_t d) {
+  if (valid_dtype(d)) return Status();
+  return error(MOEKIT_ERROR_INVALID_ARGUMENT, name, ": expected one of bf16, fp16, fp32, got ",
+               static_cast<int>(d));
+}
+
+Status check_multiple_of_8(const char* name, int64_t v) {
+  if (v > 0 && v % 8 == 0) return Status();
+  return error(MOEKIT_ERROR_INVALID_ARGUMENT, name,
+               ": expected a positive multiple of 8 (every row must be 16-byte aligned), got ", v);
+}
+
+struct Region {
+  const char* name;
+  const void* ptr;
+  size_t bytes;
+  size_t align;
+  bool required;   // must be non-NULL
+  bool forbidden;  // must be NULL (a bias whose has_ flag is 0)
+};
+
+bool overlaps(const Region& a, const Region& b) {
+  if (!a.ptr || !b.ptr || a.bytes == 0 || b.bytes == 0) return false;
+  auto a0 = reinterpret_cast<uintptr_t>(a.ptr), b0 = reinterpret_cast<uintptr_t>(b.ptr);
+  return a0 < b0 + b.bytes && b0 < a0 + a.bytes;
+}
+
+std::vector<Region> regions(const Arguments& a) {
+  const Problem& p = a.problem;
+  const size_t T = p.num_tokens, H = p.hidden_size, I = p.intermediate_size, k = p.top_k;
+  const size_t E = p.num_local_experts, N1 = gemm1_columns(p), wb = dtype_bytes(p.weight_dtype);
+  return {
+      {"hidden", a.hidden, T * H * dtype_bytes(p.input_dtype), kTensorAlign, true, false},
+      {"topk_ids", a.topk_ids, T * k * 4, 4, true, false},
+      {"topk_weights", a.topk_weights, T * k * 4, 4, true, false},
+      {"w13", a.w13, E * N1 * H * wb, kTensorAlign, true, false},
+      {"w13_bias", a.w13_bias, E * N1 * wb, kTensorAlign, p.has_w13_bias != 0,
+       p.has_w13_bias == 0},
+      {"w2", a.w2, E * H * I * wb, kTensorAlign, true, false},
+      {"w2_bias", a.w2_bias, E * H * wb, kTensorAlign, p.has_w2_bias != 0, p.has_w2_bias == 0},
+      {"diagnostics", a.diagnostics, sizeof(moekit_diagnostics_t), 8, false, false},
+      {"output", a.output, T * H * dtype_bytes(p.output_dtype), kTensorAlign, true, false},
+  };
+}
+
+}  // namespace
+
+Status validate_problem(const Problem& p) {
+  using E = Status;
+  const auto kInvalid = MOEKIT_ERROR_INVALID_ARGUMENT;
+  if (p.device != MOEKIT_DEVICE_CPU && p.device != MOEKIT_DEVICE_CUDA)
+    return error(kInvalid, "device: expected cpu (0) or cuda (1), got ", static_cast<int>(p.device));
+  if (p.num_tokens < 0) return error(kInvalid, "num_tokens: expected >= 0, got ", p.num_tokens);
+  if (E s = check_multiple_of_8("hidden_size", p.hidden_size); !s) return s;
+  if (E s = check_multiple_of_8("intermediate_size", p.intermediate_size); !s) return s;
+  if (p.num_experts < 1 || p.num_experts > std::numeric_limits<int32_t>::max())
+    return error(kInvalid, "num_experts: expected 1 <= num_experts <= 2147483647 (int32 ids), got ",
+                 p.num_experts);
+  if (p.ep_size < 1) return error(kInvalid, "ep_size: expected >= 1, got ", p.ep_size);
+  if (p.ep_rank < 0 || p.ep_rank >= p.ep_size)
+    return error(kInvalid, "ep_rank: expected 0 <= ep_rank < ep_size = ", p.ep_size, ", got ",
+                 p.ep_rank);
+  if (p.num_experts % p.ep_size != 0)
+    return error(kInvalid, "num_experts: expected a multiple of ep_size = ", p.ep_size, ", got ",
+                 p.num_experts);
+  if (p.num_local_experts != p.num_experts / p.ep_size)
+    return error(kInvalid, "num_local_experts: expected num_experts / ep_size = ", p.num_experts,
+                 " / ", p.ep_size, " = ", p.num_experts / p.ep_size, ", got ",
+                 p.num_local_experts);
+  if (p.top_k < 1 || p.top_k > p.num_experts)
+    return error(kInvalid, "top_k: expected 1 <= top_k <= num_experts = ", p.num_experts,
+                 ", got ", p.top_k);
+  if (p.num_tokens > std::numeric_limits<int32_t>::max() / p.top_k)
+    return error(kInvalid, "num_tokens: expected num_tokens * top_k <= 2147483647 (int32 row ids), got ",
+                 p.num_tokens, " * ", p.top_k);
+  if (E s = check_dtype("input_dtype", p.input_dtype); !s) return s;
+  if (E s = check_dtype("weight_dtype", p.weight_dtype); !s) return s;
+  if (E s = check_dtype("output_dtype", p.output_dtype); !s) return s;
+  if (p.activation < MOEKIT_ACT_SWIGLU || p.activation > MOEKIT_ACT_IDENTITY)
+    return error(kInvalid,
+                 "activation: expected one of swiglu, geglu_erf, geglu_tanh, silu, gelu_erf, "
+                 "gelu_tanh, relu, relu2, identity (0..8), got ",
+                 static_cast<int>(p.activation));
+  if (p.gate_up_order != MOEKIT_GATE_UP && p.gate_up_order != MOEKIT_UP_GATE &&
+      p.gate_up_order != MOEKIT_INTERLEAVED)
+    return error(kInvalid, "gate_up_order: expected gate_up (0), up_gate (1) or interleaved (2), got ",
+                 static_cast<int>(p.gate_up_order));
+  if (!std::isfinite(p.swiglu_alpha))
+    return error(kInvalid, "swiglu_alpha: expected a finite number, got ", p.swiglu_alpha);
+  if (!std::isfinite(p.swiglu_beta))
+    return error(kInvalid, "swiglu_beta: expected a finite number, got ", p.swiglu_beta);
+  if (!(p.swiglu_limit > 0.0f))
+    return error(kInvalid, "swiglu_limit: expected > 0 (+inf disables the clamp), got ",
+                 p.swiglu_limit);
+  if (p.has_w13_bias != 0 && p.has_w13_bias != 1)
+    return error(kInvalid, "has_w13_bias: expected 0 or 1, got ", p.has_w13_bias);
+  if (p.has_w2_bias != 0 && p.has_w2_bias != 1)
+    return error(kInvalid, "has_w2_bias: expected 0 or 1, got ", p.has_w2_bias);
+  return Status();
+}
+
+Status validate_arguments(const Arguments& a) {
+  if (Status s = validate_problem(a.problem); !s) return s;
+  const Problem& p = a.problem;
+  if (p.num_tokens == 0) return Status();  // nothing is read or written
+  const auto kInvalid = MOEKIT_ERROR_INVALID_ARGUMENT;
+  const std::vector<Region> rs = regions(a);
+  for (const Region& r : rs) {
+    if (r.required && r.ptr == nullptr)
+      return error(kInvalid, r.name, ": expected a pointer to ", r.bytes, " bytes, got NULL");
+    if (r.forbidden && r.ptr != nullptr)
+      return error(kInvalid, r.name, ": expected NULL because has_", r.name,
+                   " is 0, got a pointer");
+    if (r.ptr && reinterpret_cast<uintptr_t>(r.ptr) % r.align != 0)
+      return error(kInvalid, r.name, ": expected a ", r.align, "-byte aligned pointer, got ",
+                   r.ptr);
+  }
+  const Region& out = rs.back();
+  for (size_t i = 0; i + 1 < rs.size(); ++i) {
+    if (overlaps(out, rs[i]))
+      return error(kInvalid, "output: expected memory disjoint from ", rs[i].name,
+                   ", got overlapping ranges");
+  }
+  return Status();
+}
+
+Status validate_workspace(const Arguments& a, const void* workspace, size_t workspace_bytes,
+                          size_t required) {
+  if (required == 0) return Status();
+  const auto kWs = MOEKIT_ERROR_WORKSPACE;
+  if (workspace == nullptr)
+    return error(kWs, "workspace: expected a buffer of at least ", required, " bytes for num_tokens = ",
+                 a.problem.num_tokens, ", got NULL");
+  if (workspace_bytes < required)
+    return error(kWs, "workspace_bytes: expected at least ", required, " for num_tokens = ",
+                 a.problem.num_tokens, ", got ", workspace_bytes);
+  if (reinterpret_cast<uintptr_t>(workspace) % kWorkspaceAlign != 0)
+    return error(kWs, "workspace: expected a ", kWorkspaceAlign, "-byte aligned pointer, got ",
+                 workspace);
+  const Region ws{"workspace", workspace, required, kWorkspaceAlign, true, false};
+  for (const Region& r : regions(a)) {
+    if (overlaps(ws, r))
+      return error(kWs, "workspace: expected memory disjoint from ", r.name,
+                   ", got overlapping ranges");
+  }
+  return Status();
+}
+
+}  // namespace moekit::detail

@@ -1,0 +1,407 @@
+// moekit: run and check one MoE layer on a named model shape.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/activation_math.hpp"
+#include "moekit/moekit.hpp"
+#include "reference/dtype.hpp"
+#include "reference/oracle.hpp"
+#include "reference/random_layer.hpp"
+#include "tools/cli/models.hpp"
+
+namespace {
+
+using moekit::cli::ModelShape;
+
+constexpr int kExitFail = 1, kExitUsage = 2, kExitResources = 3;
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+const char* kUsage = R"(usage: moekit <command> [options]
+
+commands:
+  run        run one MoE layer on a model shape, check it against an fp64 oracle
+             on sampled tokens, time it and print the roofline floor
+  models     list the built-in model shapes
+  help       show this text
+
+options of run:
+  --model NAME          built-in shape (default qwen3-30b-a3b; see `moekit models`)
+  --tokens T            batch size (default 64; 0 is valid)
+  --dtype D             bf16 | fp16 | fp32 for input, weights and output (default bf16)
+  --device D            auto | cpu | cuda (default auto: cuda when a GPU is usable)
+  --seed S              seed of weights, inputs and router logits (default 0)
+  --experts E           override the number of experts
+  --top-k K             override experts per token
+  --hidden H            override the hidden size (a multiple of 8)
+  --inter I             override the expert intermediate size (a multiple of 8)
+  --ep-size N           expert-parallel size: this process holds E / N experts
+  --ep-rank R           expert-parallel rank (default 0)
+  --activation A        swiglu | geglu_erf | geglu_tanh | silu | gelu_erf |
+                        gelu_tanh | relu | relu2 | identity
+  --iters N             timed repetitions (default 20 on cuda, 1 on cpu)
+  --check-tokens N      tokens sampled for the oracle check (default: adaptive)
+)";
+
+struct Options {
+  std::string model = "qwen3-30b-a3b";
+  int64_t tokens = 64;
+  moekit_dtype_t dtype = MOEKIT_DTYPE_BF16;
+  std::string device = "auto";
+  uint64_t seed = 0;
+  int64_t experts = -1, top_k = -1, hidden = -1, inter = -1, ep_size = 1, ep_rank = 0;
+  int activation = -1;
+  int64_t iters = -1, check_tokens = -1;
+};
+
+struct UsageError {
+  std::string message;
+};
+
+int64_t parse_int(const std::string& flag, const std::string& v, int64_t lo) {
+  char* end = nullptr;
+  errno = 0;
+  long long x = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno == ERANGE || x < lo)
+    throw UsageError{flag + ": expected an integer >= " + std::to_string(lo) + ", got '" + v + "'"};
+  return x;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  std::map<std::string, std::function<void(const std::string&)>> flags = {
+      {"--model", [&](const std::string& v) { o.model = v; }},
+      {"--tokens", [&](const std::string& v) { o.tokens = parse_int("--tokens", v, 0); }},
+      {"--dtype", [&](const std::string& v) {
+         if (v == "bf16") o.dtype = MOEKIT_DTYPE_BF16;
+         else if (v == "fp16") o.dtype = MOEKIT_DTYPE_FP16;
+         else if (v == "fp32") o.dtype = MOEKIT_DTYPE_FP32;
+         else throw UsageError{"--dtype: expected bf16, fp16 or fp32, got '" + v + "'"};
+       }},
+      {"--device", [&](const std::string& v) {
+         if (v != "auto" && v != "cpu" && v != "cuda")
+           throw UsageError{"--device: expected auto, cpu or cuda, got '" + v + "'"};
+         o.device = v;
+       }},
+      {"--seed", [&](const std::string& v) { o.seed = parse_int("--seed", v, 0); }},
+      {"--experts", [&](const std::string& v) { o.experts = parse_int("--experts", v, 1); }},
+      {"--top-k", [&](const std::string& v) { o.top_k = parse_int("--top-k", v, 1); }},
+      {"--hidden", [&](const std::string& v) { o.hidden = parse_int("--hidden", v, 1); }},
+      {"--inter", [&](const std::string& v) { o.inter = parse_int("--inter", v, 1); }},
+      {"--ep-size", [&](const std::string& v) { o.ep_size = parse_int("--ep-size", v, 1); }},
+      {"--ep-rank", [&](const std::string& v) { o.ep_rank = parse_int("--ep-rank", v, 0); }},
+      {"--iters", [&](const std::string& v) { o.iters = parse_int("--iters", v, 1); }},
+      {"--check-tokens", [&](const std::string& v) { o.check_tokens = parse_int("--check-tokens", v, 0); }},
+      {"--activation", [&](const std::string& v) {
+         for (int a = MOEKIT_ACT_SWIGLU; a <= MOEKIT_ACT_IDENTITY; ++a)
+           if (v == moekit_activation_name(static_cast<moekit_activation_t>(a))) o.activation = a;
+         if (o.activation < 0) throw UsageError{"--activation: unknown activation '" + v + "'"};
+       }},
+  };
+  for (int i = 2; i < argc; ++i) {
+    std::string arg = argv[i], value;
+    bool inline_value = false;
+    if (auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      inline_value = true;
+    }
+    auto it = flags.find(arg);
+    if (it == flags.end()) throw UsageError{"unknown option '" + arg + "'"};
+    if (!inline_value) {
+      if (i + 1 >= argc) throw UsageError{arg + ": expected a value"};
+      value = argv[++i];
+    }
+    it->second(value);
+  }
+  return o;
+}
+
+double host_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  while (f >> key >> kb) {
+    if (key == "MemAvailable:") return kb * 1024.0;
+    f.ignore(256, '\n');
+  }
+  return 1e18;  // unknown: do not refuse
+}
+
+#define CLI_CUDA(expr)                                                                     \
+  do {                                                                                     \
+    cudaError_t e_ = (expr);                                                               \
+    if (e_ != cudaSuccess) {                                                               \
+      std::fprintf(stderr, "moekit: %s failed at %s:%d: %s\n", #expr, __FILE__, __LINE__, \
+                   cudaGetErrorString(e_));                                                \
+      std::exit(kExitFail);                                                                \
+    }                                                                                      \
+  } while (0)
+
+template <class T>
+T* to_device(const std::vector<T>& v) {
+  if (v.empty()) return nullptr;
+  T* d = nullptr;
+  CLI_CUDA(cudaMalloc(&d, v.size() * sizeof(T)));
+  CLI_CUDA(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Runs the layer on the GPU; returns the output bytes and fills times (s).
+std::vector<uint8_t> run_cuda(const moekit::ref::HostLayer& l, int64_t iters,
+                              std::vector<double>* times) {
+  const moekit_problem_t& p = l.problem;
+  const size_t out_bytes = p.num_tokens * p.hidden_size * moekit::ref::dtype_size(p.output_dtype);
+  moekit_arguments_t a{};
+  a.problem = p;
+  a.hidden = to_device(l.hidden);
+  a.topk_ids = to_device(l.topk_ids);
+  a.topk_weights = to_device(l.topk_weights);
+  a.w13 = to_device(l.w13);
+  a.w2 = to_device(l.w2);
+  a.w13_bias = p.has_w13_bias ? to_device(l.w13_bias) : nullptr;
+  a.w2_bias = p.has_w2_bias ? to_device(l.w2_bias) : nullptr;
+  void* out = nullptr;
+  if (out_bytes) CLI_CUDA(cudaMalloc(&out, out_bytes));
+  a.output = out;
+  size_t ws_bytes = 0;
+  moekit::Status s = moekit::MoeLayer::workspace_size(p, &ws_bytes);
+  void* ws = nullptr;
+  if (s && ws_bytes) CLI_CUDA(cudaMalloc(&ws, ws_bytes));
+  cudaStream_t stream;
+  CLI_CUDA(cudaStreamCreate(&stream));
+  cudaEvent_t e0, e1;
+  CLI_CUDA(cudaEventCreate(&e0));
+  CLI_CUDA(cudaEventCreate(&e1));
+  if (s) s = moekit::MoeLayer::run(a, ws, ws_bytes, stream);  // warm-up
+  for (int64_t i = 0; s && i < iters; ++i) {
+    CLI_CUDA(cudaEventRecord(e0, stream));
+    s = moekit::MoeLayer::run(a, ws, ws_bytes, stream);
+    CLI_CUDA(cudaEventRecord(e1, stream));
+    CLI_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    CLI_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    times->push_back(ms * 1e-3);
+  }
+  if (!s) {
+    std::fprintf(stderr, "moekit: run failed: %s\n", s.message().c_str());
+    std::exit(kExitFail);
+  }
+  CLI_CUDA(cudaStreamSynchronize(stream));
+  std::vector<uint8_t> host(out_bytes);
+  if (out_bytes) CLI_CUDA(cudaMemcpy(host.data(), out, out_bytes, cudaMemcpyDeviceToHost));
+  for (const void* ptr : {a.hidden, static_cast<const void*>(a.topk_ids),
+                          static_cast<const void*>(a.topk_weights), a.w13, a.w2, a.w13_bias,
+                          a.w2_bias, static_cast<const void*>(out), static_cast<const void*>(ws)})
+    CLI_CUDA(cudaFree(const_cast<void*>(ptr)));
+  CLI_CUDA(cudaStreamDestroy(stream));
+  return host;
+}
+
+std::vector<uint8_t> run_cpu(const moekit::ref::HostLayer& l, int64_t iters,
+                             std::vector<double>* times) {
+  const moekit_problem_t& p = l.problem;
+  std::vector<uint8_t> out(p.num_tokens * p.hidden_size * moekit::ref::dtype_size(p.output_dtype));
+  size_t ws_bytes = 0;
+  moekit::Status s = moekit::MoeLayer::workspace_size(p, &ws_bytes);
+  // 256-byte aligned host workspace, as the API asks.
+  std::vector<uint8_t> ws_store(ws_bytes + 256);
+  void* ws = ws_store.data() + (256 - reinterpret_cast<uintptr_t>(ws_store.data()) % 256) % 256;
+  const moekit_arguments_t a = l.arguments(out.data());
+  for (int64_t i = 0; s && i < iters; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    s = moekit::MoeLayer::run(a, ws, ws_bytes);
+    times->push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  if (!s) {
+    std::fprintf(stderr, "moekit: run failed: %s\n", s.message().c_str());
+    std::exit(kExitFail);
+  }
+  return out;
+}
+
+int cmd_models() {
+  std::printf("%-16s %6s %4s %7s %7s  %-10s %s\n", "model", "E", "k", "H", "I", "activation", "router");
+  for (const ModelShape& m : moekit::cli::builtin_models())
+    std::printf("%-16s %6lld %4lld %7lld %7lld  %-10s %s\n", m.name, (long long)m.num_experts,
+                (long long)m.top_k, (long long)m.hidden, (long long)m.inter,
+                moekit_activation_name(m.activation), m.router);
+  return 0;
+}
+
+int cmd_run(const Options& o) {
+  const ModelShape* m = moekit::cli::find_model(o.model);
+  if (m == nullptr) {
+    std::string names;
+    for (const ModelShape& x : moekit::cli::builtin_models()) names += std::string(" ") + x.name;
+    throw UsageError{"--model: unknown model '" + o.model + "'; built-in:" + names};
+  }
+  moekit_problem_t p = moekit::default_problem();
+  p.num_tokens = o.tokens;
+  p.num_experts = o.experts > 0 ? o.experts : m->num_experts;
+  p.top_k = o.top_k > 0 ? o.top_k : m->top_k;
+  p.hidden_size = o.hidden > 0 ? o.hidden : m->hidden;
+  p.intermediate_size = o.inter > 0 ? o.inter : m->inter;
+  p.ep_size = o.ep_size;
+  p.ep_rank = o.ep_rank;
+  p.num_local_experts = p.num_experts / std::max<int64_t>(1, p.ep_size);
+  p.input_dtype = p.weight_dtype = p.output_dtype = o.dtype;
+  p.activation = o.activation >= 0 ? static_cast<moekit_activation_t>(o.activation) : m->activation;
+  p.swiglu_alpha = m->swiglu_alpha;
+  p.swiglu_beta = m->swiglu_beta;
+  p.swiglu_limit = m->swiglu_limit;
+  p.gate_up_order = m->gate_up_order;
+  p.has_w13_bias = p.has_w2_bias = m->biases ? 1 : 0;
+
+  bool cuda = o.device == "cuda" || (o.device == "auto" && moekit::cuda_available());
+  if (o.device == "cuda" && !moekit::cuda_available()) {
+    std::fprintf(stderr, "moekit: --device cuda: no usable CUDA GPU here; use --device cpu\n");
+    return kExitResources;
+  }
+  p.device = cuda ? MOEKIT_DEVICE_CUDA : MOEKIT_DEVICE_CPU;
+  size_t ws_bytes = 0;
+  if (moekit::Status s = moekit::MoeLayer::workspace_size(p, &ws_bytes); !s) {
+    std::fprintf(stderr, "moekit: %s\n", s.message().c_str());
+    return kExitUsage;
+  }
+
+  // Refuse shapes that do not fit before allocating anything.
+  const double wbytes = static_cast<double>(moekit::ref::weight_bytes(p));
+  const double io_bytes = static_cast<double>(p.num_tokens) * p.hidden_size *
+                          (moekit::ref::dtype_size(p.input_dtype) + moekit::ref::dtype_size(p.output_dtype));
+  const double host_need = wbytes + io_bytes + (cuda ? 0.0 : ws_bytes) +
+                           4.0 * p.num_tokens * p.num_experts;  // router logits
+  const double host_have = host_available_bytes();
+  double dev_have = 1e18;
+  if (cuda) {
+    size_t free_b = 0, total_b = 0;
+    CLI_CUDA(cudaMemGetInfo(&free_b, &total_b));
+    dev_have = static_cast<double>(free_b);
+  }
+  const double dev_need = cuda ? wbytes + io_bytes + ws_bytes : 0.0;
+  if (host_need > 0.9 * host_have || dev_need > 0.95 * dev_have) {
+    const bool host_short = host_need > 0.9 * host_have;
+    std::fprintf(stderr,
+                 "moekit: %s at T=%lld needs %.1f GiB of %s memory (weights %.1f GiB for %lld local "
+                 "experts), but %.1f GiB is available.\n"
+                 "        Hold fewer experts with --ep-size N (this process keeps E/N of them), or\n"
+                 "        use --experts, --hidden or --inter, or fewer --tokens.\n",
+                 m->name, (long long)p.num_tokens, (host_short ? host_need : dev_need) / kGiB,
+                 host_short ? "host" : "GPU", wbytes / kGiB, (long long)p.num_local_experts,
+                 (host_short ? host_have : dev_have) / kGiB);
+    return kExitResources;
+  }
+
+  std::string device_name = "cpu";
+  if (cuda) {
+    cudaDeviceProp prop{};
+    CLI_CUDA(cudaGetDeviceProperties(&prop, 0));
+    device_name = std::string("cuda (") + prop.name + ")";
+  }
+  std::printf("model     %s: E=%lld (local %lld, ep rank %lld of %lld) k=%lld H=%lld I=%lld %s %s%s\n",
+              m->name, (long long)p.num_experts, (long long)p.num_local_experts,
+              (long long)p.ep_rank, (long long)p.ep_size, (long long)p.top_k,
+              (long long)p.hidden_size, (long long)p.intermediate_size,
+              moekit_dtype_name(p.weight_dtype), moekit_activation_name(p.activation),
+              p.has_w13_bias ? " +bias" : "");
+  std::printf("batch     T=%lld tokens, seed %llu, router: softmax top-k (renormalized)\n",
+              (long long)p.num_tokens, (unsigned long long)o.seed);
+  std::printf("device    %s, weights %.2f GiB, workspace %.1f MiB\n", device_name.c_str(),
+              wbytes / kGiB, ws_bytes / 1048576.0);
+  std::fflush(stdout);
+
+  const moekit::ref::HostLayer layer = moekit::ref::make_random_layer(p, o.seed);
+  const int64_t iters = o.iters > 0 ? o.iters : (cuda ? 20 : 1);
+  std::vector<double> times;
+  std::vector<uint8_t> out = cuda ? run_cuda(layer, iters, &times) : run_cpu(layer, iters, &times);
+
+  // Oracle on evenly spread tokens; fewer for big experts to bound its cost.
+  const int64_t N1 = moekit::activation_is_gated(p.activation) ? 2 * p.intermediate_size
+                                                              : p.intermediate_size;
+  const double oracle_flops_per_token = 2.0 * p.top_k * p.hidden_size * (N1 + p.intermediate_size);
+  int64_t samples = o.check_tokens >= 0
+                        ? o.check_tokens
+                        : std::clamp<int64_t>(static_cast<int64_t>(3e9 / oracle_flops_per_token), 4, 64);
+  samples = std::min(samples, p.num_tokens);
+  std::vector<int64_t> tokens;
+  for (int64_t i = 0; i < samples; ++i) tokens.push_back(i * p.num_tokens / samples);
+  if (samples > 0 && tokens.back() != p.num_tokens - 1) tokens.back() = p.num_tokens - 1;
+  const moekit_arguments_t host_args = layer.arguments(out.data());
+  bool pass = true;
+  if (samples > 0) {
+    const auto c = moekit::ref::check_against_oracle(host_args, out.data(), tokens);
+    const double tol = moekit::ref::oracle_tolerance(p.weight_dtype, p.input_dtype, p.output_dtype);
+    pass = c.rel_frobenius <= tol && c.nonfinite_mismatch == 0;
+    std::printf("check     %s: relative error %.2e (tolerance %.1e), max abs %.2e, %lld non-finite "
+                "mismatches, on %lld sampled tokens vs the fp64 oracle\n",
+                pass ? "PASS" : "FAIL", c.rel_frobenius, tol, c.max_abs_error,
+                (long long)c.nonfinite_mismatch, (long long)samples);
+  } else {
+    std::printf("check     PASS: T=0, nothing to compute\n");
+  }
+
+  // Roofline: distinct local experts touched, valid rows.
+  std::vector<char> touched(p.num_local_experts, 0);
+  int64_t rows = 0;
+  for (int32_t id : layer.topk_ids) {
+    int64_t e = static_cast<int64_t>(id) - p.ep_rank * p.num_local_experts;
+    if (id >= 0 && id < p.num_experts && e >= 0 && e < p.num_local_experts) {
+      touched[e] = 1;
+      ++rows;
+    }
+  }
+  const int64_t n_touched = std::count(touched.begin(), touched.end(), 1);
+  const double bytes = wbytes / p.num_local_experts * n_touched + io_bytes;
+  const double flops = 2.0 * rows * p.hidden_size * (N1 + p.intermediate_size);
+  if (!times.empty())
+    std::printf("time      %.1f us (median of %zu, %s)\n", median(times) * 1e6, times.size(),
+                cuda ? "CUDA events" : "wall clock");
+  std::printf("floor     %.2f GFLOP, %.3f GiB of %lld touched experts:", flops * 1e-9, bytes / kGiB,
+              (long long)n_touched);
+  for (const auto& c : moekit::cli::gpu_ceilings())
+    std::printf(" %s %.1f us", c.gpu, moekit::cli::floor_seconds(c, bytes, flops) * 1e6);
+  std::printf("\n");
+  return pass ? 0 : kExitFail;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc < 2) {
+      std::fputs(kUsage, stderr);
+      return kExitUsage;
+    }
+    const std::string cmd = argv[1];
+    bool help = false;
+    for (int i = 1; i < argc; ++i) help |= !std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h");
+    if (cmd == "help" || help) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (cmd == "models") return cmd_models();
+    if (cmd == "run") return cmd_run(parse(argc, argv));
+    throw UsageError{"unknown command '" + cmd + "'"};
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "moekit: %s\nTry 'moekit --help'.\n", e.message.c_str());
+    return kExitUsage;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "moekit: out of host memory; try a smaller --tokens or --ep-size\n");
+    return kExitResources;
+  }
+}
