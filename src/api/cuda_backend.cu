@@ -1,33 +1,208 @@
-// Placeholder CUDA backend: reports the device, runs nothing yet.
+// The CUDA backend: workspace layout, device and pointer checks, and the
+// launch sequence sort -> permute -> GEMM 1 -> activation -> GEMM 2 -> finalize.
+// Everything here is host code; kernels live in src/kernels/<stage>/.
 #include <cuda_runtime.h>
+
+#include <array>
+#include <atomic>
+#include <vector>
 
 #include "api/backend.hpp"
 #include "api/validate.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moekit::detail {
 
-bool cuda_backend_available() {
-  int count = 0;
+namespace {
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Byte offsets of every buffer in the workspace. The expert-ordered row
+// buffers are contiguous [rows, K] matrices and expert_offsets is int32
+// [E_local + 1], the form a grouped GEMM with device-side problem sizes takes.
+struct CudaLayout {
+  size_t keys[2], pairs[2];  // [T*k] radix sort double buffers
+  size_t cub_temp, cub_bytes;
+  size_t expert_offsets;     // [E_local + 1]
+  size_t pair_to_row;        // [T*k]
+  size_t rows;               // [T*k, H]  gathered input; later GEMM 2's output
+  size_t gemm1;              // [T*k, N1]
+  size_t act;                // [T*k, I]
+  size_t total;
+};
+
+Status cuda_status(cudaError_t e, const char* what) {
+  cudaGetLastError();  // launch-configuration errors are not sticky; clear them
+  return error(MOEKIT_ERROR_CUDA, what, " failed: ", cudaGetErrorName(e), " (",
+               cudaGetErrorString(e), ")");
+}
+
+Status make_layout(const Problem& p, CudaLayout* l) {
+  const size_t pairs = static_cast<size_t>(p.num_tokens * p.top_k);
+  const size_t cb = dtype_bytes(p.weight_dtype);
+  if (cudaError_t e = kernels::sort_temp_bytes(p.num_tokens * p.top_k, p.num_local_experts,
+                                               &l->cub_bytes);
+      e != cudaSuccess)
+    return cuda_status(e, "cub::DeviceRadixSort::SortPairs (size query)");
+  size_t at = 0;
+  auto take = [&](size_t bytes) { size_t here = at; at += align_up(bytes); return here; };
+  for (int i = 0; i < 2; ++i) l->keys[i] = take(pairs * sizeof(uint32_t));
+  for (int i = 0; i < 2; ++i) l->pairs[i] = take(pairs * sizeof(int32_t));
+  l->cub_temp = take(l->cub_bytes);
+  l->expert_offsets = take((p.num_local_experts + 1) * sizeof(int32_t));
+  l->pair_to_row = take(pairs * sizeof(int32_t));
+  l->rows = take(pairs * p.hidden_size * cb);
+  l->gemm1 = take(pairs * gemm1_columns(p) * cb);
+  l->act = take(pairs * p.intermediate_size * cb);
+  l->total = at;
+  return Status();
+}
+
+// Per-device facts, read once: a query per call would cost host time and is
+// unwelcome inside stream capture.
+constexpr int kMaxDevices = 64;
+std::array<std::atomic<int>, kMaxDevices> g_sm_count{};   // 0 = not read yet
+std::array<std::atomic<int>, kMaxDevices> g_cc{};         // major * 10 + minor
+
+Status current_device(kernels::DeviceInfo* info) {
+  int dev = -1, count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     cudaGetLastError();
-    return false;
-  }
-  return true;
-}
-
-Status cuda_workspace_size(const Problem&, size_t* bytes) {
-  *bytes = 0;
-  if (!cuda_backend_available())
     return error(MOEKIT_ERROR_NO_DEVICE, "device: expected a CUDA GPU, found none; use device = cpu");
-  return error(MOEKIT_ERROR_NOT_SUPPORTED, "device: the CUDA backend is not built yet");
+  }
+  if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return cuda_status(e, "cudaGetDevice");
+  if (dev < 0 || dev >= kMaxDevices)
+    return error(MOEKIT_ERROR_NOT_SUPPORTED, "device: expected a device index below ", kMaxDevices,
+                 ", got ", dev);
+  if (g_sm_count[dev].load(std::memory_order_acquire) == 0) {
+    int sms = 0, major = 0, minor = 0;
+    if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev); e != cudaSuccess)
+      return cuda_status(e, "cudaDeviceGetAttribute");
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    g_cc[dev].store(major * 10 + minor, std::memory_order_relaxed);
+    g_sm_count[dev].store(sms, std::memory_order_release);
+  }
+  const int cc = g_cc[dev].load(std::memory_order_relaxed);
+  if (cc != 90)
+    return error(MOEKIT_ERROR_NO_DEVICE,
+                 "device: expected a GPU of compute capability 9.0 (moekit is built for sm_90a), "
+                 "got ", cc / 10, ".", cc % 10, " on device ", dev);
+  info->device = dev;
+  info->sm_count = g_sm_count[dev].load(std::memory_order_relaxed);
+  return Status();
 }
 
-Status cuda_check_arguments(const Arguments&, const void*) {
-  return error(MOEKIT_ERROR_NOT_SUPPORTED, "device: the CUDA backend is not built yet");
+// The pointer must be usable by kernels on `device`.
+Status check_pointer(const char* name, const void* ptr, int device) {
+  if (ptr == nullptr) return Status();
+  cudaPointerAttributes attr{};
+  cudaError_t e = cudaPointerGetAttributes(&attr, ptr);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return error(MOEKIT_ERROR_INVALID_ARGUMENT, name, ": expected device memory, got a pointer "
+                 "the CUDA runtime does not know (", cudaGetErrorName(e), ")");
+  }
+  switch (attr.type) {
+    case cudaMemoryTypeDevice:
+      if (attr.device != device)
+        return error(MOEKIT_ERROR_INVALID_ARGUMENT, name, ": expected memory of the current device ",
+                     device, ", got memory of device ", attr.device);
+      return Status();
+    case cudaMemoryTypeManaged: return Status();
+    case cudaMemoryTypeHost:
+      if (attr.devicePointer == ptr) return Status();  // pinned and mapped at the same address
+      return error(MOEKIT_ERROR_INVALID_ARGUMENT, name,
+                   ": expected device memory, got pinned host memory not mapped at this address");
+    default:
+      return error(MOEKIT_ERROR_INVALID_ARGUMENT, name,
+                   ": expected device memory (device = cuda), got host memory");
+  }
 }
 
-Status cuda_run(const Arguments&, void*, CUstream_st*) {
-  return error(MOEKIT_ERROR_NOT_SUPPORTED, "device: the CUDA backend is not built yet");
+}  // namespace
+
+bool cuda_backend_available() {
+  kernels::DeviceInfo info{};
+  return current_device(&info).ok();
+}
+
+Status cuda_workspace_size(const Problem& p, size_t* bytes) {
+  *bytes = 0;
+  kernels::DeviceInfo info{};
+  if (Status s = current_device(&info); !s) return s;
+  if (p.num_tokens == 0) return Status();
+  CudaLayout l{};
+  if (Status s = make_layout(p, &l); !s) return s;
+  *bytes = l.total;
+  return Status();
+}
+
+Status cuda_check_arguments(const Arguments& a, const void* workspace) {
+  kernels::DeviceInfo info{};
+  if (Status s = current_device(&info); !s) return s;
+  const std::pair<const char*, const void*> ptrs[] = {
+      {"hidden", a.hidden},   {"topk_ids", a.topk_ids}, {"topk_weights", a.topk_weights},
+      {"w13", a.w13},         {"w13_bias", a.w13_bias}, {"w2", a.w2},
+      {"w2_bias", a.w2_bias}, {"diagnostics", a.diagnostics}, {"output", a.output},
+      {"workspace", workspace}};
+  for (const auto& [name, ptr] : ptrs)
+    if (Status s = check_pointer(name, ptr, info.device); !s) return s;
+  return Status();
+}
+
+Status cuda_run(const Arguments& a, void* workspace, CUstream_st* stream_handle) {
+  const Problem& p = a.problem;
+  kernels::DeviceInfo dev{};
+  if (Status s = current_device(&dev); !s) return s;
+  CudaLayout l{};
+  if (Status s = make_layout(p, &l); !s) return s;
+  cudaStream_t stream = stream_handle;
+  char* ws = static_cast<char*>(workspace);
+  auto at = [&](size_t off) { return static_cast<void*>(ws + off); };
+
+  kernels::SortBuffers sb{};
+  for (int i = 0; i < 2; ++i) {
+    sb.keys[i] = static_cast<uint32_t*>(at(l.keys[i]));
+    sb.pairs[i] = static_cast<int32_t*>(at(l.pairs[i]));
+  }
+  sb.cub_temp = at(l.cub_temp);
+  sb.cub_temp_bytes = l.cub_bytes;
+  sb.expert_offsets = static_cast<int32_t*>(at(l.expert_offsets));
+  sb.pair_to_row = static_cast<int32_t*>(at(l.pair_to_row));
+  const int32_t* valid_rows = sb.expert_offsets + p.num_local_experts;  // device scalar
+
+  const int64_t max_rows = p.num_tokens * p.top_k;
+  const int64_t n1 = gemm1_columns(p);
+  const moekit_dtype_t cd = p.weight_dtype;
+  void* rows = at(l.rows);    // [T*k, H]
+  void* gemm1 = at(l.gemm1);  // [T*k, N1]
+  void* act = at(l.act);      // [T*k, I]
+  void* y = rows;             // GEMM 2 output reuses the gathered input
+
+  const int32_t* sorted_pairs = nullptr;
+  cudaError_t e = kernels::launch_sort(a.topk_ids, p.num_tokens, p.top_k, p.num_experts,
+                                       p.num_local_experts, p.ep_rank, sb, a.diagnostics,
+                                       &sorted_pairs, dev, stream);
+  if (e != cudaSuccess) return cuda_status(e, "sort");
+  e = kernels::launch_permute(a.hidden, p.input_dtype, sorted_pairs, valid_rows, max_rows,
+                              p.top_k, p.hidden_size, rows, cd, dev, stream);
+  if (e != cudaSuccess) return cuda_status(e, "permute");
+  e = kernels::launch_grouped_gemm(rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
+                                   gemm1, max_rows, n1, p.hidden_size, cd, dev, stream);
+  if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
+  const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
+  e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
+                                 p.gate_up_order, cd, dev, stream);
+  if (e != cudaSuccess) return cuda_status(e, "activation");
+  e = kernels::launch_grouped_gemm(act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
+                                   max_rows, p.hidden_size, p.intermediate_size, cd, dev, stream);
+  if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
+  e = kernels::launch_finalize(y, cd, sb.pair_to_row, a.topk_weights, p.num_tokens, p.top_k,
+                               p.hidden_size, a.output, p.output_dtype, dev, stream);
+  if (e != cudaSuccess) return cuda_status(e, "finalize");
+  return Status();
 }
 
 }  // namespace moekit::detail

@@ -1,7 +1,347 @@
-#include <gtest/gtest.h>
+// The whole CUDA layer against the CPU reference (same API, device = cpu) for
+// the input classes of ROBUSTNESS.md. Outputs and workspaces are poisoned and
+// guarded by canaries; every run is checked row by row.
+#include <algorithm>
+#include <functional>
+#include <random>
 
-#include "moekit/moekit.hpp"
+#include "gpu_util.hpp"
+#include "reference/reference.hpp"
 
-TEST(GpuLayer, Placeholder) {
-  if (!moekit::cuda_available()) GTEST_SKIP() << "no CUDA GPU of compute capability 9.0 here";
+using namespace moekit;
+using test::DeviceBuffer;
+using test::DeviceLayer;
+
+namespace {
+
+Problem problem(int64_t T, int64_t E, int64_t k, int64_t H, int64_t I,
+                moekit_dtype_t dt = MOEKIT_DTYPE_BF16) {
+  Problem p = default_problem();
+  p.num_tokens = T;
+  p.num_experts = p.num_local_experts = E;
+  p.top_k = k;
+  p.hidden_size = H;
+  p.intermediate_size = I;
+  p.input_dtype = p.weight_dtype = p.output_dtype = dt;
+  return p;
+}
+
+double tolerance(const Problem& p) {
+  return ref::oracle_tolerance(p.weight_dtype, p.input_dtype, p.output_dtype);
+}
+
+// Production failure modes, by token: [0]*k, -1 padding, duplicates, garbage.
+void make_adversarial(ref::HostLayer& l, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t k = l.problem.top_k, E = l.problem.num_experts;
+  for (int64_t t = 0; t < l.problem.num_tokens; ++t) {
+    int32_t* ids = l.topk_ids.data() + t * k;
+    switch (rng() % 6) {
+      case 0: std::fill(ids, ids + k, 0); break;
+      case 1: std::fill(ids, ids + k, -1); break;
+      case 2: for (int64_t s = 1; s < k; s += 2) ids[s] = ids[s - 1]; break;
+      case 3: for (int64_t s = 0; s < k; s += 2) ids[s] = static_cast<int32_t>(rng() % 2 ? rng() : E + rng() % 9); break;
+      default: break;
+    }
+  }
+}
+
+// Runs l on the GPU and checks it against the CPU reference, the canaries and
+// the oracle on a few tokens; returns the GPU output.
+std::vector<uint8_t> expect_gpu_matches(const ref::HostLayer& l, const std::string& what,
+                                        bool oracle = true) {
+  SCOPED_TRACE(what);
+  DeviceLayer d(l);
+  DeviceBuffer diag(sizeof(moekit_diagnostics_t), 0);
+  d.args.diagnostics = static_cast<moekit_diagnostics_t*>(diag.data());
+  Status s = d.run();
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<uint8_t> got = d.output.download();
+  const Problem& p = l.problem;
+  const std::vector<uint8_t> want = test::cpu_reference(l);
+  EXPECT_TRUE(test::rows_match(got, want, p.num_tokens, p.hidden_size, p.output_dtype, tolerance(p)));
+  EXPECT_TRUE(d.all_canaries_intact());
+  if (oracle && p.num_tokens > 0) {
+    std::vector<int64_t> tokens;
+    for (int64_t i = 0; i < 8; ++i) tokens.push_back(i * (p.num_tokens - 1) / 7);
+    const auto c = ref::check_against_oracle(l.arguments(got.data()), got.data(), tokens);
+    EXPECT_EQ(c.nonfinite_mismatch, 0);
+    EXPECT_LE(c.rel_frobenius, tolerance(p));
+  }
+  // Diagnostics equal the CPU's count.
+  moekit_diagnostics_t want_diag{}, got_diag{};
+  {
+    std::vector<int32_t> off(p.num_local_experts + 1), a(p.num_tokens * p.top_k), b(a.size());
+    ref::sort_pairs({p.num_tokens, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank},
+                    l.topk_ids.data(), off.data(), a.data(), b.data(), &want_diag);
+  }
+  EXPECT_EQ(cudaMemcpy(&got_diag, diag.data(), sizeof(got_diag), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(got_diag.invalid_ids, want_diag.invalid_ids);
+  EXPECT_EQ(got_diag.tokens_without_valid_expert, want_diag.tokens_without_valid_expert);
+  EXPECT_EQ(got_diag.tokens_without_local_expert, want_diag.tokens_without_local_expert);
+  return got;
+}
+
+}  // namespace
+
+TEST(GpuLayer, EveryDtypeCombination) {
+  REQUIRE_GPU();
+  const moekit_dtype_t kinds[] = {MOEKIT_DTYPE_BF16, MOEKIT_DTYPE_FP16, MOEKIT_DTYPE_FP32};
+  for (auto in : kinds)
+    for (auto w : kinds)
+      for (auto out : kinds) {
+        Problem p = problem(37, 16, 4, 136, 72);
+        p.input_dtype = in; p.weight_dtype = w; p.output_dtype = out;
+        expect_gpu_matches(ref::make_random_layer(p, 1), std::string(moekit_dtype_name(in)) + "/" +
+                                                             moekit_dtype_name(w) + "/" + moekit_dtype_name(out));
+      }
+}
+
+TEST(GpuLayer, EveryActivationOrderAndBias) {
+  REQUIRE_GPU();
+  for (int act = MOEKIT_ACT_SWIGLU; act <= MOEKIT_ACT_IDENTITY; ++act)
+    for (int order = 0; order < 3; ++order)
+      for (int bias = 0; bias < 2; ++bias) {
+        if (order > 0 && !activation_is_gated(static_cast<moekit_activation_t>(act))) continue;
+        Problem p = problem(29, 8, 3, 64, 48);
+        p.activation = static_cast<moekit_activation_t>(act);
+        p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
+        p.has_w13_bias = p.has_w2_bias = bias;
+        if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
+        expect_gpu_matches(ref::make_random_layer(p, act * 10 + order),
+                           std::string(moekit_activation_name(p.activation)) + " order " +
+                               std::to_string(order) + " bias " + std::to_string(bias));
+      }
+}
+
+TEST(GpuLayer, ProductionFailureRoutingAtEveryThreshold) {
+  REQUIRE_GPU();
+  for (int64_t T : {1, 2, 255, 256, 257, 1023, 1024, 1025, 4095, 4096, 4097}) {
+    ref::HostLayer l = ref::make_random_layer(problem(T, 64, 8, 128, 64), T);
+    make_adversarial(l, T);
+    expect_gpu_matches(l, "T=" + std::to_string(T));
+    if (HasFailure()) return;
+  }
+}
+
+TEST(GpuLayer, ProductionFailureRoutingAt300kTokens) {
+  REQUIRE_GPU();
+  ref::HostLayer l = ref::make_random_layer(problem(300000, 64, 8, 64, 32), 300000);
+  make_adversarial(l, 3);
+  expect_gpu_matches(l, "T=300000");
+}
+
+TEST(GpuLayer, OddShapesAndExpertCounts) {
+  REQUIRE_GPU();
+  struct S { int64_t T, E, k, H, I; };
+  for (S s : {S{33, 8, 2, 2688, 704}, S{65, 257, 9, 200, 40}, S{40, 384, 22, 64, 24},
+              S{70, 1100, 10, 32, 16}, S{9, 6, 6, 8, 8}, S{17, 3, 3, 24, 8}}) {
+    expect_gpu_matches(ref::make_random_layer(problem(s.T, s.E, s.k, s.H, s.I), s.E),
+                       "E=" + std::to_string(s.E) + " H=" + std::to_string(s.H) + " I=" + std::to_string(s.I));
+  }
+}
+
+TEST(GpuLayer, ExpertParallelRanksIncludingAnEmptyRank) {
+  REQUIRE_GPU();
+  for (int64_t rank = 0; rank < 4; ++rank) {
+    Problem p = problem(100, 32, 4, 64, 32);
+    p.ep_size = 4; p.ep_rank = rank; p.num_local_experts = 8;
+    ref::HostLayer l = ref::make_random_layer(p, rank);
+    if (rank == 3) for (auto& id : l.topk_ids) id %= 24;  // no id reaches rank 3
+    expect_gpu_matches(l, "rank " + std::to_string(rank));
+  }
+}
+
+TEST(GpuLayer, RoutingSkewOneExpertLastExpertOnePerExpert) {
+  REQUIRE_GPU();
+  ref::HostLayer l = ref::make_random_layer(problem(600, 32, 4, 64, 32), 4);
+  std::fill(l.topk_ids.begin(), l.topk_ids.end(), 0);
+  expect_gpu_matches(l, "all on expert 0");
+  std::fill(l.topk_ids.begin(), l.topk_ids.end(), 31);
+  expect_gpu_matches(l, "all on the last expert");
+  ref::HostLayer one = ref::make_random_layer(problem(128, 128, 1, 64, 32), 5);
+  for (int t = 0; t < 128; ++t) one.topk_ids[t] = 127 - t;
+  expect_gpu_matches(one, "one token per expert");
+}
+
+TEST(GpuLayer, NonFiniteValuesStayInTheirRow) {
+  REQUIRE_GPU();
+  ref::HostLayer l = ref::make_random_layer(problem(64, 16, 4, 64, 32, MOEKIT_DTYPE_FP32), 6);
+  float* x = reinterpret_cast<float*>(l.hidden.data());
+  x[3 * 64 + 1] = NAN;
+  x[10 * 64 + 7] = INFINITY;
+  l.topk_weights[20 * 4 + 2] = NAN;
+  l.topk_weights[21 * 4 + 0] = -INFINITY;
+  l.topk_weights[22 * 4 + 1] = 0.0f;
+  l.topk_weights[23 * 4 + 3] = -7.0f;
+  l.topk_ids[24 * 4 + 0] = -1;
+  l.topk_weights[24 * 4 + 0] = NAN;  // NaN weight on an invalid slot: ignored
+  std::vector<uint8_t> got = expect_gpu_matches(l, "non-finite");
+  const float* out = reinterpret_cast<const float*>(got.data());
+  for (int64_t t = 0; t < 64; ++t) {
+    bool finite = true;
+    for (int64_t h = 0; h < 64; ++h) finite &= std::isfinite(out[t * 64 + h]);
+    EXPECT_EQ(finite, t != 3 && t != 10 && t != 20 && t != 21) << "token " << t;
+  }
+}
+
+TEST(GpuLayer, IndicesPast2To31) {
+  REQUIRE_GPU();
+  // 320000 rows x H = 8192: row * H reaches 2.6e9 in permute, GEMM 2 and finalize.
+  Problem p = problem(80000, 4, 4, 8192, 8);
+  ref::HostLayer l = ref::make_random_layer(p, 7);
+  expect_gpu_matches(l, "T*k*H > 2^31", false);
+}
+
+TEST(GpuLayer, ZeroTokensLaunchesNothing) {
+  REQUIRE_GPU();
+  Problem p = problem(0, 8, 2, 64, 32);
+  size_t bytes = 1;
+  ASSERT_TRUE(MoeLayer::workspace_size(p, &bytes).ok());
+  EXPECT_EQ(bytes, 0u);
+  moekit_arguments_t a{};
+  a.problem = p;
+  EXPECT_TRUE(MoeLayer::run(a, nullptr, 0, nullptr).ok());
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+TEST(GpuLayer, BitwiseDeterministic) {
+  REQUIRE_GPU();
+  ref::HostLayer l = ref::make_random_layer(problem(3000, 64, 8, 256, 128), 8);
+  make_adversarial(l, 8);
+  DeviceLayer d(l);
+  ASSERT_TRUE(d.run().ok());
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<uint8_t> first = d.output.download();
+  for (int i = 0; i < 3; ++i) {
+    CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
+    ASSERT_TRUE(d.run().ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    ASSERT_EQ(d.output.download(), first) << "run " << i;
+  }
+}
+
+TEST(GpuLayer, GraphReplayWithNewRoutingEachTime) {
+  REQUIRE_GPU();
+  ref::HostLayer l = ref::make_random_layer(problem(257, 64, 8, 128, 64), 9);
+  DeviceLayer d(l);
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  // Global mode: any allocation or synchronization inside run breaks the capture.
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  Status s = d.run(stream);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  ASSERT_TRUE(s.ok()) << s.message();
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 4; ++replay) {
+    ref::HostLayer next = ref::make_random_layer(l.problem, 100 + replay);
+    if (replay % 2) make_adversarial(next, replay);
+    next.w13 = l.w13;  // weights stay; routing and inputs change
+    next.w2 = l.w2;
+    d.hidden.upload(next.hidden.data(), next.hidden.size());
+    d.ids.upload(next.topk_ids.data(), next.topk_ids.size() * 4);
+    d.weights.upload(next.topk_weights.data(), next.topk_weights.size() * 4);
+    CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    EXPECT_TRUE(test::rows_match(d.output.download(), test::cpu_reference(next), 257, 128,
+                                 MOEKIT_DTYPE_BF16, tolerance(l.problem)))
+        << "replay " << replay;
+  }
+  EXPECT_TRUE(d.all_canaries_intact());
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+TEST(GpuLayer, TwoStreamsWithTheirOwnWorkspaces) {
+  REQUIRE_GPU();
+  ref::HostLayer la = ref::make_random_layer(problem(1500, 64, 8, 128, 64), 10);
+  ref::HostLayer lb = ref::make_random_layer(problem(700, 16, 2, 256, 128, MOEKIT_DTYPE_FP16), 11);
+  make_adversarial(lb, 11);
+  DeviceLayer a(la), b(lb);
+  cudaStream_t s1, s2;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(a.run(s1).ok());
+    ASSERT_TRUE(b.run(s2).ok());
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_TRUE(test::rows_match(a.output.download(), test::cpu_reference(la), 1500, 128,
+                               MOEKIT_DTYPE_BF16, tolerance(la.problem)));
+  EXPECT_TRUE(test::rows_match(b.output.download(), test::cpu_reference(lb), 700, 256,
+                               MOEKIT_DTYPE_FP16, tolerance(lb.problem)));
+  EXPECT_TRUE(a.all_canaries_intact() && b.all_canaries_intact());
+  CUDA_OK(cudaStreamDestroy(s1));
+  CUDA_OK(cudaStreamDestroy(s2));
+}
+
+TEST(GpuLayer, BadCallsLeaveNoErrorAndWriteNothing) {
+  REQUIRE_GPU();
+  ref::HostLayer l = ref::make_random_layer(problem(64, 16, 4, 64, 32), 12);
+  DeviceLayer d(l);
+  std::vector<int32_t> host_ids(l.topk_ids);
+  struct Bad { const char* what; std::function<Status()> call; const char* message; };
+  moekit_arguments_t host_ptr = d.args;
+  host_ptr.topk_ids = host_ids.data();
+  moekit_arguments_t bad_k = d.args;
+  bad_k.problem.top_k = 17;
+  const std::vector<Bad> bads = {
+      {"host pointer", [&] { return MoeLayer::run(host_ptr, d.workspace.data(), d.workspace_bytes); },
+       "topk_ids: expected device memory"},
+      {"top_k > E", [&] { return MoeLayer::run(bad_k, d.workspace.data(), d.workspace_bytes); },
+       "top_k: expected 1 <= top_k <= num_experts = 16, got 17"},
+      {"workspace one byte short", [&] { return MoeLayer::run(d.args, d.workspace.data(), d.workspace_bytes - 1); },
+       "workspace_bytes: expected at least"},
+      {"host workspace", [&] {
+         static std::vector<uint8_t> hws(1 << 26);
+         void* p = hws.data() + (256 - reinterpret_cast<uintptr_t>(hws.data()) % 256) % 256;
+         return MoeLayer::run(d.args, p, d.workspace_bytes); },
+       "workspace: expected device memory"},
+  };
+  for (const Bad& b : bads) {
+    SCOPED_TRACE(b.what);
+    Status s = b.call();
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find(b.message), std::string::npos) << s.message();
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    const std::vector<uint8_t> out = d.output.download();
+    EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](uint8_t v) { return v == 0xFF; }));
+  }
+  expect_gpu_matches(l, "good call after bad ones");
+}
+
+TEST(GpuLayer, HundredsOfRandomConfigurationsSharingOneWorkspace) {
+  REQUIRE_GPU();
+  std::mt19937 rng(77);
+  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
+  DeviceBuffer shared_ws(size_t{512} << 20);
+  for (int iter = 0; iter < 200; ++iter) {
+    const int64_t E = pick({1, 2, 8, 64, 72, 257});
+    const int64_t k = std::min<int64_t>(E, pick({1, 2, 3, 6, 8, 9}));
+    Problem p = problem(pick({1, 3, 64, 255, 257, 1000}), E, k, pick({8, 64, 136, 512}),
+                        pick({8, 40, 64, 256}), static_cast<moekit_dtype_t>(rng() % 3));
+    p.output_dtype = static_cast<moekit_dtype_t>(rng() % 3);
+    p.activation = static_cast<moekit_activation_t>(rng() % 9);
+    p.gate_up_order = static_cast<moekit_gate_up_order_t>(rng() % 3);
+    p.has_w13_bias = rng() % 2;
+    p.has_w2_bias = rng() % 2;
+    if (E % 2 == 0 && rng() % 3 == 0) { p.ep_size = 2; p.ep_rank = rng() % 2; p.num_local_experts = E / 2; }
+    ref::HostLayer l = ref::make_random_layer(p, iter);
+    if (rng() % 2) make_adversarial(l, iter);
+    DeviceLayer d(l);
+    ASSERT_LE(d.workspace_bytes, shared_ws.size());
+    Status s = MoeLayer::run(d.args, shared_ws.data(), d.workspace_bytes);
+    ASSERT_TRUE(s.ok()) << s.message();
+    CUDA_OK(cudaDeviceSynchronize());
+    ASSERT_TRUE(test::rows_match(d.output.download(), test::cpu_reference(l), p.num_tokens,
+                                 p.hidden_size, p.output_dtype, tolerance(p)))
+        << "config " << iter;
+    ASSERT_TRUE(d.all_canaries_intact() && shared_ws.canaries_intact()) << "config " << iter;
+  }
 }

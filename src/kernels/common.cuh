@@ -1,0 +1,82 @@
+// Shared device helpers: dtype traits, 16-byte vectors of 8 elements, launch
+// checks and grid sizing. Included by the kernel files only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "moekit/moekit.h"
+
+namespace moekit::kernels {
+
+template <class T> struct DtypeOf;
+template <> struct DtypeOf<__nv_bfloat16> { static constexpr moekit_dtype_t value = MOEKIT_DTYPE_BF16; };
+template <> struct DtypeOf<__half> { static constexpr moekit_dtype_t value = MOEKIT_DTYPE_FP16; };
+template <> struct DtypeOf<float> { static constexpr moekit_dtype_t value = MOEKIT_DTYPE_FP32; };
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <class T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+
+// Eight consecutive elements: one 16-byte access for 16-bit types, two for fp32.
+// Callers guarantee 16-byte alignment (rows are multiples of 8 elements and the
+// API checks base pointers).
+template <class T>
+struct alignas(16) Vec8 {
+  T v[8];
+};
+
+template <class T>
+__device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
+  if constexpr (sizeof(T) == 2) {
+    Vec8<T> x = *reinterpret_cast<const Vec8<T>*>(p);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out[i] = to_float(x.v[i]);
+  } else {
+    float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+    out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void store8(T* p, const float (&in)[8]) {
+  if constexpr (sizeof(T) == 2) {
+    Vec8<T> x;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x.v[i] = from_float<T>(in[i]);
+    *reinterpret_cast<Vec8<T>*>(p) = x;
+  } else {
+    reinterpret_cast<float4*>(p)[0] = make_float4(in[0], in[1], in[2], in[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(in[4], in[5], in[6], in[7]);
+  }
+}
+
+// Calls f(T{}) with T the storage type of d.
+template <class F>
+void dispatch_dtype(moekit_dtype_t d, F&& f) {
+  switch (d) {
+    case MOEKIT_DTYPE_BF16: f(__nv_bfloat16{}); break;
+    case MOEKIT_DTYPE_FP16: f(__half{}); break;
+    default: f(float{}); break;
+  }
+}
+
+// Grid for grid-stride loops: enough blocks to fill the GPU, no more than the work.
+inline unsigned grid_for(int64_t work_blocks, int sm_count, int blocks_per_sm = 8) {
+  int64_t cap = static_cast<int64_t>(sm_count) * blocks_per_sm;
+  int64_t g = work_blocks < cap ? work_blocks : cap;
+  return static_cast<unsigned>(g < 1 ? 1 : g);
+}
+
+}  // namespace moekit::kernels

@@ -1,0 +1,74 @@
+// Host launchers of every CUDA stage. Each returns the cudaError_t of its
+// launches (CUB style); the backend turns errors into Status messages.
+//
+// Row conventions (identical to reference/reference.hpp): pair p = t * k + s;
+// rows [offsets[e], offsets[e+1]) belong to local expert e, in pair order;
+// offsets[E_local] = valid rows; rows past it are invalid pairs.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/activation_math.hpp"
+#include "moekit/moekit.h"
+
+namespace moekit::kernels {
+
+struct DeviceInfo {
+  int device;
+  int sm_count;
+};
+
+// ---- sort ------------------------------------------------------------------
+struct SortBuffers {
+  uint32_t* keys[2];        // [T*k] each: local expert, E_local for invalid
+  int32_t* pairs[2];        // [T*k] each: pair index; sorted result in one of them
+  void* cub_temp;           // CUB radix sort temporary storage
+  size_t cub_temp_bytes;
+  int32_t* expert_offsets;  // [E_local + 1]
+  int32_t* pair_to_row;     // [T*k]: row of pair p, -1 if invalid
+};
+
+// Bits that hold keys in [0, E_local] (E_local is the invalid sentinel).
+int sort_key_bits(int64_t num_local_experts);
+cudaError_t sort_temp_bytes(int64_t pairs, int64_t num_local_experts, size_t* bytes);
+
+// On success *sorted_pairs points at whichever of pairs[0/1] holds the row->pair map.
+cudaError_t launch_sort(const int32_t* topk_ids, int64_t num_tokens, int64_t top_k,
+                        int64_t num_experts, int64_t num_local_experts, int64_t ep_rank,
+                        const SortBuffers& b, moekit_diagnostics_t* diagnostics,
+                        const int32_t** sorted_pairs, const DeviceInfo& dev, cudaStream_t stream);
+
+// ---- permute ---------------------------------------------------------------
+// rows [T*k, H] compute dtype <- hidden [T, H] input dtype, for rows < offsets[E_local].
+cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
+                           const int32_t* sorted_pairs, const int32_t* valid_rows,
+                           int64_t max_rows, int64_t top_k, int64_t hidden_size,
+                           void* rows, moekit_dtype_t compute_dtype, const DeviceInfo& dev,
+                           cudaStream_t stream);
+
+// ---- grouped GEMM ----------------------------------------------------------
+// c [rows, N] = a [rows, K] x w[e]^T + bias[e] for each expert's rows; all in
+// `dtype`, fp32 accumulation. w [E_local, N, K], bias [E_local, N] or null.
+cudaError_t launch_grouped_gemm(const void* a, const int32_t* expert_offsets,
+                                int64_t num_local_experts, const void* w, const void* bias,
+                                void* c, int64_t max_rows, int64_t n, int64_t k,
+                                moekit_dtype_t dtype, const DeviceInfo& dev, cudaStream_t stream);
+
+// ---- activation ------------------------------------------------------------
+// out [rows, I] <- gemm1 [rows, N1], for rows < *valid_rows.
+cudaError_t launch_activation(const void* gemm1, void* out, const int32_t* valid_rows,
+                              int64_t max_rows, int64_t inter, const ActivationParams& p,
+                              moekit_gate_up_order_t order, moekit_dtype_t dtype,
+                              const DeviceInfo& dev, cudaStream_t stream);
+
+// ---- finalize --------------------------------------------------------------
+// out [T, H] = sum over valid slots, in slot order, of weight * y[row], fp32.
+cudaError_t launch_finalize(const void* y, moekit_dtype_t y_dtype, const int32_t* pair_to_row,
+                            const float* topk_weights, int64_t num_tokens, int64_t top_k,
+                            int64_t hidden_size, void* out, moekit_dtype_t output_dtype,
+                            const DeviceInfo& dev, cudaStream_t stream);
+
+}  // namespace moekit::kernels

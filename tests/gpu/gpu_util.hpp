@@ -1,0 +1,171 @@
+// GPU test helpers: guarded device buffers (canaries on both sides, poisoned
+// body), a device copy of a HostLayer, and row-by-row output comparison.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "moekit/moekit.hpp"
+#include "reference/dtype.hpp"
+#include "reference/oracle.hpp"
+#include "reference/random_layer.hpp"
+
+#define CUDA_OK(expr)                                                                     \
+  do {                                                                                    \
+    cudaError_t e_ = (expr);                                                              \
+    ASSERT_EQ(e_, cudaSuccess) << #expr << ": " << cudaGetErrorName(e_) << " "            \
+                               << cudaGetErrorString(e_);                                 \
+  } while (0)
+
+#define REQUIRE_GPU()                                                                     \
+  do {                                                                                    \
+    if (!moekit::cuda_available())                                                        \
+      GTEST_SKIP() << "no CUDA GPU of compute capability 9.0 here; GPU test skipped";     \
+  } while (0)
+
+namespace moekit::test {
+
+// Device buffer of `bytes` with kGuard canary bytes on each side.
+class DeviceBuffer {
+ public:
+  static constexpr size_t kGuard = 4096;
+  static constexpr int kCanary = 0xA5;
+  DeviceBuffer() = default;
+  // fill 0xFF poisons the body (NaN in every float dtype); under
+  // MOEKIT_TEST_NO_POISON the body is left unwritten so initcheck can report
+  // reads of memory that nothing wrote.
+  explicit DeviceBuffer(size_t bytes, int fill = 0xFF) : bytes_(bytes) {
+    if (cudaMalloc(&base_, bytes + 2 * kGuard) != cudaSuccess) { base_ = nullptr; return; }
+    cudaMemset(base_, kCanary, kGuard);
+    cudaMemset(static_cast<char*>(base_) + kGuard + bytes, kCanary, kGuard);
+    const bool skip = fill == 0xFF && std::getenv("MOEKIT_TEST_NO_POISON") != nullptr;
+    if (bytes && !skip) cudaMemset(data(), fill, bytes);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(base_, o.base_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~DeviceBuffer() { if (base_) cudaFree(base_); }
+
+  void* data() const { return base_ ? static_cast<char*>(base_) + kGuard : nullptr; }
+  size_t size() const { return bytes_; }
+  bool ok() const { return base_ != nullptr; }
+
+  void upload(const void* host, size_t bytes) { cudaMemcpy(data(), host, bytes, cudaMemcpyHostToDevice); }
+  std::vector<uint8_t> download() const {
+    std::vector<uint8_t> h(bytes_);
+    if (bytes_) cudaMemcpy(h.data(), data(), bytes_, cudaMemcpyDeviceToHost);
+    return h;
+  }
+  bool canaries_intact() const {
+    std::vector<uint8_t> g(kGuard);
+    for (const char* p : {static_cast<const char*>(base_), static_cast<const char*>(base_) + kGuard + bytes_}) {
+      cudaMemcpy(g.data(), p, kGuard, cudaMemcpyDeviceToHost);
+      for (uint8_t b : g)
+        if (b != kCanary) return false;
+    }
+    return true;
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Device copies of every tensor of a HostLayer, plus a poisoned output and workspace.
+struct DeviceLayer {
+  DeviceBuffer hidden, ids, weights, w13, w13_bias, w2, w2_bias, output, workspace;
+  size_t workspace_bytes = 0;
+  moekit_arguments_t args{};
+
+  explicit DeviceLayer(const ref::HostLayer& l) {
+    moekit_problem_t p = l.problem;
+    p.device = MOEKIT_DEVICE_CUDA;
+    auto up = [](DeviceBuffer& b, const void* src, size_t n) {
+      b = DeviceBuffer(n);
+      if (n) b.upload(src, n);
+    };
+    up(hidden, l.hidden.data(), l.hidden.size());
+    up(ids, l.topk_ids.data(), l.topk_ids.size() * 4);
+    up(weights, l.topk_weights.data(), l.topk_weights.size() * 4);
+    up(w13, l.w13.data(), l.w13.size());
+    up(w2, l.w2.data(), l.w2.size());
+    if (p.has_w13_bias) up(w13_bias, l.w13_bias.data(), l.w13_bias.size());
+    if (p.has_w2_bias) up(w2_bias, l.w2_bias.data(), l.w2_bias.size());
+    output = DeviceBuffer(p.num_tokens * p.hidden_size * ref::dtype_size(p.output_dtype));
+    MoeLayer::workspace_size(p, &workspace_bytes);
+    workspace = DeviceBuffer(workspace_bytes);
+    args.problem = p;
+    args.hidden = hidden.data();
+    args.topk_ids = static_cast<const int32_t*>(ids.data());
+    args.topk_weights = static_cast<const float*>(weights.data());
+    args.w13 = w13.data();
+    args.w2 = w2.data();
+    args.w13_bias = p.has_w13_bias ? w13_bias.data() : nullptr;
+    args.w2_bias = p.has_w2_bias ? w2_bias.data() : nullptr;
+    args.output = output.data();
+  }
+  Status run(cudaStream_t stream = nullptr) {
+    return MoeLayer::run(args, workspace.data(), workspace_bytes, stream);
+  }
+  bool all_canaries_intact() const {
+    for (const DeviceBuffer* b : {&hidden, &ids, &weights, &w13, &w13_bias, &w2, &w2_bias, &output, &workspace})
+      if (b->ok() && !b->canaries_intact()) return false;
+    return true;
+  }
+};
+
+// The CPU reference output of l (the CPU backend of the same API).
+inline std::vector<uint8_t> cpu_reference(const ref::HostLayer& l) {
+  ref::HostLayer c = l;
+  c.problem.device = MOEKIT_DEVICE_CPU;
+  size_t ws = 0;
+  MoeLayer::workspace_size(c.problem, &ws);
+  std::vector<uint8_t> ws_store(ws + 256);
+  void* wsp = ws_store.data() + (256 - reinterpret_cast<uintptr_t>(ws_store.data()) % 256) % 256;
+  std::vector<uint8_t> out(c.problem.num_tokens * c.problem.hidden_size *
+                           ref::dtype_size(c.problem.output_dtype));
+  Status s = MoeLayer::run(c.arguments(out.data()), wsp, ws);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return out;
+}
+
+// Row by row: finiteness identical; each finite row within `tol` relative
+// error of the reference row (rows of exact zeros must be exact zeros).
+inline ::testing::AssertionResult rows_match(const std::vector<uint8_t>& got,
+                                             const std::vector<uint8_t>& want, int64_t tokens,
+                                             int64_t hidden, moekit_dtype_t dtype, double tol) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    double err2 = 0, ref2 = 0;
+    for (int64_t h = 0; h < hidden; ++h) {
+      const float g = ref::load_as_float(dtype, got.data(), t * hidden + h);
+      const float w = ref::load_as_float(dtype, want.data(), t * hidden + h);
+      if (std::isfinite(g) != std::isfinite(w))
+        return ::testing::AssertionFailure() << "token " << t << " col " << h << ": got " << g
+                                             << ", reference " << w << " (finiteness differs)";
+      if (!std::isfinite(w)) continue;
+      err2 += double(g - w) * (g - w);
+      ref2 += double(w) * w;
+    }
+    if (ref2 == 0.0 ? err2 != 0.0 : std::sqrt(err2 / ref2) > tol) {
+      const float g0 = ref::load_as_float(dtype, got.data(), t * hidden);
+      const float w0 = ref::load_as_float(dtype, want.data(), t * hidden);
+      return ::testing::AssertionFailure()
+             << "token " << t << ": row relative error " << std::sqrt(err2 / (ref2 > 0 ? ref2 : 1))
+             << " > " << tol << " (col 0: got " << g0 << ", reference " << w0 << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+}  // namespace moekit::test
