@@ -7,6 +7,7 @@
 #include "common/activation_math.hpp"
 #include "reference/dtype.hpp"
 #include "reference/parallel.hpp"
+#include "reference/router.hpp"
 
 namespace moekit::ref {
 
@@ -38,35 +39,22 @@ void fill_random(moekit_dtype_t d, void* dst, int64_t n, float stddev, uint64_t 
   });
 }
 
-void route_softmax_topk(const float* logits, int64_t num_tokens, int64_t num_experts,
-                        int64_t top_k, bool renormalize, int32_t* topk_ids, float* topk_weights) {
-  parallel_for(num_tokens, [&](int64_t t0, int64_t t1, int) {
-    std::vector<int32_t> order(num_experts);
-    std::vector<double> prob(num_experts);
-    for (int64_t t = t0; t < t1; ++t) {
-      const float* row = logits + t * num_experts;
-      auto key = [&](int32_t e) { return std::isnan(row[e]) ? -INFINITY : row[e]; };
-      double mx = -INFINITY, sum = 0.0;
-      for (int64_t e = 0; e < num_experts; ++e) mx = std::max<double>(mx, key(e));
-      for (int64_t e = 0; e < num_experts; ++e) sum += prob[e] = std::exp(key(e) - mx);
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int32_t x, int32_t y) {
-        return key(x) > key(y) || (key(x) == key(y) && x < y);
-      });
-      double kept = 0.0;
-      for (int64_t s = 0; s < top_k; ++s) kept += prob[order[s]];
-      for (int64_t s = 0; s < top_k; ++s) {
-        topk_ids[t * top_k + s] = order[s];
-        topk_weights[t * top_k + s] =
-            static_cast<float>(prob[order[s]] / (renormalize ? kept : sum));
-      }
-    }
-  });
+moekit_arguments_t HostLayer::arguments(void* output) const {
+  moekit_arguments_t a = unrouted_arguments(output);
+  if (problem.router.kind == MOEKIT_ROUTER_NONE) return a;
+  a.problem.router = problem.router;
+  a.topk_ids = nullptr;
+  a.topk_weights = nullptr;
+  a.router_logits = router_logits.data();
+  a.router_correction_bias =
+      problem.router.kind == MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK ? correction_bias.data() : nullptr;
+  return a;
 }
 
-moekit_arguments_t HostLayer::arguments(void* output) const {
+moekit_arguments_t HostLayer::unrouted_arguments(void* output) const {
   moekit_arguments_t a{};
   a.problem = problem;
+  a.problem.router.kind = MOEKIT_ROUTER_NONE;
   a.hidden = hidden.data();
   a.topk_ids = topk_ids.data();
   a.topk_weights = topk_weights.data();
@@ -107,12 +95,19 @@ HostLayer make_random_layer(const moekit_problem_t& p, uint64_t seed) {
     l.w2_bias.resize(E * H * wb);
     fill_random(p.weight_dtype, l.w2_bias.data(), E * H, 0.1f, seed + 5);
   }
-  std::vector<float> logits(T * p.num_experts);
-  fill_random(MOEKIT_DTYPE_FP32, logits.data(), logits.size(), 1.0f, seed + 6);
+  moekit_router_problem_t rp = router_problem_of(p);
+  if (p.router.kind == MOEKIT_ROUTER_NONE)
+    rp.config = {MOEKIT_ROUTER_SOFTMAX_TOPK, MOEKIT_DTYPE_FP32, 1, 1, 1, 1.0f};
+  l.router_logits.resize(T * p.num_experts * dtype_size(rp.config.logits_dtype));
+  fill_random(rp.config.logits_dtype, l.router_logits.data(), T * p.num_experts, 1.0f, seed + 6);
+  if (rp.config.kind == MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK) {
+    l.correction_bias.resize(p.num_experts);
+    fill_random(MOEKIT_DTYPE_FP32, l.correction_bias.data(), p.num_experts, 0.05f, seed + 7);
+  }
   l.topk_ids.resize(T * k);
   l.topk_weights.resize(T * k);
-  route_softmax_topk(logits.data(), T, p.num_experts, k, true, l.topk_ids.data(),
-                     l.topk_weights.data());
+  route(rp, l.router_logits.data(), l.correction_bias.empty() ? nullptr : l.correction_bias.data(),
+        l.topk_ids.data(), l.topk_weights.data());
   return l;
 }
 

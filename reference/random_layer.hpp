@@ -13,23 +13,24 @@ namespace moekit::ref {
 // n values of dtype d, uniform with mean 0 and standard deviation `stddev`.
 void fill_random(moekit_dtype_t d, void* dst, int64_t n, float stddev, uint64_t seed);
 
-// Softmax over logits [T, E] (fp32), top-k (ties to the lower id, NaN lowest),
-// weights optionally renormalized to sum 1 over the k.
-void route_softmax_topk(const float* logits, int64_t num_tokens, int64_t num_experts,
-                        int64_t top_k, bool renormalize, int32_t* topk_ids, float* topk_weights);
-
 struct HostLayer {
   moekit_problem_t problem;
   std::vector<uint8_t> hidden, w13, w13_bias, w2, w2_bias;  // raw dtype bytes
-  std::vector<int32_t> topk_ids;
-  std::vector<float> topk_weights;
+  std::vector<uint8_t> router_logits;                       // [T, E_total] logits dtype
+  std::vector<float> correction_bias;                       // [E_total], grouped router
+  std::vector<int32_t> topk_ids;    // [T, k]: the router's output on router_logits
+  std::vector<float> topk_weights;  // [T, k]
 
-  // Arguments over these buffers, writing to `output`.
+  // Arguments over these buffers, writing to `output`: routed from the logits
+  // when problem.router.kind != NONE, else from topk_ids / topk_weights.
   moekit_arguments_t arguments(void* output) const;
+  // The same layer fed topk_ids / topk_weights directly (router.kind = NONE).
+  moekit_arguments_t unrouted_arguments(void* output) const;
 };
 
-// Allocates and fills every tensor of problem p (host memory), routing with a
-// softmax top-k router over random logits.
+// Allocates and fills every tensor of problem p (host memory). Router logits
+// are random; ids and weights come from problem.router (softmax top-k,
+// renormalized, when the layer has no router of its own).
 HostLayer make_random_layer(const moekit_problem_t& p, uint64_t seed);
 
 // Bytes of the weights (and biases) of p: what must fit in memory.

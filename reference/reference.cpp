@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "reference/dtype.hpp"
+#include "reference/router.hpp"
 
 namespace moekit::ref {
 
@@ -139,6 +140,7 @@ void finalize(const float* y, const int32_t* pair_to_row, const float* topk_weig
 namespace {
 
 struct CpuLayout {
+  size_t routed_ids, routed_weights;  // [T*k] each, when the layer routes itself
   size_t offsets, sorted_pairs, pair_to_row, rows, gemm1, act, scratch, total;
 };
 
@@ -149,6 +151,9 @@ CpuLayout cpu_layout(const moekit_problem_t& p) {
   CpuLayout l{};
   size_t at = 0;
   auto take = [&](size_t bytes) { size_t here = at; at += align256(bytes); return here; };
+  const bool routed = p.router.kind != MOEKIT_ROUTER_NONE;
+  l.routed_ids = take(routed ? sizeof(int32_t) * pairs : 0);
+  l.routed_weights = take(routed ? sizeof(float) * pairs : 0);
   l.offsets = take(sizeof(int32_t) * (p.num_local_experts + 1));
   l.sorted_pairs = take(sizeof(int32_t) * pairs);
   l.pair_to_row = take(sizeof(int32_t) * pairs);
@@ -178,8 +183,17 @@ void moe_layer(const moekit_arguments_t& args, void* workspace) {
   auto* act = reinterpret_cast<float*>(ws + l.act);                      // [T*k, I]
   auto* scratch = reinterpret_cast<float*>(ws + l.scratch);              // [threads, max(H, I)]
 
+  const int32_t* topk_ids = args.topk_ids;        // [T, k]
+  const float* topk_weights = args.topk_weights;  // [T, k]
+  if (p.router.kind != MOEKIT_ROUTER_NONE) {
+    auto* ids = reinterpret_cast<int32_t*>(ws + l.routed_ids);
+    auto* weights = reinterpret_cast<float*>(ws + l.routed_weights);
+    route(router_problem_of(p), args.router_logits, args.router_correction_bias, ids, weights);
+    topk_ids = ids;
+    topk_weights = weights;
+  }
   const Routing r{p.num_tokens, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank};
-  sort_pairs(r, args.topk_ids, offsets, sorted_pairs, pair_to_row, args.diagnostics);
+  sort_pairs(r, topk_ids, offsets, sorted_pairs, pair_to_row, args.diagnostics);
   const int64_t n_rows = offsets[p.num_local_experts];
   const int64_t n1 = activation_is_gated(p.activation) ? 2 * p.intermediate_size
                                                         : p.intermediate_size;
@@ -193,7 +207,7 @@ void moe_layer(const moekit_arguments_t& args, void* workspace) {
   float* y = rows;  // the gathered input is dead after GEMM 1
   grouped_gemm(act, offsets, p.num_local_experts, args.w2, args.w2_bias, p.weight_dtype,
                p.hidden_size, p.intermediate_size, scratch, y);
-  finalize(y, pair_to_row, args.topk_weights, p.num_tokens, p.top_k, p.hidden_size, args.output,
+  finalize(y, pair_to_row, topk_weights, p.num_tokens, p.top_k, p.hidden_size, args.output,
            p.output_dtype);
 }
 

@@ -106,6 +106,50 @@ typedef enum moekit_device {
   MOEKIT_DEVICE_CUDA = 1  /* pointers are device memory on the current device */
 } moekit_device_t;
 
+/* Routers: logits [T, E] -> topk_ids [T, k] int32, topk_weights [T, k] fp32.
+ * Contract (all kinds): the k ids of a token are distinct and in [0, E), also
+ * for NaN, +-Inf, all-equal and all-negative logits; ranking is by value with
+ * NaN below every number and ties to the lower id; weights are finite;
+ * results are deterministic and identical between the CPU and CUDA backends.
+ * For weights, NaN logits count as -FLT_MAX and +-Inf as +-FLT_MAX (so +Inf
+ * entries share the softmax mass and an all-NaN row is uniform). */
+typedef enum moekit_router_kind {
+  MOEKIT_ROUTER_NONE = 0,          /* layer only: topk_ids/topk_weights are given */
+  MOEKIT_ROUTER_SOFTMAX_TOPK = 1,  /* softmax over E, top-k, optionally renormalized
+                                      over the k (Qwen3, DeepSeek-V2) */
+  MOEKIT_ROUTER_TOPK_SOFTMAX = 2,  /* top-k logits, softmax over the k (Mixtral, gpt-oss) */
+  MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK = 3
+  /* DeepSeek-V3: s = sigmoid(logit); experts ranked by s + correction_bias;
+   * groups of E / num_groups experts scored by the sum of their top two;
+   * the best topk_groups groups kept; top-k among their experts; weights are
+   * the selected s, divided by (their sum + 1e-20) if renormalize. */
+} moekit_router_kind_t;
+
+typedef struct moekit_router_config {
+  moekit_router_kind_t kind;
+  moekit_dtype_t logits_dtype;
+  int32_t renormalize;          /* 0 or 1 */
+  int32_t num_groups;           /* grouped kind: n_group (E % n_group == 0); else 1 */
+  int32_t topk_groups;          /* grouped kind: topk_group <= n_group; else 1 */
+  float routed_scaling_factor;  /* every kind: weights are multiplied by it (default 1) */
+} moekit_router_config_t;
+
+typedef struct moekit_router_problem {
+  int64_t num_tokens;   /* T >= 0 */
+  int64_t num_experts;  /* E, 1..8192 */
+  int64_t top_k;        /* 1 <= k <= E (grouped: k <= topk_groups * E / num_groups) */
+  moekit_router_config_t config;
+  moekit_device_t device;
+} moekit_router_problem_t;
+
+typedef struct moekit_router_arguments {
+  moekit_router_problem_t problem;
+  const void* logits;            /* [T, E] config.logits_dtype */
+  const float* correction_bias;  /* [E] fp32, grouped kind only, optional (NULL = 0) */
+  int32_t* topk_ids;             /* [T, k] out */
+  float* topk_weights;           /* [T, k] out */
+} moekit_router_arguments_t;
+
 typedef struct moekit_problem {
   int64_t num_tokens;        /* T >= 0 */
   int64_t hidden_size;       /* H, a multiple of 8 */
@@ -126,6 +170,10 @@ typedef struct moekit_problem {
   int32_t has_w13_bias;      /* 0 or 1 */
   int32_t has_w2_bias;       /* 0 or 1 */
   moekit_device_t device;
+  /* Optional first stage: with router.kind != NONE the layer routes from
+   * router_logits [T, E_total] itself (ids and weights live in the workspace)
+   * and topk_ids / topk_weights must be NULL. */
+  moekit_router_config_t router;
 } moekit_problem_t;
 
 /* Device-side counters, added to by every run that is given them; the caller
@@ -148,6 +196,8 @@ typedef struct moekit_arguments {
   const void* w2_bias;         /* [E_local, H] or NULL */
   void* output;                /* [T, H] output_dtype */
   moekit_diagnostics_t* diagnostics; /* optional, same memory space as the rest */
+  const void* router_logits;           /* [T, E_total], when problem.router.kind != NONE */
+  const float* router_correction_bias; /* [E_total] fp32 or NULL (grouped router) */
 } moekit_arguments_t;
 
 /* Fills p with defaults: ep_size 1, SwiGLU(1, 0, inf), GATE_UP, bf16, CUDA. */
@@ -164,6 +214,13 @@ MOEKIT_API moekit_status_t moekit_workspace_size(const moekit_problem_t* p, size
  * (NULL: the legacy default stream); ignored on the CPU. */
 MOEKIT_API moekit_status_t moekit_run(const moekit_arguments_t* args, void* workspace,
                                       size_t workspace_bytes, void* stream);
+
+/* Fills p with defaults: no router in a layer; for a standalone router use
+ * moekit_router_problem_init (softmax top-k, renormalized, fp32 logits, CUDA). */
+MOEKIT_API void moekit_router_problem_init(moekit_router_problem_t* p);
+MOEKIT_API moekit_status_t moekit_router_can_implement(const moekit_router_arguments_t* args);
+/* Runs the router alone; it needs no workspace. */
+MOEKIT_API moekit_status_t moekit_router_run(const moekit_router_arguments_t* args, void* stream);
 
 /* The message of this thread's last failed call ("" if none). */
 MOEKIT_API const char* moekit_last_error_message(void);

@@ -51,6 +51,19 @@ class MOEKIT_API MoeLayer {
                     CUstream_st* stream = nullptr);
 };
 
+using RouterProblem = moekit_router_problem_t;
+using RouterArguments = moekit_router_arguments_t;
+
+// A router problem with the defaults of moekit_router_problem_init.
+MOEKIT_API RouterProblem default_router_problem();
+
+class MOEKIT_API Router {
+ public:
+  static Status can_implement(const RouterArguments& args);
+  // Never allocates or synchronizes; stream is ignored on the CPU.
+  static Status run(const RouterArguments& args, CUstream_st* stream = nullptr);
+};
+
 // Whether the CUDA backend can run on this machine.
 MOEKIT_API bool cuda_available();
 

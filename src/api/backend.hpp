@@ -15,4 +15,7 @@ Status cuda_workspace_size(const Problem& p, size_t* bytes);
 Status cuda_check_arguments(const Arguments& a, const void* workspace);
 Status cuda_run(const Arguments& a, void* workspace, CUstream_st* stream);
 
+Status cuda_check_router_arguments(const RouterArguments& a);
+Status cuda_router_run(const RouterArguments& a, CUstream_st* stream);
+
 }  // namespace moekit::detail

@@ -22,6 +22,7 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 // buffers are contiguous [rows, K] matrices and expert_offsets is int32
 // [E_local + 1], the form a grouped GEMM with device-side problem sizes takes.
 struct CudaLayout {
+  size_t routed_ids, routed_weights;  // [T*k] each, when the layer routes itself
   size_t keys[2], pairs[2];  // [T*k] radix sort double buffers
   size_t cub_temp, cub_bytes;
   size_t expert_offsets;     // [E_local + 1]
@@ -47,6 +48,9 @@ Status make_layout(const Problem& p, CudaLayout* l) {
     return cuda_status(e, "cub::DeviceRadixSort::SortPairs (size query)");
   size_t at = 0;
   auto take = [&](size_t bytes) { size_t here = at; at += align_up(bytes); return here; };
+  const bool routed = p.router.kind != MOEKIT_ROUTER_NONE;
+  l->routed_ids = take(routed ? pairs * sizeof(int32_t) : 0);
+  l->routed_weights = take(routed ? pairs * sizeof(float) : 0);
   for (int i = 0; i < 2; ++i) l->keys[i] = take(pairs * sizeof(uint32_t));
   for (int i = 0; i < 2; ++i) l->pairs[i] = take(pairs * sizeof(int32_t));
   l->cub_temp = take(l->cub_bytes);
@@ -146,6 +150,7 @@ Status cuda_check_arguments(const Arguments& a, const void* workspace) {
       {"hidden", a.hidden},   {"topk_ids", a.topk_ids}, {"topk_weights", a.topk_weights},
       {"w13", a.w13},         {"w13_bias", a.w13_bias}, {"w2", a.w2},
       {"w2_bias", a.w2_bias}, {"diagnostics", a.diagnostics}, {"output", a.output},
+      {"router_logits", a.router_logits}, {"router_correction_bias", a.router_correction_bias},
       {"workspace", workspace}};
   for (const auto& [name, ptr] : ptrs)
     if (Status s = check_pointer(name, ptr, info.device); !s) return s;
@@ -181,8 +186,20 @@ Status cuda_run(const Arguments& a, void* workspace, CUstream_st* stream_handle)
   void* act = at(l.act);      // [T*k, I]
   void* y = rows;             // GEMM 2 output reuses the gathered input
 
+  const int32_t* topk_ids = a.topk_ids;        // [T, k]
+  const float* topk_weights = a.topk_weights;  // [T, k]
+  cudaError_t e = cudaSuccess;
+  if (p.router.kind != MOEKIT_ROUTER_NONE) {
+    auto* ids = static_cast<int32_t*>(at(l.routed_ids));
+    auto* weights = static_cast<float*>(at(l.routed_weights));
+    e = kernels::launch_router(a.router_logits, a.router_correction_bias, p.num_tokens,
+                               p.num_experts, p.top_k, p.router, ids, weights, dev, stream);
+    if (e != cudaSuccess) return cuda_status(e, "router");
+    topk_ids = ids;
+    topk_weights = weights;
+  }
   const int32_t* sorted_pairs = nullptr;
-  cudaError_t e = kernels::launch_sort(a.topk_ids, p.num_tokens, p.top_k, p.num_experts,
+  e = kernels::launch_sort(topk_ids, p.num_tokens, p.top_k, p.num_experts,
                                        p.num_local_experts, p.ep_rank, sb, a.diagnostics,
                                        &sorted_pairs, dev, stream);
   if (e != cudaSuccess) return cuda_status(e, "sort");
@@ -199,10 +216,31 @@ Status cuda_run(const Arguments& a, void* workspace, CUstream_st* stream_handle)
   e = kernels::launch_grouped_gemm(act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
                                    max_rows, p.hidden_size, p.intermediate_size, cd, dev, stream);
   if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
-  e = kernels::launch_finalize(y, cd, sb.pair_to_row, a.topk_weights, p.num_tokens, p.top_k,
+  e = kernels::launch_finalize(y, cd, sb.pair_to_row, topk_weights, p.num_tokens, p.top_k,
                                p.hidden_size, a.output, p.output_dtype, dev, stream);
   if (e != cudaSuccess) return cuda_status(e, "finalize");
   return Status();
+}
+
+Status cuda_check_router_arguments(const RouterArguments& a) {
+  kernels::DeviceInfo info{};
+  if (Status s = current_device(&info); !s) return s;
+  const std::pair<const char*, const void*> ptrs[] = {{"logits", a.logits},
+                                                      {"correction_bias", a.correction_bias},
+                                                      {"topk_ids", a.topk_ids},
+                                                      {"topk_weights", a.topk_weights}};
+  for (const auto& [name, ptr] : ptrs)
+    if (Status s = check_pointer(name, ptr, info.device); !s) return s;
+  return Status();
+}
+
+Status cuda_router_run(const RouterArguments& a, CUstream_st* stream) {
+  kernels::DeviceInfo dev{};
+  if (Status s = current_device(&dev); !s) return s;
+  const RouterProblem& p = a.problem;
+  cudaError_t e = kernels::launch_router(a.logits, a.correction_bias, p.num_tokens, p.num_experts,
+                                         p.top_k, p.config, a.topk_ids, a.topk_weights, dev, stream);
+  return e == cudaSuccess ? Status() : cuda_status(e, "router");
 }
 
 }  // namespace moekit::detail

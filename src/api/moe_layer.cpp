@@ -5,6 +5,7 @@
 #include "api/backend.hpp"
 #include "api/validate.hpp"
 #include "reference/reference.hpp"
+#include "reference/router.hpp"
 
 namespace moekit {
 
@@ -18,7 +19,32 @@ Problem default_problem() {
   p.swiglu_limit = std::numeric_limits<float>::infinity();
   p.gate_up_order = MOEKIT_GATE_UP;
   p.device = MOEKIT_DEVICE_CUDA;
+  p.router = {MOEKIT_ROUTER_NONE, MOEKIT_DTYPE_FP32, 1, 1, 1, 1.0f};
   return p;
+}
+
+RouterProblem default_router_problem() {
+  RouterProblem p{};
+  p.config = {MOEKIT_ROUTER_SOFTMAX_TOPK, MOEKIT_DTYPE_FP32, 1, 1, 1, 1.0f};
+  p.device = MOEKIT_DEVICE_CUDA;
+  return p;
+}
+
+Status Router::can_implement(const RouterArguments& args) {
+  if (Status s = detail::validate_router_arguments(args); !s) return s;
+  if (args.problem.device == MOEKIT_DEVICE_CUDA && args.problem.num_tokens > 0)
+    return detail::cuda_check_router_arguments(args);
+  return Status();
+}
+
+Status Router::run(const RouterArguments& args, CUstream_st* stream) {
+  if (Status s = can_implement(args); !s) return s;
+  if (args.problem.num_tokens == 0) return Status();
+  if (args.problem.device == MOEKIT_DEVICE_CPU) {
+    ref::route(args.problem, args.logits, args.correction_bias, args.topk_ids, args.topk_weights);
+    return Status();
+  }
+  return detail::cuda_router_run(args, stream);
 }
 
 bool cuda_available() { return detail::cuda_backend_available(); }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/activation_math.hpp"
+#include "common/router_math.hpp"
 
 namespace moekit::detail {
 
@@ -64,10 +65,15 @@ std::vector<Region> regions(const Arguments& a) {
   const Problem& p = a.problem;
   const size_t T = p.num_tokens, H = p.hidden_size, I = p.intermediate_size, k = p.top_k;
   const size_t E = p.num_local_experts, N1 = gemm1_columns(p), wb = dtype_bytes(p.weight_dtype);
+  const bool routed = p.router.kind != MOEKIT_ROUTER_NONE;
   return {
       {"hidden", a.hidden, T * H * dtype_bytes(p.input_dtype), kTensorAlign, true, false},
-      {"topk_ids", a.topk_ids, T * k * 4, 4, true, false},
-      {"topk_weights", a.topk_weights, T * k * 4, 4, true, false},
+      {"topk_ids", a.topk_ids, T * k * 4, 4, !routed, routed},
+      {"topk_weights", a.topk_weights, T * k * 4, 4, !routed, routed},
+      {"router_logits", a.router_logits, T * static_cast<size_t>(p.num_experts) * dtype_bytes(p.router.logits_dtype),
+       dtype_bytes(p.router.logits_dtype), routed, !routed},
+      {"router_correction_bias", a.router_correction_bias, static_cast<size_t>(p.num_experts) * 4, 4, false,
+       p.router.kind != MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK},
       {"w13", a.w13, E * N1 * H * wb, kTensorAlign, true, false},
       {"w13_bias", a.w13_bias, E * N1 * wb, kTensorAlign, p.has_w13_bias != 0,
        p.has_w13_bias == 0},
@@ -78,7 +84,88 @@ std::vector<Region> regions(const Arguments& a) {
   };
 }
 
+const char* forbidden_reason(const std::string& name) {
+  if (name == "w13_bias") return "has_w13_bias is 0";
+  if (name == "w2_bias") return "has_w2_bias is 0";
+  if (name == "topk_ids" || name == "topk_weights") return "the layer routes itself: router.kind is not none";
+  if (name == "router_logits") return "router.kind is none";
+  return "router.kind is not sigmoid_grouped_topk";
+}
+
 }  // namespace
+
+Status validate_router_config(const moekit_router_config_t& c, int64_t num_experts,
+                              int64_t top_k, const char* prefix) {
+  const auto kInvalid = MOEKIT_ERROR_INVALID_ARGUMENT;
+  if (c.kind < MOEKIT_ROUTER_SOFTMAX_TOPK || c.kind > MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK)
+    return error(kInvalid, prefix, "kind: expected softmax_topk (1), topk_softmax (2) or "
+                 "sigmoid_grouped_topk (3), got ", static_cast<int>(c.kind));
+  if (Status s = check_dtype((std::string(prefix) + "logits_dtype").c_str(), c.logits_dtype); !s) return s;
+  if (num_experts > kRouterMaxExperts)
+    return error(kInvalid, prefix, "num_experts: expected at most ", kRouterMaxExperts,
+                 " for a router, got ", num_experts);
+  if (c.renormalize != 0 && c.renormalize != 1)
+    return error(kInvalid, prefix, "renormalize: expected 0 or 1, got ", c.renormalize);
+  if (!std::isfinite(c.routed_scaling_factor))
+    return error(kInvalid, prefix, "routed_scaling_factor: expected a finite number, got ",
+                 c.routed_scaling_factor);
+  if (c.kind != MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK) {
+    if (c.num_groups != 1 || c.topk_groups != 1)
+      return error(kInvalid, prefix, "num_groups/topk_groups: expected 1/1 for an ungrouped router, got ",
+                   c.num_groups, "/", c.topk_groups);
+    return Status();
+  }
+  if (c.num_groups < 1 || num_experts % c.num_groups != 0)
+    return error(kInvalid, prefix, "num_groups: expected a divisor of num_experts = ", num_experts,
+                 ", got ", c.num_groups);
+  if (c.topk_groups < 1 || c.topk_groups > c.num_groups)
+    return error(kInvalid, prefix, "topk_groups: expected 1 <= topk_groups <= num_groups = ",
+                 c.num_groups, ", got ", c.topk_groups);
+  const int64_t reachable = c.topk_groups * (num_experts / c.num_groups);
+  if (top_k > reachable)
+    return error(kInvalid, prefix, "top_k: expected at most topk_groups * num_experts / num_groups = ",
+                 reachable, " experts in the kept groups, got ", top_k);
+  return Status();
+}
+
+Status validate_router_arguments(const RouterArguments& a) {
+  const auto kInvalid = MOEKIT_ERROR_INVALID_ARGUMENT;
+  const RouterProblem& p = a.problem;
+  if (p.device != MOEKIT_DEVICE_CPU && p.device != MOEKIT_DEVICE_CUDA)
+    return error(kInvalid, "device: expected cpu (0) or cuda (1), got ", static_cast<int>(p.device));
+  if (p.num_tokens < 0) return error(kInvalid, "num_tokens: expected >= 0, got ", p.num_tokens);
+  if (p.num_experts < 1)
+    return error(kInvalid, "num_experts: expected >= 1, got ", p.num_experts);
+  if (p.top_k < 1 || p.top_k > p.num_experts)
+    return error(kInvalid, "top_k: expected 1 <= top_k <= num_experts = ", p.num_experts,
+                 ", got ", p.top_k);
+  if (p.num_tokens > std::numeric_limits<int32_t>::max() / p.top_k)
+    return error(kInvalid, "num_tokens: expected num_tokens * top_k <= 2147483647, got ",
+                 p.num_tokens, " * ", p.top_k);
+  if (Status s = validate_router_config(p.config, p.num_experts, p.top_k, ""); !s) return s;
+  if (a.correction_bias && p.config.kind != MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK)
+    return error(kInvalid, "correction_bias: expected NULL for a router other than sigmoid_grouped_topk, got a pointer");
+  if (p.num_tokens == 0) return Status();
+  const size_t T = p.num_tokens, E = p.num_experts, k = p.top_k;
+  const Region rs[] = {
+      {"logits", a.logits, T * E * dtype_bytes(p.config.logits_dtype), dtype_bytes(p.config.logits_dtype), true, false},
+      {"correction_bias", a.correction_bias, E * 4, 4, false, false},
+      {"topk_ids", a.topk_ids, T * k * 4, 4, true, false},
+      {"topk_weights", a.topk_weights, T * k * 4, 4, true, false},
+  };
+  for (const Region& r : rs) {
+    if (r.required && r.ptr == nullptr)
+      return error(kInvalid, r.name, ": expected a pointer to ", r.bytes, " bytes, got NULL");
+    if (r.ptr && reinterpret_cast<uintptr_t>(r.ptr) % r.align != 0)
+      return error(kInvalid, r.name, ": expected a ", r.align, "-byte aligned pointer, got ", r.ptr);
+  }
+  for (int out = 2; out < 4; ++out)
+    for (int in = 0; in < 4; ++in)
+      if (in != out && overlaps(rs[out], rs[in]))
+        return error(kInvalid, rs[out].name, ": expected memory disjoint from ", rs[in].name,
+                     ", got overlapping ranges");
+  return Status();
+}
 
 Status validate_problem(const Problem& p) {
   using E = Status;
@@ -131,6 +218,8 @@ Status validate_problem(const Problem& p) {
     return error(kInvalid, "has_w13_bias: expected 0 or 1, got ", p.has_w13_bias);
   if (p.has_w2_bias != 0 && p.has_w2_bias != 1)
     return error(kInvalid, "has_w2_bias: expected 0 or 1, got ", p.has_w2_bias);
+  if (p.router.kind != MOEKIT_ROUTER_NONE)
+    return validate_router_config(p.router, p.num_experts, p.top_k, "router.");
   return Status();
 }
 
@@ -144,8 +233,7 @@ Status validate_arguments(const Arguments& a) {
     if (r.required && r.ptr == nullptr)
       return error(kInvalid, r.name, ": expected a pointer to ", r.bytes, " bytes, got NULL");
     if (r.forbidden && r.ptr != nullptr)
-      return error(kInvalid, r.name, ": expected NULL because has_", r.name,
-                   " is 0, got a pointer");
+      return error(kInvalid, r.name, ": expected NULL (", forbidden_reason(r.name), "), got a pointer");
     if (r.ptr && reinterpret_cast<uintptr_t>(r.ptr) % r.align != 0)
       return error(kInvalid, r.name, ": expected a ", r.align, "-byte aligned pointer, got ",
                    r.ptr);

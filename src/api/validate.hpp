@@ -22,6 +22,9 @@ const char* dtype_name(moekit_dtype_t d);
 size_t dtype_bytes(moekit_dtype_t d);
 int64_t gemm1_columns(const Problem& p);  // N1 = 2I (gated) or I
 
+Status validate_router_config(const moekit_router_config_t& c, int64_t num_experts,
+                              int64_t top_k, const char* prefix);
+Status validate_router_arguments(const RouterArguments& a);
 Status validate_problem(const Problem& p);
 Status validate_arguments(const Arguments& a);  // includes validate_problem
 Status validate_workspace(const Arguments& a, const void* workspace, size_t workspace_bytes,

@@ -59,6 +59,23 @@ moekit_status_t moekit_run(const moekit_arguments_t* args, void* workspace,
   });
 }
 
+void moekit_router_problem_init(moekit_router_problem_t* p) {
+  if (p != nullptr) *p = moekit::default_router_problem();
+}
+
+moekit_status_t moekit_router_can_implement(const moekit_router_arguments_t* args) {
+  return guarded([&] {
+    return args ? moekit::Router::can_implement(*args) : null_argument("args");
+  });
+}
+
+moekit_status_t moekit_router_run(const moekit_router_arguments_t* args, void* stream) {
+  return guarded([&] {
+    return args ? moekit::Router::run(*args, static_cast<CUstream_st*>(stream))
+                : null_argument("args");
+  });
+}
+
 const char* moekit_last_error_message(void) { return g_last_error.c_str(); }
 
 const char* moekit_status_string(moekit_status_t status) {

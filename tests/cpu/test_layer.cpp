@@ -209,3 +209,61 @@ TEST(Layer, HundredsOfRandomConfigurationsInOneProcess) {
     if (HasFailure()) break;
   }
 }
+
+TEST(Layer, RoutesFromLogitsLikeTheRouterStage) {
+  const moekit_router_config_t configs[] = {
+      {MOEKIT_ROUTER_SOFTMAX_TOPK, MOEKIT_DTYPE_FP32, 1, 1, 1, 1.0f},
+      {MOEKIT_ROUTER_TOPK_SOFTMAX, MOEKIT_DTYPE_BF16, 1, 1, 1, 1.0f},
+      {MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK, MOEKIT_DTYPE_FP32, 1, 8, 4, 2.5f}};
+  for (const auto& rc : configs) {
+    Problem p = small_problem(70, 64, 8, 32, 16, MOEKIT_DTYPE_BF16);
+    p.router = rc;
+    p.ep_size = 2;
+    p.ep_rank = 1;
+    p.num_local_experts = 32;
+    ref::HostLayer l = ref::make_random_layer(p, rc.kind);
+    test::CpuRun routed = test::run_cpu_layer(l);  // logits in
+    ASSERT_TRUE(routed.status.ok()) << routed.status.message();
+    std::vector<uint8_t> direct(routed.output.size(), 0xFF);
+    size_t ws = 0;
+    ASSERT_TRUE(MoeLayer::workspace_size(l.unrouted_arguments(nullptr).problem, &ws).ok());
+    test::GuardedBuffer wsb(ws);
+    ASSERT_TRUE(MoeLayer::run(l.unrouted_arguments(direct.data()), wsb.data(), ws).ok());
+    EXPECT_EQ(0, std::memcmp(direct.data(), routed.output.data(), direct.size())) << "router kind " << rc.kind;
+    const auto c = ref::check_against_oracle(l.unrouted_arguments(routed.output.data()),
+                                             routed.output.data(), all_tokens(70));
+    EXPECT_LE(c.rel_frobenius, ref::oracle_tolerance(p.weight_dtype, p.input_dtype, p.output_dtype));
+  }
+}
+
+TEST(Layer, RouterArgumentRejections) {
+  Problem p = small_problem(4, 16, 2, 32, 16);
+  p.router = {MOEKIT_ROUTER_SOFTMAX_TOPK, MOEKIT_DTYPE_FP32, 1, 1, 1, 1.0f};
+  ref::HostLayer l = ref::make_random_layer(p, 1);
+  std::vector<float> out(4 * 32);
+  size_t ws = 0;
+  ASSERT_TRUE(MoeLayer::workspace_size(p, &ws).ok());
+  test::GuardedBuffer wsb(ws);
+  moekit_arguments_t a = l.arguments(out.data());
+  a.topk_ids = l.topk_ids.data();
+  Status s = MoeLayer::run(a, wsb.data(), ws);
+  EXPECT_NE(s.message().find("topk_ids: expected NULL (the layer routes itself"), std::string::npos) << s.message();
+  a = l.arguments(out.data());
+  a.router_logits = nullptr;
+  s = MoeLayer::run(a, wsb.data(), ws);
+  EXPECT_NE(s.message().find("router_logits: expected a pointer"), std::string::npos) << s.message();
+  a = l.arguments(out.data());
+  a.router_correction_bias = l.topk_weights.data();
+  s = MoeLayer::run(a, wsb.data(), ws);
+  EXPECT_NE(s.message().find("router_correction_bias: expected NULL (router.kind is not sigmoid_grouped_topk)"),
+            std::string::npos) << s.message();
+  a = l.unrouted_arguments(out.data());
+  a.router_logits = l.router_logits.data();
+  s = MoeLayer::run(a, wsb.data(), ws);
+  EXPECT_NE(s.message().find("router_logits: expected NULL (router.kind is none)"), std::string::npos) << s.message();
+  a = l.arguments(out.data());
+  a.problem.router.num_groups = 3;
+  s = MoeLayer::run(a, wsb.data(), ws);
+  EXPECT_NE(s.message().find("router.num_groups/topk_groups: expected 1/1"), std::string::npos) << s.message();
+  EXPECT_TRUE(MoeLayer::run(l.arguments(out.data()), wsb.data(), ws).ok());
+}

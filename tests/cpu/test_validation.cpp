@@ -85,7 +85,7 @@ std::vector<Case> cases() {
       {"null output", [](auto& a) { a.output = nullptr; }, kInv, "output: expected a pointer"},
       {"missing bias", [](auto& a) { a.problem.has_w13_bias = 1; }, kInv, "w13_bias: expected a pointer"},
       {"unexpected bias", [](auto& a) { a.w2_bias = a.w2; }, kInv,
-       "w2_bias: expected NULL because has_w2_bias is 0, got a pointer"},
+       "w2_bias: expected NULL (has_w2_bias is 0), got a pointer"},
       {"misaligned hidden", [](auto& a) { a.hidden = static_cast<const char*>(a.hidden) + 2; }, kInv,
        "hidden: expected a 16-byte aligned pointer"},
       {"misaligned ids", [](auto& a) { a.topk_ids = reinterpret_cast<const int32_t*>(reinterpret_cast<const char*>(a.topk_ids) + 1); },

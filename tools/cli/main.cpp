@@ -167,11 +167,14 @@ std::vector<uint8_t> run_cuda(const moekit::ref::HostLayer& l, int64_t iters,
                               std::vector<double>* times) {
   const moekit_problem_t& p = l.problem;
   const size_t out_bytes = p.num_tokens * p.hidden_size * moekit::ref::dtype_size(p.output_dtype);
-  moekit_arguments_t a{};
-  a.problem = p;
+  moekit_arguments_t a = l.arguments(nullptr);  // routed from logits when the model has a router
+  const bool routed = p.router.kind != MOEKIT_ROUTER_NONE;
+  a.problem.device = MOEKIT_DEVICE_CUDA;
   a.hidden = to_device(l.hidden);
-  a.topk_ids = to_device(l.topk_ids);
-  a.topk_weights = to_device(l.topk_weights);
+  a.topk_ids = routed ? nullptr : to_device(l.topk_ids);
+  a.topk_weights = routed ? nullptr : to_device(l.topk_weights);
+  a.router_logits = routed ? to_device(l.router_logits) : nullptr;
+  a.router_correction_bias = a.router_correction_bias ? to_device(l.correction_bias) : nullptr;
   a.w13 = to_device(l.w13);
   a.w2 = to_device(l.w2);
   a.w13_bias = p.has_w13_bias ? to_device(l.w13_bias) : nullptr;
@@ -207,7 +210,8 @@ std::vector<uint8_t> run_cuda(const moekit::ref::HostLayer& l, int64_t iters,
   if (out_bytes) CLI_CUDA(cudaMemcpy(host.data(), out, out_bytes, cudaMemcpyDeviceToHost));
   for (const void* ptr : {a.hidden, static_cast<const void*>(a.topk_ids),
                           static_cast<const void*>(a.topk_weights), a.w13, a.w2, a.w13_bias,
-                          a.w2_bias, static_cast<const void*>(out), static_cast<const void*>(ws)})
+                          a.w2_bias, a.router_logits, static_cast<const void*>(a.router_correction_bias),
+                          static_cast<const void*>(out), static_cast<const void*>(ws)})
     CLI_CUDA(cudaFree(const_cast<void*>(ptr)));
   CLI_CUDA(cudaStreamDestroy(stream));
   return host;
@@ -240,7 +244,7 @@ int cmd_models() {
   for (const ModelShape& m : moekit::cli::builtin_models())
     std::printf("%-16s %6lld %4lld %7lld %7lld  %-10s %s\n", m.name, (long long)m.num_experts,
                 (long long)m.top_k, (long long)m.hidden, (long long)m.inter,
-                moekit_activation_name(m.activation), m.router);
+                moekit_activation_name(m.activation), m.router_name);
   return 0;
 }
 
@@ -267,6 +271,7 @@ int cmd_run(const Options& o) {
   p.swiglu_limit = m->swiglu_limit;
   p.gate_up_order = m->gate_up_order;
   p.has_w13_bias = p.has_w2_bias = m->biases ? 1 : 0;
+  p.router = m->router;  // the layer routes from logits with the model's router
 
   bool cuda = o.device == "cuda" || (o.device == "auto" && moekit::cuda_available());
   if (o.device == "cuda" && !moekit::cuda_available()) {
@@ -284,8 +289,8 @@ int cmd_run(const Options& o) {
   const double wbytes = static_cast<double>(moekit::ref::weight_bytes(p));
   const double io_bytes = static_cast<double>(p.num_tokens) * p.hidden_size *
                           (moekit::ref::dtype_size(p.input_dtype) + moekit::ref::dtype_size(p.output_dtype));
-  const double host_need = wbytes + io_bytes + (cuda ? 0.0 : ws_bytes) +
-                           4.0 * p.num_tokens * p.num_experts;  // router logits
+  const double logit_bytes = 4.0 * p.num_tokens * p.num_experts;
+  const double host_need = wbytes + io_bytes + (cuda ? 0.0 : ws_bytes) + logit_bytes;
   const double host_have = host_available_bytes();
   double dev_have = 1e18;
   if (cuda) {
@@ -293,7 +298,7 @@ int cmd_run(const Options& o) {
     CLI_CUDA(cudaMemGetInfo(&free_b, &total_b));
     dev_have = static_cast<double>(free_b);
   }
-  const double dev_need = cuda ? wbytes + io_bytes + ws_bytes : 0.0;
+  const double dev_need = cuda ? wbytes + io_bytes + ws_bytes + logit_bytes : 0.0;
   if (host_need > 0.9 * host_have || dev_need > 0.95 * dev_have) {
     const bool host_short = host_need > 0.9 * host_have;
     std::fprintf(stderr,
@@ -319,8 +324,8 @@ int cmd_run(const Options& o) {
               (long long)p.hidden_size, (long long)p.intermediate_size,
               moekit_dtype_name(p.weight_dtype), moekit_activation_name(p.activation),
               p.has_w13_bias ? " +bias" : "");
-  std::printf("batch     T=%lld tokens, seed %llu, router: softmax top-k (renormalized)\n",
-              (long long)p.num_tokens, (unsigned long long)o.seed);
+  std::printf("batch     T=%lld tokens, seed %llu, router (fused first stage): %s\n",
+              (long long)p.num_tokens, (unsigned long long)o.seed, m->router_name);
   std::printf("device    %s, weights %.2f GiB, workspace %.1f MiB\n", device_name.c_str(),
               wbytes / kGiB, ws_bytes / 1048576.0);
   std::fflush(stdout);
@@ -341,7 +346,9 @@ int cmd_run(const Options& o) {
   std::vector<int64_t> tokens;
   for (int64_t i = 0; i < samples; ++i) tokens.push_back(i * p.num_tokens / samples);
   if (samples > 0 && tokens.back() != p.num_tokens - 1) tokens.back() = p.num_tokens - 1;
-  const moekit_arguments_t host_args = layer.arguments(out.data());
+  // The oracle takes the ids and weights of the CPU router, which equal the
+  // CUDA router's bit for bit.
+  const moekit_arguments_t host_args = layer.unrouted_arguments(out.data());
   bool pass = true;
   if (samples > 0) {
     const auto c = moekit::ref::check_against_oracle(host_args, out.data(), tokens);

@@ -7,17 +7,20 @@ namespace moekit::cli {
 
 const std::vector<ModelShape>& builtin_models() {
   constexpr float kInf = std::numeric_limits<float>::infinity();
+  const moekit_router_config_t softmax_topk{MOEKIT_ROUTER_SOFTMAX_TOPK, MOEKIT_DTYPE_FP32, 1, 1, 1, 1.0f};
+  const moekit_router_config_t topk_softmax{MOEKIT_ROUTER_TOPK_SOFTMAX, MOEKIT_DTYPE_FP32, 1, 1, 1, 1.0f};
+  const moekit_router_config_t deepseek{MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK, MOEKIT_DTYPE_FP32, 1, 8, 4, 2.5f};
   static const std::vector<ModelShape> kModels = {
       {"qwen3-30b-a3b", 128, 8, 2048, 768, MOEKIT_ACT_SWIGLU, 1.0f, 0.0f, kInf, MOEKIT_GATE_UP, false,
-       "softmax top-k, renormalized"},
+       softmax_topk, "softmax top-k, renormalized"},
       {"qwen3-235b-a22b", 128, 8, 4096, 1536, MOEKIT_ACT_SWIGLU, 1.0f, 0.0f, kInf, MOEKIT_GATE_UP,
-       false, "softmax top-k, renormalized"},
+       false, softmax_topk, "softmax top-k, renormalized"},
       {"mixtral-8x7b", 8, 2, 4096, 14336, MOEKIT_ACT_SWIGLU, 1.0f, 0.0f, kInf, MOEKIT_GATE_UP, false,
-       "top-k then softmax over the k"},
+       topk_softmax, "top-k then softmax over the k"},
       {"deepseek-v3", 256, 8, 7168, 2048, MOEKIT_ACT_SWIGLU, 1.0f, 0.0f, kInf, MOEKIT_GATE_UP, false,
-       "grouped sigmoid top-k (8 groups, 4 kept), scaled by 2.5"},
+       deepseek, "sigmoid + bias, grouped top-k (8 groups, 4 kept), x2.5"},
       {"gpt-oss-120b", 128, 4, 2880, 2880, MOEKIT_ACT_SWIGLU, 1.702f, 1.0f, 7.0f, MOEKIT_INTERLEAVED,
-       true, "top-k then softmax over the k"},
+       true, topk_softmax, "top-k then softmax over the k"},
   };
   return kModels;
 }

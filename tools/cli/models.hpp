@@ -16,7 +16,8 @@ struct ModelShape {
   float swiglu_alpha, swiglu_beta, swiglu_limit;
   moekit_gate_up_order_t gate_up_order;
   bool biases;
-  const char* router;  // how the model routes (the CLI's router is softmax top-k for now)
+  moekit_router_config_t router;  // the model's own router, run as the layer's first stage
+  const char* router_name;
 };
 
 const std::vector<ModelShape>& builtin_models();
