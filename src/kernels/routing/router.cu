@@ -97,6 +97,7 @@ __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
       __syncwarp();
       for (int r = 0; r < c.topk_groups; ++r) {
         const Best w = warp_argmax(group_keys, 0, G, lane);
+        __syncwarp();  // every lane's scan is done before the winner is removed
         if (lane == 0 && w.index < G) group_keys[w.index] = kKeyRemoved;  // removed = kept group
         __syncwarp();
       }
@@ -109,6 +110,7 @@ __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
     float* weights = topk_weights + t * top_k;
     for (int s = 0; s < top_k; ++s) {
       const Best w = warp_argmax(keys, 0, E, lane);
+      __syncwarp();  // every lane's scan is done before the winner is removed
       // Validation guarantees k live keys; the bound only keeps a bad call from indexing.
       if (lane == 0) {
         ids[s] = w.index < E ? w.index : 0;
