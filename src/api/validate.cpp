@@ -84,6 +84,18 @@ std::vector<Region> regions(const Arguments& a) {
   };
 }
 
+// top_k within [1, E] and T * k addressable by int32 row ids.
+Status check_top_k_and_pairs(int64_t num_tokens, int64_t num_experts, int64_t top_k) {
+  const auto kInvalid = MOEKIT_ERROR_INVALID_ARGUMENT;
+  if (top_k < 1 || top_k > num_experts)
+    return error(kInvalid, "top_k: expected 1 <= top_k <= num_experts = ", num_experts,
+                 ", got ", top_k);
+  if (num_tokens > std::numeric_limits<int32_t>::max() / top_k)
+    return error(kInvalid, "num_tokens: expected num_tokens * top_k <= 2147483647 (int32 row ids), got ",
+                 num_tokens, " * ", top_k);
+  return Status();
+}
+
 const char* forbidden_reason(const std::string& name) {
   if (name == "w13_bias") return "has_w13_bias is 0";
   if (name == "w2_bias") return "has_w2_bias is 0";
@@ -136,12 +148,7 @@ Status validate_router_arguments(const RouterArguments& a) {
   if (p.num_tokens < 0) return error(kInvalid, "num_tokens: expected >= 0, got ", p.num_tokens);
   if (p.num_experts < 1)
     return error(kInvalid, "num_experts: expected >= 1, got ", p.num_experts);
-  if (p.top_k < 1 || p.top_k > p.num_experts)
-    return error(kInvalid, "top_k: expected 1 <= top_k <= num_experts = ", p.num_experts,
-                 ", got ", p.top_k);
-  if (p.num_tokens > std::numeric_limits<int32_t>::max() / p.top_k)
-    return error(kInvalid, "num_tokens: expected num_tokens * top_k <= 2147483647, got ",
-                 p.num_tokens, " * ", p.top_k);
+  if (Status s = check_top_k_and_pairs(p.num_tokens, p.num_experts, p.top_k); !s) return s;
   if (Status s = validate_router_config(p.config, p.num_experts, p.top_k, ""); !s) return s;
   if (a.correction_bias && p.config.kind != MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK)
     return error(kInvalid, "correction_bias: expected NULL for a router other than sigmoid_grouped_topk, got a pointer");
@@ -189,12 +196,7 @@ Status validate_problem(const Problem& p) {
     return error(kInvalid, "num_local_experts: expected num_experts / ep_size = ", p.num_experts,
                  " / ", p.ep_size, " = ", p.num_experts / p.ep_size, ", got ",
                  p.num_local_experts);
-  if (p.top_k < 1 || p.top_k > p.num_experts)
-    return error(kInvalid, "top_k: expected 1 <= top_k <= num_experts = ", p.num_experts,
-                 ", got ", p.top_k);
-  if (p.num_tokens > std::numeric_limits<int32_t>::max() / p.top_k)
-    return error(kInvalid, "num_tokens: expected num_tokens * top_k <= 2147483647 (int32 row ids), got ",
-                 p.num_tokens, " * ", p.top_k);
+  if (E s = check_top_k_and_pairs(p.num_tokens, p.num_experts, p.top_k); !s) return s;
   if (E s = check_dtype("input_dtype", p.input_dtype); !s) return s;
   if (E s = check_dtype("weight_dtype", p.weight_dtype); !s) return s;
   if (E s = check_dtype("output_dtype", p.output_dtype); !s) return s;

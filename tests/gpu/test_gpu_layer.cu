@@ -5,6 +5,7 @@
 #include <functional>
 #include <random>
 
+#include "common/test_util.hpp"
 #include "gpu_util.hpp"
 #include "reference/reference.hpp"
 
@@ -16,14 +17,7 @@ namespace {
 
 Problem problem(int64_t T, int64_t E, int64_t k, int64_t H, int64_t I,
                 moekit_dtype_t dt = MOEKIT_DTYPE_BF16) {
-  Problem p = default_problem();
-  p.num_tokens = T;
-  p.num_experts = p.num_local_experts = E;
-  p.top_k = k;
-  p.hidden_size = H;
-  p.intermediate_size = I;
-  p.input_dtype = p.weight_dtype = p.output_dtype = dt;
-  return p;
+  return test::small_problem(T, E, k, H, I, dt);  // DeviceLayer switches it to the GPU
 }
 
 double tolerance(const Problem& p) {
@@ -197,6 +191,7 @@ TEST(GpuLayer, IndicesPast2To31) {
 TEST(GpuLayer, ZeroTokensLaunchesNothing) {
   REQUIRE_GPU();
   Problem p = problem(0, 8, 2, 64, 32);
+  p.device = MOEKIT_DEVICE_CUDA;
   size_t bytes = 1;
   ASSERT_TRUE(MoeLayer::workspace_size(p, &bytes).ok());
   EXPECT_EQ(bytes, 0u);
