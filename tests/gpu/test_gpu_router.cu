@@ -63,6 +63,12 @@ TEST(GpuRouter, ExpertCountsAndTopK) {
       }
 }
 
+TEST(GpuRouter, TopKEqualsEAtTheLargestE) {
+  REQUIRE_GPU();  // the most shared memory a warp takes: past the 48 KiB default
+  for (auto kind : {MOEKIT_ROUTER_SOFTMAX_TOPK, MOEKIT_ROUTER_TOPK_SOFTMAX, MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK})
+    check_gpu_router(test::make_router_case(test::router_problem(kind, 3, 6144, 6144), true, 1));
+}
+
 TEST(GpuRouter, RoutedLayerMatchesTheCpu) {
   REQUIRE_GPU();
   const moekit_router_config_t configs[] = {

@@ -3,8 +3,9 @@
 // One warp per token. The warp turns the token's logits into ranking keys in
 // shared memory (rank_key: NaN below every number), then picks the k experts
 // by k rounds of a warp argmax (ties to the lower id), removing each winner,
-// so the ids are distinct by construction whatever the logits. Lane 0 writes
-// ids and weights in slot order. Every float step mirrors reference/router.cpp
+// so the ids are distinct by construction whatever the logits. Winners stay
+// in shared memory; weights are computed one lane per slot and written
+// coalesced; only the slot-order total is a serial sum, as in the reference. Every float step mirrors reference/router.cpp
 // (same exp, same reduction order), so results equal the CPU bit for bit.
 #include <cfloat>
 
@@ -57,10 +58,12 @@ __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int warps = blockDim.x / kWarp;
   const int E = num_experts;
-  const int G = c.kind == MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK ? c.num_groups : 1;
-  uint32_t* keys = smem + static_cast<size_t>(warp) * (E + G);  // [E]
-  uint32_t* group_keys = keys + E;                               // [G]
   const bool sigmoid = c.kind == MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK;
+  const int G = sigmoid ? c.num_groups : 1;
+  uint32_t* keys = smem + static_cast<size_t>(warp) * (E + G + 2 * top_k);  // [E]
+  uint32_t* group_keys = keys + E;                                           // [G]
+  int32_t* win_id = reinterpret_cast<int32_t*>(group_keys + G);              // [k]
+  float* win_w = reinterpret_cast<float*>(win_id + top_k);                  // [k]
 
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * warps + warp; t < num_tokens;
        t += static_cast<int64_t>(gridDim.x) * warps) {
@@ -78,6 +81,13 @@ __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
 #pragma unroll
     for (int off = kWarp / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
     __syncwarp();
+
+    float sum = 0.0f;  // softmax denominator from the keys (they decode to the logits)
+    if (c.kind == MOEKIT_ROUTER_SOFTMAX_TOPK) {
+      for (int i = lane; i < E; i += kWarp) sum += exp_det(router_clean(key_value(keys[i])) - m);
+#pragma unroll
+      for (int off = kWarp / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    }
 
     if (sigmoid && G > 1) {
       const int gs = E / G;
@@ -106,44 +116,42 @@ __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
       __syncwarp();
     }
 
-    int32_t* ids = topk_ids + t * top_k;
-    float* weights = topk_weights + t * top_k;
     for (int s = 0; s < top_k; ++s) {
       const Best w = warp_argmax(keys, 0, E, lane);
       __syncwarp();  // every lane's scan is done before the winner is removed
       // Validation guarantees k live keys; the bound only keeps a bad call from indexing.
       if (lane == 0) {
-        ids[s] = w.index < E ? w.index : 0;
-        if (w.index < E) keys[w.index] = kKeyRemoved;
+        const int id = w.index < E ? w.index : 0;
+        win_id[s] = id;
+        win_w[s] = __uint_as_float(w.key);  // the winner's key, decoded below
+        keys[id] = kKeyRemoved;
       }
       __syncwarp();
     }
 
-    float sum = 0.0f;  // softmax denominator, in the order reference/router.cpp models
-    if (c.kind == MOEKIT_ROUTER_SOFTMAX_TOPK) {
-      for (int i = lane; i < E; i += kWarp) sum += exp_det(router_clean(to_float(x[i])) - m);
-#pragma unroll
-      for (int off = kWarp / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    // Unnormalized weights, one lane per slot, in reference/router.cpp's formulas.
+    const float top = router_clean(key_value(__float_as_uint(win_w[0])));
+    __syncwarp();
+    for (int s = lane; s < top_k; s += kWarp) {
+      const float v = router_clean(key_value(__float_as_uint(win_w[s])));
+      float w;
+      if (c.kind == MOEKIT_ROUTER_SOFTMAX_TOPK) w = exp_det(v - m) / sum;
+      else if (c.kind == MOEKIT_ROUTER_TOPK_SOFTMAX) w = exp_det(v - top);
+      else w = sigmoid_det(router_clean(to_float(x[win_id[s]])));  // the key held s + bias
+      win_w[s] = w;
     }
-    if (lane == 0) {
-      float total = 0.0f;
-      if (c.kind == MOEKIT_ROUTER_SOFTMAX_TOPK) {
-        for (int s = 0; s < top_k; ++s)
-          total += weights[s] = exp_det(router_clean(to_float(x[ids[s]])) - m) / sum;
-        if (c.renormalize)
-          for (int s = 0; s < top_k; ++s) weights[s] = weights[s] / total;
-      } else if (c.kind == MOEKIT_ROUTER_TOPK_SOFTMAX) {
-        const float top = router_clean(to_float(x[ids[0]]));
-        for (int s = 0; s < top_k; ++s)
-          total += weights[s] = exp_det(router_clean(to_float(x[ids[s]])) - top);
-        for (int s = 0; s < top_k; ++s) weights[s] = weights[s] / total;
-      } else {
-        for (int s = 0; s < top_k; ++s)
-          total += weights[s] = sigmoid_det(router_clean(to_float(x[ids[s]])));
-        if (c.renormalize)
-          for (int s = 0; s < top_k; ++s) weights[s] = weights[s] / (total + 1e-20f);
-      }
-      for (int s = 0; s < top_k; ++s) weights[s] = weights[s] * c.routed_scaling_factor;
+    __syncwarp();
+    // The total in slot order, as the reference sums it.
+    float total = 0.0f;
+    const bool normalize = c.kind == MOEKIT_ROUTER_TOPK_SOFTMAX || c.renormalize;
+    if (normalize && lane == 0)
+      for (int s = 0; s < top_k; ++s) total += win_w[s];
+    total = __shfl_sync(0xffffffffu, total, 0);
+    if (sigmoid) total = total + 1e-20f;
+    for (int s = lane; s < top_k; s += kWarp) {
+      const float w = normalize ? win_w[s] / total : win_w[s];
+      topk_ids[t * top_k + s] = win_id[s];
+      topk_weights[t * top_k + s] = w * c.routed_scaling_factor;
     }
     __syncwarp();
   }
@@ -151,26 +159,32 @@ __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
 
 }  // namespace
 
-static_assert(2 * kRouterMaxExperts * sizeof(uint32_t) <= kSmemBudget,
-              "one warp's keys and group keys must fit the shared-memory budget");
+// One warp's worst case: E keys, G <= E group keys, 2k <= 2E winner slots.
+constexpr size_t kMaxWarpSmem = 4 * kRouterMaxExperts * sizeof(uint32_t);
+static_assert(kMaxWarpSmem <= 227 * 1024, "a warp's router state must fit one Hopper SM");
 
 cudaError_t launch_router(const void* logits, const float* correction_bias, int64_t num_tokens,
                           int64_t num_experts, int64_t top_k, const moekit_router_config_t& c,
                           int32_t* topk_ids, float* topk_weights, const DeviceInfo& dev,
                           cudaStream_t stream) {
   const int G = c.kind == MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK ? c.num_groups : 1;
-  const size_t per_warp = (num_experts + G) * sizeof(uint32_t);
+  const size_t per_warp = (num_experts + G + 2 * top_k) * sizeof(uint32_t);
   int warps = static_cast<int>(kSmemBudget / per_warp);
   warps = warps < 1 ? 1 : (warps > 4 ? 4 : warps);
   const unsigned grid = grid_for((num_tokens + warps - 1) / warps, dev.sm_count, 16);
   const float* bias = c.kind == MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK ? correction_bias : nullptr;
+  cudaError_t attr = cudaSuccess;
   dispatch_dtype(c.logits_dtype, [&](auto tag) {
     using T = decltype(tag);
+    if (per_warp > kSmemBudget)  // only for thousands of experts with large k or groups
+      attr = cudaFuncSetAttribute(router_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(per_warp));
+    if (attr != cudaSuccess) return;
     router_kernel<T><<<grid, warps * kWarp, warps * per_warp, stream>>>(
         static_cast<const T*>(logits), bias, num_tokens, static_cast<int>(num_experts),
         static_cast<int>(top_k), c, topk_ids, topk_weights);
   });
-  return cudaGetLastError();
+  return attr != cudaSuccess ? attr : cudaGetLastError();
 }
 
 }  // namespace moekit::kernels
