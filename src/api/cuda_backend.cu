@@ -24,7 +24,7 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 struct CudaLayout {
   size_t routed_ids, routed_weights;  // [T*k] each, when the layer routes itself
   size_t keys[2], pairs[2];  // [T*k] radix sort double buffers
-  size_t cub_temp, cub_bytes;
+  size_t temp, sort_temp_bytes;
   size_t expert_offsets;     // [E_local + 1]
   size_t pair_to_row;        // [T*k]
   size_t rows;               // [T*k, H]  gathered input; later GEMM 2's output
@@ -43,7 +43,7 @@ Status make_layout(const Problem& p, CudaLayout* l) {
   const size_t pairs = static_cast<size_t>(p.num_tokens * p.top_k);
   const size_t cb = dtype_bytes(p.weight_dtype);
   if (cudaError_t e = kernels::sort_temp_bytes(p.num_tokens * p.top_k, p.num_local_experts,
-                                               &l->cub_bytes);
+                                               &l->sort_temp_bytes);
       e != cudaSuccess)
     return cuda_status(e, "cub::DeviceRadixSort::SortPairs (size query)");
   size_t at = 0;
@@ -53,7 +53,7 @@ Status make_layout(const Problem& p, CudaLayout* l) {
   l->routed_weights = take(routed ? pairs * sizeof(float) : 0);
   for (int i = 0; i < 2; ++i) l->keys[i] = take(pairs * sizeof(uint32_t));
   for (int i = 0; i < 2; ++i) l->pairs[i] = take(pairs * sizeof(int32_t));
-  l->cub_temp = take(l->cub_bytes);
+  l->temp = take(l->sort_temp_bytes);
   l->expert_offsets = take((p.num_local_experts + 1) * sizeof(int32_t));
   l->pair_to_row = take(pairs * sizeof(int32_t));
   l->rows = take(pairs * p.hidden_size * cb);
@@ -172,8 +172,8 @@ Status cuda_run(const Arguments& a, void* workspace, CUstream_st* stream_handle)
     sb.keys[i] = static_cast<uint32_t*>(at(l.keys[i]));
     sb.pairs[i] = static_cast<int32_t*>(at(l.pairs[i]));
   }
-  sb.cub_temp = at(l.cub_temp);
-  sb.cub_temp_bytes = l.cub_bytes;
+  sb.temp = at(l.temp);
+  sb.temp_bytes = l.sort_temp_bytes;
   sb.expert_offsets = static_cast<int32_t*>(at(l.expert_offsets));
   sb.pair_to_row = static_cast<int32_t*>(at(l.pair_to_row));
   const int32_t* valid_rows = sb.expert_offsets + p.num_local_experts;  // device scalar

@@ -25,8 +25,8 @@ struct DeviceInfo {
 struct SortBuffers {
   uint32_t* keys[2];        // [T*k] each: local expert, E_local for invalid
   int32_t* pairs[2];        // [T*k] each: pair index; sorted result in one of them
-  void* cub_temp;           // CUB radix sort temporary storage
-  size_t cub_temp_bytes;
+  void* temp;               // scratch of the sort path (sort_temp_bytes)
+  size_t temp_bytes;
   int32_t* expert_offsets;  // [E_local + 1]
   int32_t* pair_to_row;     // [T*k]: row of pair p, -1 if invalid
 };

@@ -111,7 +111,7 @@ TEST(GpuLayer, EveryActivationOrderAndBias) {
 
 TEST(GpuLayer, ProductionFailureRoutingAtEveryThreshold) {
   REQUIRE_GPU();
-  for (int64_t T : {1, 2, 255, 256, 257, 1023, 1024, 1025, 4095, 4096, 4097}) {
+  for (int64_t T : {1, 2, 255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 4095, 4096, 4097}) {
     ref::HostLayer l = ref::make_random_layer(problem(T, 64, 8, 128, 64), T);
     make_adversarial(l, T);
     expect_gpu_matches(l, "T=" + std::to_string(T));

@@ -35,8 +35,8 @@ void check_sort(const Case& c, const std::vector<int32_t>& ids) {
   b.keys[1] = static_cast<uint32_t*>(keys1.data());
   b.pairs[0] = static_cast<int32_t*>(vals0.data());
   b.pairs[1] = static_cast<int32_t*>(vals1.data());
-  b.cub_temp = cub.data();
-  b.cub_temp_bytes = temp;
+  b.temp = cub.data();
+  b.temp_bytes = temp;
   b.expert_offsets = static_cast<int32_t*>(d_off.data());
   b.pair_to_row = static_cast<int32_t*>(d_inv.data());
   int device = 0, sms = 0;
@@ -89,7 +89,8 @@ std::vector<int32_t> adversarial_ids(const Case& c, uint64_t seed) {
 
 TEST(GpuSort, ThresholdsAndAdversarialRouting) {
   REQUIRE_GPU();
-  for (int64_t T : {0, 1, 2, 255, 256, 257, 1023, 1024, 1025, 4095, 4096, 4097, 8191, 8193})
+  for (int64_t T : {0, 1, 2, 31, 32, 33, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 2047, 2048, 2049,
+                    4095, 4096, 4097, 8191, 8193})
     for (int64_t k : {1, 2, 8}) {
       const Case c{T, k, 128, 1, 0};
       check_sort(c, adversarial_ids(c, T * 31 + k));
