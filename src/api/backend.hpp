@@ -13,7 +13,8 @@ Status cuda_workspace_size(const Problem& p, size_t* bytes);
 // Checks what only the CUDA runtime can tell: a usable device, and that every
 // pointer is device-accessible memory.
 Status cuda_check_arguments(const Arguments& a, const void* workspace);
-Status cuda_run(const Arguments& a, void* workspace, CUstream_st* stream);
+// Validates the workspace and the pointers, then launches; a = validated arguments.
+Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes, CUstream_st* stream);
 
 Status cuda_check_router_arguments(const RouterArguments& a);
 Status cuda_router_run(const RouterArguments& a, CUstream_st* stream);

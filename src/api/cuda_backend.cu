@@ -5,7 +5,7 @@
 
 #include <array>
 #include <atomic>
-#include <vector>
+#include <utility>
 
 #include "api/backend.hpp"
 #include "api/validate.hpp"
@@ -145,7 +145,7 @@ Status cuda_workspace_size(const Problem& p, size_t* bytes) {
 
 Status cuda_check_arguments(const Arguments& a, const void* workspace) {
   kernels::DeviceInfo info{};
-  if (Status s = current_device(&info); !s) return s;
+  if (Status s = current_device(&info); !s) return s;  // cached after the first call
   const std::pair<const char*, const void*> ptrs[] = {
       {"hidden", a.hidden},   {"topk_ids", a.topk_ids}, {"topk_weights", a.topk_weights},
       {"w13", a.w13},         {"w13_bias", a.w13_bias}, {"w2", a.w2},
@@ -157,12 +157,16 @@ Status cuda_check_arguments(const Arguments& a, const void* workspace) {
   return Status();
 }
 
-Status cuda_run(const Arguments& a, void* workspace, CUstream_st* stream_handle) {
+Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
+                CUstream_st* stream_handle) {
   const Problem& p = a.problem;
   kernels::DeviceInfo dev{};
   if (Status s = current_device(&dev); !s) return s;
+  if (p.num_tokens == 0) return validate_workspace(a, workspace, workspace_bytes, 0);
   CudaLayout l{};
   if (Status s = make_layout(p, &l); !s) return s;
+  if (Status s = validate_workspace(a, workspace, workspace_bytes, l.total); !s) return s;
+  if (Status s = cuda_check_arguments(a, workspace); !s) return s;
   cudaStream_t stream = stream_handle;
   char* ws = static_cast<char*>(workspace);
   auto at = [&](size_t off) { return static_cast<void*>(ws + off); };

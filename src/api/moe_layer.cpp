@@ -68,17 +68,13 @@ Status MoeLayer::workspace_size(const Problem& problem, size_t* bytes) {
 Status MoeLayer::run(const Arguments& args, void* workspace, size_t workspace_bytes,
                      CUstream_st* stream) {
   if (Status s = detail::validate_arguments(args); !s) return s;
-  size_t required = 0;
-  if (Status s = workspace_size(args.problem, &required); !s) return s;
+  if (args.problem.device == MOEKIT_DEVICE_CUDA)  // device checks, layout and launches
+    return detail::cuda_run(args, workspace, workspace_bytes, stream);
+  const size_t required = args.problem.num_tokens == 0 ? 0 : ref::layer_workspace_bytes(args.problem);
   if (Status s = detail::validate_workspace(args, workspace, workspace_bytes, required); !s)
     return s;
-  if (args.problem.num_tokens == 0) return Status();
-  if (args.problem.device == MOEKIT_DEVICE_CPU) {
-    ref::moe_layer(args, workspace);
-    return Status();
-  }
-  if (Status s = detail::cuda_check_arguments(args, workspace); !s) return s;
-  return detail::cuda_run(args, workspace, stream);
+  if (args.problem.num_tokens > 0) ref::moe_layer(args, workspace);
+  return Status();
 }
 
 }  // namespace moekit

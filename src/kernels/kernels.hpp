@@ -71,10 +71,6 @@ cudaError_t launch_finalize(const void* y, moekit_dtype_t y_dtype, const int32_t
                             int64_t hidden_size, void* out, moekit_dtype_t output_dtype,
                             const DeviceInfo& dev, cudaStream_t stream);
 
-}  // namespace moekit::kernels
-
-namespace moekit::kernels {
-
 // ---- router ----------------------------------------------------------------
 cudaError_t launch_router(const void* logits, const float* correction_bias, int64_t num_tokens,
                           int64_t num_experts, int64_t top_k, const moekit_router_config_t& c,

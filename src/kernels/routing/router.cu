@@ -3,7 +3,9 @@
 // One warp per token. The warp turns the token's logits into ranking keys in
 // shared memory (rank_key: NaN below every number), then picks the k experts
 // by k rounds of a warp argmax (ties to the lower id), removing each winner,
-// so the ids are distinct by construction whatever the logits. Winners stay
+// so the ids are distinct by construction whatever the logits. Each lane keeps
+// the best of its own slots; a round is two warp reductions, and only the
+// winner's lane rescans. Winners stay
 // in shared memory; weights are computed one lane per slot and written
 // coalesced; only the slot-order total is a serial sum, as in the reference. Every float step mirrors reference/router.cpp
 // (same exp, same reduction order), so results equal the CPU bit for bit.
@@ -25,21 +27,23 @@ struct Best {
   int32_t index;
 };
 
-__device__ __forceinline__ bool better(const Best& a, const Best& b) {
-  return a.key > b.key || (a.key == b.key && a.index < b.index);
-}
-
-// Best key over [begin, end) by this lane's strided scan, then across the warp.
-__device__ __forceinline__ Best warp_argmax(const uint32_t* keys, int begin, int end, int lane) {
+// This lane's best key among indices begin + lane, begin + lane + 32, ... < end
+// (lane-strided ownership: in the selection rounds a lane only ever reads and
+// writes its own slots), ties to the lower index.
+__device__ __forceinline__ Best lane_best(const uint32_t* keys, int begin, int end, int lane) {
   Best b{kKeyRemoved, INT32_MAX};
   for (int i = begin + lane; i < end; i += kWarp)
     if (keys[i] > b.key) b = {keys[i], i};  // strictly greater: the lane's lowest index wins ties
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off /= 2) {
-    Best o{__shfl_xor_sync(0xffffffffu, b.key, off), __shfl_xor_sync(0xffffffffu, b.index, off)};
-    if (better(o, b)) b = o;
-  }
   return b;
+}
+
+// The warp's best (largest key, then lowest index) from every lane's best:
+// two single-instruction reductions instead of a shuffle tree.
+__device__ __forceinline__ Best warp_pick(const Best& mine) {
+  const uint32_t top = __reduce_max_sync(0xffffffffu, mine.key);
+  const uint32_t index = __reduce_min_sync(
+      0xffffffffu, mine.key == top ? static_cast<uint32_t>(mine.index) : 0xffffffffu);
+  return {top, static_cast<int32_t>(index)};
 }
 
 __device__ __forceinline__ float key_value(uint32_t key) {
@@ -105,29 +109,35 @@ __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
         group_keys[g] = rank_key(score);
       }
       __syncwarp();
+      Best mine = lane_best(group_keys, 0, G, lane);
       for (int r = 0; r < c.topk_groups; ++r) {
-        const Best w = warp_argmax(group_keys, 0, G, lane);
-        __syncwarp();  // every lane's scan is done before the winner is removed
-        if (lane == 0 && w.index < G) group_keys[w.index] = kKeyRemoved;  // removed = kept group
-        __syncwarp();
+        const Best w = warp_pick(mine);
+        if (w.index < G && w.index % kWarp == lane) {  // the owner removes it: kept group
+          group_keys[w.index] = kKeyRemoved;
+          mine = lane_best(group_keys, 0, G, lane);
+        }
       }
+      __syncwarp();
       for (int i = lane; i < E; i += kWarp)
         if (group_keys[i / gs] != kKeyRemoved) keys[i] = kKeyRemoved;
       __syncwarp();
     }
 
+    Best mine = lane_best(keys, 0, E, lane);
     for (int s = 0; s < top_k; ++s) {
-      const Best w = warp_argmax(keys, 0, E, lane);
-      __syncwarp();  // every lane's scan is done before the winner is removed
+      const Best w = warp_pick(mine);
       // Validation guarantees k live keys; the bound only keeps a bad call from indexing.
+      const bool live = w.index < E;
       if (lane == 0) {
-        const int id = w.index < E ? w.index : 0;
-        win_id[s] = id;
+        win_id[s] = live ? w.index : 0;
         win_w[s] = __uint_as_float(w.key);  // the winner's key, decoded below
-        keys[id] = kKeyRemoved;
       }
-      __syncwarp();
+      if (live && w.index % kWarp == lane) {  // only the owner rescans its slots
+        keys[w.index] = kKeyRemoved;
+        mine = lane_best(keys, 0, E, lane);
+      }
     }
+    __syncwarp();
 
     // Unnormalized weights, one lane per slot, in reference/router.cpp's formulas.
     const float top = router_clean(key_value(__float_as_uint(win_w[0])));
