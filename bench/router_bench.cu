@@ -9,18 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "bench/graph_timer.hpp"
 #include "moekit/moekit.hpp"
 #include "reference/random_layer.hpp"
 
-#define CHECK(expr)                                                                         \
-  do {                                                                                      \
-    cudaError_t e_ = (expr);                                                                \
-    if (e_ != cudaSuccess) {                                                                \
-      std::fprintf(stderr, "%s failed at %s:%d: %s\n", #expr, __FILE__, __LINE__,          \
-                   cudaGetErrorString(e_));                                                 \
-      return 1;                                                                             \
-    }                                                                                       \
-  } while (0)
 
 struct Case {
   const char* model;
@@ -79,24 +71,8 @@ int main(int argc, char** argv) {
         if (!s) { std::fprintf(stderr, "router: %s\n", s.message().c_str()); return 1; }
       }
       CHECK(cudaStreamEndCapture(stream, &graph));
-      cudaGraphExec_t exec;
-      CHECK(cudaGraphInstantiate(&exec, graph, 0));
-      for (int i = 0; i < 5; ++i) CHECK(cudaGraphLaunch(exec, stream));
-      cudaEvent_t e0, e1;
-      CHECK(cudaEventCreate(&e0));
-      CHECK(cudaEventCreate(&e1));
-      std::vector<float> us;
-      for (int i = 0; i < 30; ++i) {
-        CHECK(cudaEventRecord(e0, stream));
-        CHECK(cudaGraphLaunch(exec, stream));
-        CHECK(cudaEventRecord(e1, stream));
-        CHECK(cudaEventSynchronize(e1));
-        float ms = 0;
-        CHECK(cudaEventElapsedTime(&ms, e0, e1));
-        us.push_back(ms * 1000.0f / R);
-      }
-      std::sort(us.begin(), us.end());
-      const float median = us[us.size() / 2];
+      const float median = moekit::bench::median_replay_us(graph, stream) / R;
+      if (median < 0) { std::fprintf(stderr, "timing failed\n"); return 1; }
       std::printf("| %s | %lld | %lld | %lld | %.2f |\n", c.model, (long long)T, (long long)c.experts,
                   (long long)c.top_k, median);
       if (json)
@@ -104,8 +80,6 @@ int main(int argc, char** argv) {
                      "\"k\": %lld, \"logits_dtype\": \"%s\", \"rotating_buffers\": %d, \"moekit_us\": %.3f}\n",
                      prop.name, c.model, c.config.kind, (long long)T, (long long)c.experts,
                      (long long)c.top_k, moekit_dtype_name(c.config.logits_dtype), R, median);
-      CHECK(cudaGraphExecDestroy(exec));
-      CHECK(cudaGraphDestroy(graph));
       for (void* p : logits) CHECK(cudaFree(p));
       CHECK(cudaFree(bias));
       CHECK(cudaFree(ids));

@@ -9,17 +9,9 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "bench/graph_timer.hpp"
 #include "moekit/moekit.hpp"
 
-#define CHECK(expr)                                                                         \
-  do {                                                                                      \
-    cudaError_t e_ = (expr);                                                                \
-    if (e_ != cudaSuccess) {                                                                \
-      std::fprintf(stderr, "%s failed at %s:%d: %s\n", #expr, __FILE__, __LINE__,          \
-                   cudaGetErrorString(e_));                                                 \
-      return 1;                                                                             \
-    }                                                                                       \
-  } while (0)
 
 int main(int argc, char** argv) {
   if (!moekit::cuda_available()) {
@@ -59,31 +51,13 @@ int main(int argc, char** argv) {
       CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
       CHECK(moekit::kernels::launch_sort(d_ids, T, k, E, E, 0, b, nullptr, &sorted, {device, sms}, stream));
       CHECK(cudaStreamEndCapture(stream, &graph));
-      cudaGraphExec_t exec;
-      CHECK(cudaGraphInstantiate(&exec, graph, 0));
-      for (int i = 0; i < 5; ++i) CHECK(cudaGraphLaunch(exec, stream));
-      cudaEvent_t e0, e1;
-      CHECK(cudaEventCreate(&e0));
-      CHECK(cudaEventCreate(&e1));
-      std::vector<float> us;
-      for (int i = 0; i < 30; ++i) {
-        CHECK(cudaEventRecord(e0, stream));
-        CHECK(cudaGraphLaunch(exec, stream));
-        CHECK(cudaEventRecord(e1, stream));
-        CHECK(cudaEventSynchronize(e1));
-        float ms = 0;
-        CHECK(cudaEventElapsedTime(&ms, e0, e1));
-        us.push_back(ms * 1000.0f);
-      }
-      std::sort(us.begin(), us.end());
-      const float median = us[us.size() / 2];
+      const float median = moekit::bench::median_replay_us(graph, stream);
+      if (median < 0) { std::fprintf(stderr, "timing failed\n"); return 1; }
       std::printf("| %lld | %lld | %lld | %.2f | %.0f |\n", (long long)T, (long long)k, (long long)E,
                   median, pairs / median);
       if (json)
         std::fprintf(json, "{\"T\": %lld, \"k\": %lld, \"E_local\": %lld, \"sort_us\": %.3f}\n",
                      (long long)T, (long long)k, (long long)E, median);
-      CHECK(cudaGraphExecDestroy(exec));
-      CHECK(cudaGraphDestroy(graph));
       for (void* p : {(void*)d_ids, (void*)keys0, (void*)keys1, (void*)vals0, (void*)vals1,
                       (void*)inverse, (void*)offsets, cub})
         CHECK(cudaFree(p));
