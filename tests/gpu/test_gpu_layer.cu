@@ -293,6 +293,13 @@ TEST(GpuLayer, BadCallsLeaveNoErrorAndWriteNothing) {
        "top_k: expected 1 <= top_k <= num_experts = 16, got 17"},
       {"workspace one byte short", [&] { return MoeLayer::run(d.args, d.workspace.data(), d.workspace_bytes - 1); },
        "workspace_bytes: expected at least"},
+      {"null workspace", [&] { return MoeLayer::run(d.args, nullptr, d.workspace_bytes); },
+       "workspace: expected a buffer of at least"},
+      {"misaligned workspace", [&] {
+         return MoeLayer::run(d.args, static_cast<char*>(d.workspace.data()) + 16, d.workspace_bytes); },
+       "workspace: expected a 256-byte aligned pointer"},
+      {"workspace overlapping the output", [&] { return MoeLayer::run(d.args, d.output.data(), d.workspace_bytes); },
+       "workspace: expected memory disjoint from output"},
       {"host workspace", [&] {
          static std::vector<uint8_t> hws(1 << 26);
          void* p = hws.data() + (256 - reinterpret_cast<uintptr_t>(hws.data()) % 256) % 256;
