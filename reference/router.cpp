@@ -21,11 +21,6 @@ int64_t argmax_key(const std::vector<uint32_t>& keys, int64_t begin, int64_t end
   return best;
 }
 
-float key_value(uint32_t key) {  // inverse of rank_key for non-NaN keys
-  if (key == 1u) return u32_as_float(0x7fc00000u);
-  return u32_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
-
 // Sum of f(i) over [0, n) in the order a warp reduces it.
 template <class F>
 float warp_order_sum(int64_t n, F&& f) {

@@ -10,6 +10,7 @@
 #include "api/backend.hpp"
 #include "api/validate.hpp"
 #include "kernels/kernels.hpp"
+#include "reference/dtype.hpp"
 
 namespace moekit::detail {
 
@@ -41,7 +42,7 @@ Status cuda_status(cudaError_t e, const char* what) {
 
 Status make_layout(const Problem& p, CudaLayout* l) {
   const size_t pairs = static_cast<size_t>(p.num_tokens * p.top_k);
-  const size_t cb = dtype_bytes(p.weight_dtype);
+  const size_t cb = ref::dtype_size(p.weight_dtype);
   if (cudaError_t e = kernels::sort_temp_bytes(p.num_tokens * p.top_k, p.num_local_experts,
                                                &l->sort_temp_bytes);
       e != cudaSuccess)

@@ -7,8 +7,11 @@
 
 #include "common/activation_math.hpp"
 #include "common/router_math.hpp"
+#include "reference/dtype.hpp"
 
 namespace moekit::detail {
+
+using ref::dtype_size;
 
 const char* dtype_name(moekit_dtype_t d) {
   switch (d) {
@@ -18,8 +21,6 @@ const char* dtype_name(moekit_dtype_t d) {
   }
   return "unknown";
 }
-
-size_t dtype_bytes(moekit_dtype_t d) { return d == MOEKIT_DTYPE_FP32 ? 4 : 2; }
 
 int64_t gemm1_columns(const Problem& p) {
   return activation_is_gated(p.activation) ? 2 * p.intermediate_size : p.intermediate_size;
@@ -64,14 +65,14 @@ bool overlaps(const Region& a, const Region& b) {
 std::vector<Region> regions(const Arguments& a) {
   const Problem& p = a.problem;
   const size_t T = p.num_tokens, H = p.hidden_size, I = p.intermediate_size, k = p.top_k;
-  const size_t E = p.num_local_experts, N1 = gemm1_columns(p), wb = dtype_bytes(p.weight_dtype);
+  const size_t E = p.num_local_experts, N1 = gemm1_columns(p), wb = dtype_size(p.weight_dtype);
   const bool routed = p.router.kind != MOEKIT_ROUTER_NONE;
   return {
-      {"hidden", a.hidden, T * H * dtype_bytes(p.input_dtype), kTensorAlign, true, false},
+      {"hidden", a.hidden, T * H * dtype_size(p.input_dtype), kTensorAlign, true, false},
       {"topk_ids", a.topk_ids, T * k * 4, 4, !routed, routed},
       {"topk_weights", a.topk_weights, T * k * 4, 4, !routed, routed},
-      {"router_logits", a.router_logits, T * static_cast<size_t>(p.num_experts) * dtype_bytes(p.router.logits_dtype),
-       dtype_bytes(p.router.logits_dtype), routed, !routed},
+      {"router_logits", a.router_logits, T * static_cast<size_t>(p.num_experts) * dtype_size(p.router.logits_dtype),
+       dtype_size(p.router.logits_dtype), routed, !routed},
       {"router_correction_bias", a.router_correction_bias, static_cast<size_t>(p.num_experts) * 4, 4, false,
        p.router.kind != MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK},
       {"w13", a.w13, E * N1 * H * wb, kTensorAlign, true, false},
@@ -80,7 +81,7 @@ std::vector<Region> regions(const Arguments& a) {
       {"w2", a.w2, E * H * I * wb, kTensorAlign, true, false},
       {"w2_bias", a.w2_bias, E * H * wb, kTensorAlign, p.has_w2_bias != 0, p.has_w2_bias == 0},
       {"diagnostics", a.diagnostics, sizeof(moekit_diagnostics_t), 8, false, false},
-      {"output", a.output, T * H * dtype_bytes(p.output_dtype), kTensorAlign, true, false},
+      {"output", a.output, T * H * dtype_size(p.output_dtype), kTensorAlign, true, false},
   };
 }
 
@@ -155,7 +156,7 @@ Status validate_router_arguments(const RouterArguments& a) {
   if (p.num_tokens == 0) return Status();
   const size_t T = p.num_tokens, E = p.num_experts, k = p.top_k;
   const Region rs[] = {
-      {"logits", a.logits, T * E * dtype_bytes(p.config.logits_dtype), dtype_bytes(p.config.logits_dtype), true, false},
+      {"logits", a.logits, T * E * dtype_size(p.config.logits_dtype), dtype_size(p.config.logits_dtype), true, false},
       {"correction_bias", a.correction_bias, E * 4, 4, false, false},
       {"topk_ids", a.topk_ids, T * k * 4, 4, true, false},
       {"topk_weights", a.topk_weights, T * k * 4, 4, true, false},

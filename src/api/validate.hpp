@@ -19,7 +19,6 @@ Status error(moekit_status_t code, const Parts&... parts) {
 }
 
 const char* dtype_name(moekit_dtype_t d);
-size_t dtype_bytes(moekit_dtype_t d);
 int64_t gemm1_columns(const Problem& p);  // N1 = 2I (gated) or I
 
 Status validate_router_config(const moekit_router_config_t& c, int64_t num_experts,

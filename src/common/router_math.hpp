@@ -74,4 +74,10 @@ MOEKIT_HD uint32_t rank_key(float x) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // -Inf -> 0x007fffff > 1
 }
 
+// Inverse of rank_key (NaN keys decode to a quiet NaN, -0 to +0).
+MOEKIT_HD float key_value(uint32_t key) {
+  if (key == 1u) return u32_as_float(0x7fc00000u);
+  return u32_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
 }  // namespace moekit

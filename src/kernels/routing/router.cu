@@ -46,11 +46,6 @@ __device__ __forceinline__ Best warp_pick(const Best& mine) {
   return {top, static_cast<int32_t>(index)};
 }
 
-__device__ __forceinline__ float key_value(uint32_t key) {
-  if (key == 1u) return __uint_as_float(0x7fc00000u);
-  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
-
 template <class T>
 __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
                               const float* __restrict__ bias,        // [E] or null
