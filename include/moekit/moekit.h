@@ -206,7 +206,14 @@ MOEKIT_API void moekit_problem_init(moekit_problem_t* p);
 /* MOEKIT_SUCCESS if moekit_run would accept args (workspace aside). */
 MOEKIT_API moekit_status_t moekit_can_implement(const moekit_arguments_t* args);
 
-/* Bytes of workspace for problem p; depends on T, so query per batch size. */
+/* Bytes of workspace for problem p; depends on T, so query per batch size.
+ * CUDA: the layer runs in chunks of C = min(T, max(1, 65536 / k)) tokens that
+ * reuse one workspace (identical results), so with P = C * k pairs, b the
+ * weight dtype's size and N1 = 2I (gated) or I, the size is at most
+ *   P * (b * (H + N1 + I) + 28) + [router] P * 8 + sort scratch (cub::DeviceRadixSort temp storage for P pairs)
+ *   + E_local * 112 + (GEMM descriptors: about 1 KiB per SM) + 256 per buffer,
+ * which is bounded at every T: e.g. 1.8 GB for H = 7168, I = 2048, k = 8 in bf16.
+ * The CPU backend needs one such workspace for all T tokens. */
 MOEKIT_API moekit_status_t moekit_workspace_size(const moekit_problem_t* p, size_t* bytes);
 
 /* Runs the layer. workspace must be 256-byte aligned, in the problem's memory

@@ -49,6 +49,10 @@ class MOEKIT_API MoeLayer {
   // Never allocates, never synchronizes; stream is ignored on the CPU.
   static Status run(const Arguments& args, void* workspace, size_t workspace_bytes,
                     CUstream_st* stream = nullptr);
+
+  // One line naming the kernels run would choose for this problem and why
+  // (also printed to stderr by every run while MOEKIT_PRINT_CONFIG is set).
+  static Status describe_plan(const Problem& problem, std::string* plan);
 };
 
 using RouterProblem = moekit_router_problem_t;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "moekit/moekit.hpp"
 
@@ -15,6 +16,8 @@ Status cuda_workspace_size(const Problem& p, size_t* bytes);
 Status cuda_check_arguments(const Arguments& a, const void* workspace);
 // Validates the workspace and the pointers, then launches; a = validated arguments.
 Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes, CUstream_st* stream);
+// The kernels a run of p would use and why (validated p).
+std::string cuda_describe_plan(const Problem& p);
 
 Status cuda_check_router_arguments(const RouterArguments& a);
 Status cuda_router_run(const RouterArguments& a, CUstream_st* stream);

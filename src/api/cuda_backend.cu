@@ -3,12 +3,19 @@
 // Everything here is host code; kernels live in src/kernels/<stage>/.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <utility>
 
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
 #include "api/backend.hpp"
 #include "api/validate.hpp"
+#include "kernels/gemm/gemm_config.hpp"
+#include "kernels/gemm/grouped_gemm_sm90.hpp"
 #include "kernels/kernels.hpp"
 #include "reference/dtype.hpp"
 
@@ -18,6 +25,18 @@ namespace {
 
 constexpr size_t kAlign = 256;
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Large batches run in chunks of at most this many (token, slot) pairs, one
+// after the other in the same workspace, so the workspace has an upper bound
+// at any T (moekit.h states the formula). 65,536 pairs is 8,192 tokens at
+// top-8 (256 rows per expert for E = 256: the GEMMs are compute-bound well
+// before that) and 32,768 at top-2, vLLM's chunk. Every token's arithmetic is
+// independent of the chunking, so results are identical.
+constexpr int64_t kMaxChunkPairs = 65536;
+int64_t chunk_tokens(const Problem& p) {
+  const int64_t per_chunk = std::max<int64_t>(1, kMaxChunkPairs / p.top_k);
+  return std::min(p.num_tokens, per_chunk);
+}
 
 // Byte offsets of every buffer in the workspace. The expert-ordered row
 // buffers are contiguous [rows, K] matrices and expert_offsets is int32
@@ -31,6 +50,8 @@ struct CudaLayout {
   size_t rows;               // [T*k, H]  gathered input; later GEMM 2's output
   size_t gemm1;              // [T*k, N1]
   size_t act;                // [T*k, I]
+  size_t gemm_scratch;       // per-group GEMM arguments and CUTLASS workspace
+  size_t gemm_scratch_bytes;
   size_t total;
 };
 
@@ -40,10 +61,11 @@ Status cuda_status(cudaError_t e, const char* what) {
                cudaGetErrorString(e), ")");
 }
 
-Status make_layout(const Problem& p, CudaLayout* l) {
-  const size_t pairs = static_cast<size_t>(p.num_tokens * p.top_k);
+// The layout of one chunk (chunk_tokens(p) tokens); every chunk reuses it.
+Status make_layout(const Problem& p, const kernels::DeviceInfo& dev, CudaLayout* l) {
+  const size_t pairs = static_cast<size_t>(chunk_tokens(p) * p.top_k);
   const size_t cb = ref::dtype_size(p.weight_dtype);
-  if (cudaError_t e = kernels::sort_temp_bytes(p.num_tokens * p.top_k, p.num_local_experts,
+  if (cudaError_t e = kernels::sort_temp_bytes(static_cast<int64_t>(pairs), p.num_local_experts,
                                                &l->sort_temp_bytes);
       e != cudaSuccess)
     return cuda_status(e, "cub::DeviceRadixSort::SortPairs (size query)");
@@ -60,6 +82,8 @@ Status make_layout(const Problem& p, CudaLayout* l) {
   l->rows = take(pairs * p.hidden_size * cb);
   l->gemm1 = take(pairs * gemm1_columns(p) * cb);
   l->act = take(pairs * p.intermediate_size * cb);
+  l->gemm_scratch_bytes = kernels::grouped_gemm_scratch_bytes(p.num_local_experts, dev.sm_count);
+  l->gemm_scratch = take(l->gemm_scratch_bytes);
   l->total = at;
   return Status();
 }
@@ -139,7 +163,7 @@ Status cuda_workspace_size(const Problem& p, size_t* bytes) {
   if (Status s = current_device(&info); !s) return s;
   if (p.num_tokens == 0) return Status();
   CudaLayout l{};
-  if (Status s = make_layout(p, &l); !s) return s;
+  if (Status s = make_layout(p, info, &l); !s) return s;
   *bytes = l.total;
   return Status();
 }
@@ -158,6 +182,65 @@ Status cuda_check_arguments(const Arguments& a, const void* workspace) {
   return Status();
 }
 
+namespace {
+
+// The kernel each GEMM of a chunk runs, from the rows a balanced router
+// would give each local expert.
+struct LayerPlan {
+  kernels::GemmConfig gemm1, gemm2;
+  int64_t chunk_tokens, chunks;
+};
+
+LayerPlan plan_layer(const Problem& p, int sm_count) {
+  LayerPlan plan{};
+  plan.chunk_tokens = chunk_tokens(p);
+  plan.chunks = plan.chunk_tokens == 0 ? 0 : (p.num_tokens + plan.chunk_tokens - 1) / plan.chunk_tokens;
+  // Local rows of a chunk: its pairs times the share of experts this rank owns.
+  const int64_t rows = plan.chunk_tokens * p.top_k * p.num_local_experts / p.num_experts;
+  plan.gemm1 = kernels::select_config({p.weight_dtype, rows, p.num_local_experts, gemm1_columns(p),
+                                       p.hidden_size, sm_count});
+  plan.gemm2 = kernels::select_config({p.weight_dtype, rows, p.num_local_experts, p.hidden_size,
+                                       p.intermediate_size, sm_count});
+  // MOEKIT_GEMM=simple forces the CUDA-core GEMM: the oracle the benchmark
+  // and the GPU suite compare the fast path with.
+  if (const char* force = std::getenv("MOEKIT_GEMM"); force && std::string(force) == "simple") {
+    plan.gemm1 = plan.gemm2 = {kernels::GemmKernel::kSimple, "MOEKIT_GEMM=simple"};
+  }
+  return plan;
+}
+
+bool print_config_requested() {
+  static const bool on = std::getenv("MOEKIT_PRINT_CONFIG") != nullptr;
+  return on;
+}
+
+// One grouped GEMM: the chosen sm90 kernel, or the simple one.
+cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const int32_t* offsets,
+                         int64_t experts, const void* w, const void* bias, void* c,
+                         int64_t max_rows, int64_t n, int64_t k, moekit_dtype_t dtype,
+                         void* scratch, const kernels::DeviceInfo& dev, cudaStream_t stream) {
+  if (cfg.kernel != kernels::GemmKernel::kSimple) {
+    const kernels::GroupedGemmParams gp{a, offsets, static_cast<int>(experts), w, bias, c, n, k,
+                                        dtype, scratch, dev.sm_count};
+    return kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
+  }
+  return kernels::launch_grouped_gemm(a, offsets, experts, w, bias, c, max_rows, n, k, dtype, dev,
+                                      stream);
+}
+
+}  // namespace
+
+std::string cuda_describe_plan(const Problem& p) {
+  kernels::DeviceInfo dev{};
+  const int sms = current_device(&dev).ok() ? dev.sm_count : 132;
+  const LayerPlan plan = plan_layer(p, sms);
+  std::string s = "gemm1 " + std::string(kernels::gemm_kernel_name(plan.gemm1.kernel)) + " (" +
+                  plan.gemm1.reason + "); gemm2 " + kernels::gemm_kernel_name(plan.gemm2.kernel) +
+                  " (" + plan.gemm2.reason + "); " + std::to_string(plan.chunks) + " chunk(s) of " +
+                  std::to_string(plan.chunk_tokens) + " tokens";
+  return s;
+}
+
 Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                 CUstream_st* stream_handle) {
   const Problem& p = a.problem;
@@ -165,12 +248,16 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
   if (Status s = current_device(&dev); !s) return s;
   if (p.num_tokens == 0) return validate_workspace(a, workspace, workspace_bytes, 0);
   CudaLayout l{};
-  if (Status s = make_layout(p, &l); !s) return s;
+  if (Status s = make_layout(p, dev, &l); !s) return s;
   if (Status s = validate_workspace(a, workspace, workspace_bytes, l.total); !s) return s;
   if (Status s = cuda_check_arguments(a, workspace); !s) return s;
   cudaStream_t stream = stream_handle;
   char* ws = static_cast<char*>(workspace);
   auto at = [&](size_t off) { return static_cast<void*>(ws + off); };
+  const LayerPlan plan = plan_layer(p, dev.sm_count);
+  if (print_config_requested())
+    std::fprintf(stderr, "moekit: T=%lld %s\n", static_cast<long long>(p.num_tokens),
+                 cuda_describe_plan(p).c_str());
 
   kernels::SortBuffers sb{};
   for (int i = 0; i < 2; ++i) {
@@ -183,47 +270,55 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
   sb.pair_to_row = static_cast<int32_t*>(at(l.pair_to_row));
   const int32_t* valid_rows = sb.expert_offsets + p.num_local_experts;  // device scalar
 
-  const int64_t max_rows = p.num_tokens * p.top_k;
   const int64_t n1 = gemm1_columns(p);
   const moekit_dtype_t cd = p.weight_dtype;
-  void* rows = at(l.rows);    // [T*k, H]
-  void* gemm1 = at(l.gemm1);  // [T*k, N1]
-  void* act = at(l.act);      // [T*k, I]
+  void* rows = at(l.rows);    // [chunk*k, H]
+  void* gemm1 = at(l.gemm1);  // [chunk*k, N1]
+  void* act = at(l.act);      // [chunk*k, I]
   void* y = rows;             // GEMM 2 output reuses the gathered input
+  void* scratch = at(l.gemm_scratch);
+  const size_t in_bytes = ref::dtype_size(p.input_dtype), out_bytes = ref::dtype_size(p.output_dtype);
+  const size_t logit_bytes = ref::dtype_size(p.router.logits_dtype);
 
-  const int32_t* topk_ids = a.topk_ids;        // [T, k]
-  const float* topk_weights = a.topk_weights;  // [T, k]
-  cudaError_t e = cudaSuccess;
-  if (p.router.kind != MOEKIT_ROUTER_NONE) {
-    auto* ids = static_cast<int32_t*>(at(l.routed_ids));
-    auto* weights = static_cast<float*>(at(l.routed_weights));
-    e = kernels::launch_router(a.router_logits, a.router_correction_bias, p.num_tokens,
-                               p.num_experts, p.top_k, p.router, ids, weights, dev, stream);
-    if (e != cudaSuccess) return cuda_status(e, "router");
-    topk_ids = ids;
-    topk_weights = weights;
+  for (int64_t t0 = 0; t0 < p.num_tokens; t0 += plan.chunk_tokens) {
+    const int64_t T = std::min(plan.chunk_tokens, p.num_tokens - t0);
+    const int64_t max_rows = T * p.top_k;
+    const void* hidden = static_cast<const char*>(a.hidden) + t0 * p.hidden_size * in_bytes;  // [T, H]
+    void* output = static_cast<char*>(a.output) + t0 * p.hidden_size * out_bytes;             // [T, H]
+    const int32_t* topk_ids = a.topk_ids ? a.topk_ids + t0 * p.top_k : nullptr;               // [T, k]
+    const float* topk_weights = a.topk_weights ? a.topk_weights + t0 * p.top_k : nullptr;     // [T, k]
+    cudaError_t e = cudaSuccess;
+    if (p.router.kind != MOEKIT_ROUTER_NONE) {
+      auto* ids = static_cast<int32_t*>(at(l.routed_ids));
+      auto* weights = static_cast<float*>(at(l.routed_weights));
+      const void* logits = static_cast<const char*>(a.router_logits) + t0 * p.num_experts * logit_bytes;
+      e = kernels::launch_router(logits, a.router_correction_bias, T, p.num_experts, p.top_k,
+                                 p.router, ids, weights, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "router");
+      topk_ids = ids;
+      topk_weights = weights;
+    }
+    const int32_t* sorted_pairs = nullptr;
+    e = kernels::launch_sort(topk_ids, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
+                             sb, a.diagnostics, &sorted_pairs, dev, stream);
+    if (e != cudaSuccess) return cuda_status(e, "sort");
+    e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, valid_rows, max_rows, p.top_k,
+                                p.hidden_size, rows, cd, dev, stream);
+    if (e != cudaSuccess) return cuda_status(e, "permute");
+    e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
+                     gemm1, max_rows, n1, p.hidden_size, cd, scratch, dev, stream);
+    if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
+    const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
+    e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
+                                   p.gate_up_order, cd, dev, stream);
+    if (e != cudaSuccess) return cuda_status(e, "activation");
+    e = grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
+                     max_rows, p.hidden_size, p.intermediate_size, cd, scratch, dev, stream);
+    if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
+    e = kernels::launch_finalize(y, cd, sb.pair_to_row, topk_weights, T, p.top_k, p.hidden_size,
+                                 output, p.output_dtype, dev, stream);
+    if (e != cudaSuccess) return cuda_status(e, "finalize");
   }
-  const int32_t* sorted_pairs = nullptr;
-  e = kernels::launch_sort(topk_ids, p.num_tokens, p.top_k, p.num_experts,
-                                       p.num_local_experts, p.ep_rank, sb, a.diagnostics,
-                                       &sorted_pairs, dev, stream);
-  if (e != cudaSuccess) return cuda_status(e, "sort");
-  e = kernels::launch_permute(a.hidden, p.input_dtype, sorted_pairs, valid_rows, max_rows,
-                              p.top_k, p.hidden_size, rows, cd, dev, stream);
-  if (e != cudaSuccess) return cuda_status(e, "permute");
-  e = kernels::launch_grouped_gemm(rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
-                                   gemm1, max_rows, n1, p.hidden_size, cd, dev, stream);
-  if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
-  const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
-  e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
-                                 p.gate_up_order, cd, dev, stream);
-  if (e != cudaSuccess) return cuda_status(e, "activation");
-  e = kernels::launch_grouped_gemm(act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
-                                   max_rows, p.hidden_size, p.intermediate_size, cd, dev, stream);
-  if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
-  e = kernels::launch_finalize(y, cd, sb.pair_to_row, topk_weights, p.num_tokens, p.top_k,
-                               p.hidden_size, a.output, p.output_dtype, dev, stream);
-  if (e != cudaSuccess) return cuda_status(e, "finalize");
   return Status();
 }
 

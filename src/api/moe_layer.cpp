@@ -65,6 +65,15 @@ Status MoeLayer::workspace_size(const Problem& problem, size_t* bytes) {
   return Status();
 }
 
+Status MoeLayer::describe_plan(const Problem& problem, std::string* plan) {
+  if (plan == nullptr)
+    return Status(MOEKIT_ERROR_INVALID_ARGUMENT, "plan: expected a pointer, got NULL");
+  if (Status s = detail::validate_problem(problem); !s) return s;
+  *plan = problem.device == MOEKIT_DEVICE_CPU ? "cpu reference (every stage on the host)"
+                                              : detail::cuda_describe_plan(problem);
+  return Status();
+}
+
 Status MoeLayer::run(const Arguments& args, void* workspace, size_t workspace_bytes,
                      CUstream_st* stream) {
   if (Status s = detail::validate_arguments(args); !s) return s;

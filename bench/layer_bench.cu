@@ -1,0 +1,247 @@
+// Layer benchmark: the whole MoE layer (top-k ids -> output) on built-in model
+// shapes x T, timed as CUDA-graph replays that rotate among weight copies, and
+// checked against the simple CUDA-core GEMM path (MOEKIT_GEMM=simple) on the
+// same inputs. Writes one JSON object per row; bench/layer_report.py adds the
+// ceilings, the floors and the torch peer measured in the same call.
+//   moekit_layer_bench out.jsonl [model[:T[:dtype]] ...]     (default: the sweep)
+//   moekit_layer_bench --once model T [dtype]                (one call, for ncu)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "bench/graph_timer.hpp"
+#include "moekit/moekit.hpp"
+#include "tools/cli/models.hpp"
+
+using namespace moekit;
+
+namespace {
+
+// Uniform in [-a, a) from a hash of the index: random-looking data made on
+// the device, so a 11 GB weight tensor costs no host time.
+template <class T>
+__global__ void fill_uniform(T* p, int64_t n, float a, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    x ^= x >> 31; x *= 0xBF58476D1CE4E5B9ull; x ^= x >> 29; x *= 0x94D049BB133111EBull; x ^= x >> 32;
+    const float u = (x >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    p[i] = static_cast<T>((2.0f * u - 1.0f) * a);
+  }
+}
+
+int fill(void* p, moekit_dtype_t dt, int64_t n, float stddev, uint64_t seed) {
+  const float a = stddev * std::sqrt(3.0f);
+  if (dt == MOEKIT_DTYPE_BF16) fill_uniform<<<1024, 256>>>(static_cast<__nv_bfloat16*>(p), n, a, seed);
+  else if (dt == MOEKIT_DTYPE_FP16) fill_uniform<<<1024, 256>>>(static_cast<__half*>(p), n, a, seed);
+  else fill_uniform<<<1024, 256>>>(static_cast<float*>(p), n, a, seed);
+  CHECK(cudaGetLastError());
+  return 0;
+}
+
+float to_float_host(moekit_dtype_t dt, const uint8_t* p, size_t i) {
+  uint16_t h;
+  std::memcpy(&h, p + 2 * i, 2);
+  if (dt == MOEKIT_DTYPE_BF16) {
+    uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  // fp16
+  const uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 31, man = h & 1023;
+  float f = exp == 0 ? std::ldexp(float(man), -24) : exp == 31 ? (man ? NAN : INFINITY)
+                                                                 : std::ldexp(float(man | 1024), int(exp) - 25);
+  return sign ? -f : f;
+}
+
+struct Point {
+  const cli::ModelShape* model;
+  int64_t T;
+  moekit_dtype_t dtype;
+};
+
+int run_point(const Point& pt, FILE* json, bool once) {
+  const cli::ModelShape& m = *pt.model;
+  const int64_t T = pt.T, E = m.num_experts, k = m.top_k, H = m.hidden, I = m.inter;
+  const int64_t N1 = 2 * I;
+  const moekit_dtype_t dt = pt.dtype;
+  const size_t b = 2;
+  const size_t w_bytes = size_t(E) * (N1 * H + H * I) * b;
+  const int copies = once ? 1 : std::max(1, std::min(4, int(3e9 / double(w_bytes))));
+
+  Problem p = default_problem();
+  p.num_tokens = T; p.hidden_size = H; p.intermediate_size = I;
+  p.num_experts = p.num_local_experts = E; p.top_k = k;
+  p.input_dtype = p.weight_dtype = p.output_dtype = dt;
+  p.activation = m.activation;
+  p.swiglu_alpha = m.swiglu_alpha; p.swiglu_beta = m.swiglu_beta; p.swiglu_limit = m.swiglu_limit;
+  p.gate_up_order = m.gate_up_order;
+
+  std::vector<void*> w13(copies), w2(copies);
+  void *hidden, *out, *ref_out, *logits, *ws;
+  int32_t* ids;
+  float* weights;
+  for (int c = 0; c < copies; ++c) {
+    CHECK(cudaMalloc(&w13[c], size_t(E) * N1 * H * b));
+    CHECK(cudaMalloc(&w2[c], size_t(E) * H * I * b));
+    if (fill(w13[c], dt, E * N1 * H, 1.0f / std::sqrt(float(H)), 11 + c)) return 1;
+    if (fill(w2[c], dt, E * H * I, 1.0f / std::sqrt(float(I)), 23 + c)) return 1;
+  }
+  CHECK(cudaMalloc(&hidden, T * H * b));
+  CHECK(cudaMalloc(&out, T * H * b));
+  CHECK(cudaMalloc(&ref_out, T * H * b));
+  CHECK(cudaMalloc(&logits, T * E * 4));
+  CHECK(cudaMalloc(&ids, T * k * 4));
+  CHECK(cudaMalloc(&weights, T * k * 4));
+  if (fill(hidden, dt, T * H, 1.0f, 5)) return 1;
+  if (fill(logits, MOEKIT_DTYPE_FP32, T * E, 2.0f, 7)) return 1;
+
+  // Routing as PEERS.md measured it: softmax top-k of random logits, renormalized.
+  RouterArguments r{};
+  r.problem = default_router_problem();
+  r.problem.num_tokens = T; r.problem.num_experts = E; r.problem.top_k = k;
+  r.logits = logits; r.topk_ids = ids; r.topk_weights = weights;
+  if (Status s = Router::run(r); !s) { std::fprintf(stderr, "router: %s\n", s.message().c_str()); return 1; }
+
+  size_t ws_bytes = 0;
+  if (Status s = MoeLayer::workspace_size(p, &ws_bytes); !s) { std::fprintf(stderr, "%s\n", s.message().c_str()); return 1; }
+  CHECK(cudaMalloc(&ws, ws_bytes));
+  Arguments a{};
+  a.problem = p;
+  a.hidden = hidden; a.topk_ids = ids; a.topk_weights = weights;
+  a.w13 = w13[0]; a.w2 = w2[0]; a.output = out;
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  std::string plan;
+  MoeLayer::describe_plan(p, &plan);
+
+  if (once) {
+    if (Status s = MoeLayer::run(a, ws, ws_bytes, stream); !s) { std::fprintf(stderr, "%s\n", s.message().c_str()); return 1; }
+    CHECK(cudaStreamSynchronize(stream));
+    std::printf("%s T=%lld: one layer call done (%s)\n", m.name, (long long)T, plan.c_str());
+    return 0;
+  }
+
+  // Reference: the same layer on the simple GEMM; output poisoned first.
+  CHECK(cudaMemset(ref_out, 0xFF, T * H * b));
+  CHECK(cudaMemset(out, 0xFF, T * H * b));
+  setenv("MOEKIT_GEMM", "simple", 1);
+  Arguments ra = a;
+  ra.output = ref_out;
+  Status s = MoeLayer::run(ra, ws, ws_bytes, stream);
+  unsetenv("MOEKIT_GEMM");
+  if (!s) { std::fprintf(stderr, "%s\n", s.message().c_str()); return 1; }
+  if (!(s = MoeLayer::run(a, ws, ws_bytes, stream))) { std::fprintf(stderr, "%s\n", s.message().c_str()); return 1; }
+  CHECK(cudaStreamSynchronize(stream));
+  std::vector<uint8_t> got(T * H * b), want(T * H * b);
+  CHECK(cudaMemcpy(got.data(), out, got.size(), cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(want.data(), ref_out, want.size(), cudaMemcpyDeviceToHost));
+  double err2 = 0, ref2 = 0;
+  int64_t nonfinite = 0;
+  for (int64_t i = 0; i < T * H; ++i) {
+    const double g = to_float_host(dt, got.data(), i), w = to_float_host(dt, want.data(), i);
+    if (!std::isfinite(g) || !std::isfinite(w)) { ++nonfinite; continue; }
+    err2 += (g - w) * (g - w);
+    ref2 += w * w;
+  }
+  const double relerr = std::sqrt(err2 / std::max(ref2, 1e-300));
+
+  // Distinct experts the batch touches: the weight bytes a perfect kernel reads.
+  std::vector<int32_t> h_ids(T * k);
+  CHECK(cudaMemcpy(h_ids.data(), ids, h_ids.size() * 4, cudaMemcpyDeviceToHost));
+  const std::set<int32_t> touched(h_ids.begin(), h_ids.end());
+  const double touched_bytes = double(touched.size()) * (N1 * H + H * I) * b;
+  const double act_bytes = 2.0 * T * H * b + T * k * 8.0;
+  const double flops = 2.0 * T * k * 3.0 * H * I;
+
+  // Graph of 2 * copies calls, each on the next weight copy.
+  const int calls = 2 * copies;
+  cudaGraph_t graph;
+  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int c = 0; c < calls; ++c) {
+    a.w13 = w13[c % copies];
+    a.w2 = w2[c % copies];
+    if (Status st = MoeLayer::run(a, ws, ws_bytes, stream); !st) {
+      std::fprintf(stderr, "%s\n", st.message().c_str());
+      cudaStreamEndCapture(stream, &graph);
+      return 1;
+    }
+  }
+  CHECK(cudaStreamEndCapture(stream, &graph));
+  const float us = bench::median_replay_us(graph, stream, 3, 20) / calls;
+  if (us < 0) { std::fprintf(stderr, "graph replay failed\n"); return 1; }
+
+  const char* dn = moekit_dtype_name(dt);
+  std::printf("| %s | %lld | %s | %.1f | %.1f | %.5f | %s |\n", m.name, (long long)T, dn, us,
+              flops / us * 1e-6, relerr, plan.c_str());
+  std::fflush(stdout);
+  if (json) {
+    std::string esc;
+    for (char ch : plan) { if (ch == '"' || ch == '\\') esc += '\\'; esc += ch; }
+    std::fprintf(json,
+                 "{\"shape\": \"%s\", \"T\": %lld, \"dtype\": \"%s\", \"moekit_us\": %.2f, "
+                 "\"flops\": %.6e, \"touched_weight_bytes\": %.6e, \"activation_bytes\": %.6e, "
+                 "\"experts_touched\": %zu, \"relerr_vs_simple_gemm\": %.6f, \"nonfinite\": %lld, "
+                 "\"weight_copies\": %d, \"config\": \"%s\"}\n",
+                 m.name, (long long)T, dn, us, flops, touched_bytes, act_bytes, touched.size(), relerr,
+                 (long long)nonfinite, copies, esc.c_str());
+    std::fflush(json);
+  }
+  for (int c = 0; c < copies; ++c) { cudaFree(w13[c]); cudaFree(w2[c]); }
+  for (void* q : {hidden, out, ref_out, logits, ws}) cudaFree(q);
+  cudaFree(ids);
+  cudaFree(weights);
+  CHECK(cudaStreamDestroy(stream));
+  return 0;
+}
+
+moekit_dtype_t parse_dtype(const std::string& s) {
+  return s == "fp16" ? MOEKIT_DTYPE_FP16 : MOEKIT_DTYPE_BF16;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!cuda_available()) {
+    std::fprintf(stderr, "moekit_layer_bench: no CUDA GPU of compute capability 9.0; nothing to time\n");
+    return 0;
+  }
+  if (argc >= 4 && std::string(argv[1]) == "--once") {
+    const cli::ModelShape* m = cli::find_model(argv[2]);
+    if (!m) { std::fprintf(stderr, "unknown model %s\n", argv[2]); return 2; }
+    return run_point({m, std::atoll(argv[3]), parse_dtype(argc > 4 ? argv[4] : "bf16")}, nullptr, true);
+  }
+  FILE* json = argc > 1 ? std::fopen(argv[1], "w") : nullptr;
+  std::vector<Point> points;
+  for (int i = 2; i < argc; ++i) {  // model[:T[:dtype]]
+    std::string s = argv[i], name = s.substr(0, s.find(':'));
+    const cli::ModelShape* m = cli::find_model(name);
+    if (!m) { std::fprintf(stderr, "unknown model %s\n", name.c_str()); return 2; }
+    const size_t c1 = s.find(':');
+    if (c1 == std::string::npos) { points.push_back({m, -1, MOEKIT_DTYPE_BF16}); continue; }
+    const size_t c2 = s.find(':', c1 + 1);
+    points.push_back({m, std::atoll(s.substr(c1 + 1, c2 - c1 - 1).c_str()),
+                      parse_dtype(c2 == std::string::npos ? "bf16" : s.substr(c2 + 1))});
+  }
+  if (points.empty())
+    for (const char* name : {"qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3"}) points.push_back({cli::find_model(name), -1, MOEKIT_DTYPE_BF16});
+  std::vector<Point> sweep;
+  for (const Point& p : points) {
+    if (p.T > 0) { sweep.push_back(p); continue; }
+    const bool deepseek = std::string(p.model->name) == "deepseek-v3";
+    for (int64_t T : {1, 8, 64, 256, 257, 1024, 4096, 16384})
+      if (!(deepseek && T > 4096)) sweep.push_back({p.model, T, p.dtype});
+  }
+  std::printf("| shape | T | dtype | moekit µs | TFLOP/s | rel err vs simple GEMM | plan |\n|---|---|---|---|---|---|---|\n");
+  for (const Point& p : sweep)
+    if (run_point(p, json, false)) return 1;
+  if (json) std::fclose(json);
+  return 0;
+}

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Completes a layer-benchmark run on the GPU machine, in the same call:
+measures the ceilings (1 GiB device copy, bf16 8192^3 matmul), times the
+torch._grouped_mm pipeline peer on every (shape, T) of moekit_layer_bench's
+rows, adds vLLM's Triton figures for the same GPU from bench/peers/, and
+writes bench/results-style JSON, a markdown table and a roofline plot.
+
+  python3 bench/layer_report.py rows.jsonl out_dir
+"""
+import datetime
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+MODELS = {  # E, k, H, I (tools/cli/models.cpp)
+    "qwen3-30b-a3b": (128, 8, 2048, 768),
+    "mixtral-8x7b": (8, 2, 4096, 14336),
+    "deepseek-v3": (256, 8, 7168, 2048),
+}
+
+
+def median_graph_us(fn, calls, reps=20, warmup=3):
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(0)  # eager warm-up outside the graph (kernel selection, caches)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=stream):
+        for c in range(calls):
+            fn(c)
+    for _ in range(warmup):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) * 1000.0 / calls)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def ceilings():
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    t = []
+    for _ in range(10):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record(); b.copy_(a); e1.record(); e1.synchronize()
+        t.append(e0.elapsed_time(e1) / 1000.0)
+    copy = 2 * n / sorted(t)[len(t) // 2]
+    del a, b
+    m = 8192
+    x = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        x @ y
+    torch.cuda.synchronize()
+    t = []
+    for _ in range(10):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record(); x @ y; e1.record(); e1.synchronize()
+        t.append(e0.elapsed_time(e1) / 1000.0)
+    rate = 2 * m ** 3 / sorted(t)[len(t) // 2]
+    del x, y
+    torch.cuda.empty_cache()
+    return copy, rate
+
+
+def torch_peer_us(shape, T, dtype):
+    """PEERS.md's torch pipeline: argsort by expert, int32 offsets, gather,
+    torch._grouped_mm, silu*mul, torch._grouped_mm, weighted index_add_."""
+    E, k, H, I = MODELS[shape]
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float16
+    w_bytes = E * (2 * I * H + H * I) * 2
+    copies = max(1, min(4, int(3e9 / w_bytes)))
+    w13 = [torch.empty(E, 2 * I, H, device="cuda", dtype=dt).uniform_(-1, 1) / math.sqrt(H) for _ in range(copies)]
+    w2 = [torch.empty(E, H, I, device="cuda", dtype=dt).uniform_(-1, 1) / math.sqrt(I) for _ in range(copies)]
+    x = torch.randn(T, H, device="cuda", dtype=dt)
+    logits = torch.randn(T, E, device="cuda", dtype=torch.float32)
+    wts, ids = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+    wts = wts / wts.sum(-1, keepdim=True)
+    ids = ids.to(torch.int32)
+    ones = torch.ones(T * k, device="cuda", dtype=torch.int32)
+
+    def layer(c):
+        flat = ids.flatten()
+        order = torch.argsort(flat, stable=True)
+        counts = torch.zeros(E, device="cuda", dtype=torch.int32).index_add_(0, flat, ones)
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        tok = order // k
+        h = torch._grouped_mm(x[tok], w13[c % copies].transpose(1, 2), offs=offs)
+        a = F.silu(h[:, :I]) * h[:, I:]
+        y = torch._grouped_mm(a, w2[c % copies].transpose(1, 2), offs=offs)
+        y = y.float() * wts.flatten()[order].unsqueeze(1)
+        out = torch.zeros(T, H, device="cuda", dtype=torch.float32).index_add_(0, tok, y)
+        return out.to(dt)
+
+    us = median_graph_us(layer, 2 * copies)
+    del w13, w2
+    torch.cuda.empty_cache()
+    return us
+
+
+def vllm_rows(gpu_name):
+    here = os.path.dirname(os.path.abspath(__file__))
+    tag = "H200" if "H200" in gpu_name else "H100"
+    path = os.path.join(here, "peers", f"vllm-triton-and-torch-{tag}-2026-11-26.json")
+    if not os.path.exists(path):
+        return {}
+    rows = json.load(open(path))["rows"]
+    return {(r["shape"], r["T"]): r for r in rows}
+
+
+def main():
+    rows_path, out_dir = sys.argv[1], sys.argv[2]
+    rows = [json.loads(line) for line in open(rows_path) if line.strip()]
+    gpu = torch.cuda.get_device_name()
+    copy_bw, bf16_rate = ceilings()
+    vllm = vllm_rows(gpu)
+    peer_cache = {}
+    for r in rows:
+        key = (r["shape"], r["T"], r["dtype"])
+        if key not in peer_cache:
+            try:
+                peer_cache[key] = torch_peer_us(*key)
+            except Exception as e:  # a peer that cannot run is reported, not fatal
+                print(f"torch peer {key}: {e}", file=sys.stderr)
+                peer_cache[key] = None
+        mem_s = (r["touched_weight_bytes"] + r["activation_bytes"]) / copy_bw
+        cmp_s = r["flops"] / bf16_rate
+        r["floor_us"] = round(max(mem_s, cmp_s) * 1e6, 2)
+        r["floor_bound"] = "memory" if mem_s >= cmp_s else "compute"
+        r["x_floor"] = round(r["moekit_us"] / r["floor_us"], 3)
+        r["tflops"] = round(r["flops"] / r["moekit_us"] * 1e-6, 1)
+        r["frac_bf16_rate"] = round(r["flops"] / (r["moekit_us"] * 1e-6) / bf16_rate, 3)
+        r["weight_TBps"] = round(r["touched_weight_bytes"] / (r["moekit_us"] * 1e-6) / 1e12, 3)
+        v = vllm.get((r["shape"], r["T"])) if r["dtype"] == "bf16" else None
+        r["peers"] = {
+            "torch_grouped_mm_us": None if peer_cache[key] is None else round(peer_cache[key], 2),
+            "vllm_triton_us": v["triton_gemms_graph_us"] if v else None,
+        }
+    date = datetime.date.today().isoformat()
+    doc = {"gpu": gpu, "date": date,
+           "ceilings": {"copy_TBps": round(copy_bw / 1e12, 3), "bf16_TFLOPs": round(bf16_rate / 1e12, 1)},
+           "rows": rows}
+    name = gpu.replace(" ", "-")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}-{date}.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+
+    lines = [f"{gpu}, {date}: copy {copy_bw / 1e12:.2f} TB/s, bf16 matmul {bf16_rate / 1e12:.0f} TFLOP/s",
+             "",
+             "| shape | T | dtype | moekit µs | floor µs | x floor | TFLOP/s | weights TB/s | torch µs | vLLM µs | rel err | gemm1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["peers"]
+        g1 = r["config"].split(" (")[0].replace("gemm1 ", "")
+        fmt = lambda v: "-" if v is None else f"{v:.0f}"
+        lines.append(f"| {r['shape']} | {r['T']} | {r['dtype']} | {r['moekit_us']:.1f} | {r['floor_us']:.1f} | "
+                     f"{r['x_floor']:.2f} | {r['tflops']:.0f} | {r['weight_TBps']:.2f} | {fmt(p['torch_grouped_mm_us'])} | "
+                     f"{fmt(p['vllm_triton_us'])} | {r['relerr_vs_simple_gemm']:.4f} | {g1} |")
+    table = "\n".join(lines)
+    open(os.path.join(out_dir, "layer_table.md"), "w").write(table + "\n")
+    print(table)
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        xs = [10 ** (i / 20) for i in range(-20, 100)]
+        ax.plot(xs, [min(bf16_rate, x * copy_bw) / 1e12 for x in xs], "k-", lw=1, label="roofline (measured)")
+        for label, key, marker in (("moekit", None, "o"), ("torch._grouped_mm", "torch_grouped_mm_us", "s"),
+                                   ("vLLM Triton", "vllm_triton_us", "^")):
+            pts = []
+            for r in rows:
+                us = r["moekit_us"] if key is None else r["peers"][key]
+                if us:
+                    ai = r["flops"] / (r["touched_weight_bytes"] + r["activation_bytes"])
+                    pts.append((ai, r["flops"] / us * 1e-6))
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label, alpha=0.8)
+        ax.set_xscale("log"); ax.set_yscale("log")
+        ax.set_xlabel("FLOP per byte (touched weights + activations)"); ax.set_ylabel("TFLOP/s")
+        ax.set_title(f"MoE layer, bf16: {gpu}, {date}")
+        ax.legend(); ax.grid(True, which="both", alpha=0.3)
+        fig.savefig(os.path.join(out_dir, f"roofline-{name}-{date}.png"), dpi=110, bbox_inches="tight")
+    except Exception as e:
+        print(f"plot skipped: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

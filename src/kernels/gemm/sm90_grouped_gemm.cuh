@@ -1,0 +1,204 @@
+// CUTLASS 4.x sm90 grouped GEMM for the MoE layer, as one template that each
+// sm90_grouped_gemm_<family>.cu instantiates for bf16 and fp16. Only those
+// files include this header (and CUTLASS).
+//
+// One MoE GEMM is E groups: group e is expert e's rows [offsets[e], offsets[e+1])
+// of the expert-ordered activations times its weight matrix. A one-thread-per-
+// group kernel turns expert_offsets into CUTLASS's per-group shapes, pointers
+// and strides on the device, then the ptr-array TMA warp-specialized kernel
+// runs them all in one persistent launch (groups with no rows have no tiles).
+//
+// Normal kernels:  D[rows, N]  = A[rows, K] . W[N, K]^T            (M = rows)
+// Swap kernels:    D^T[N, rows] = W[N, K] . A[rows, K]^T            (M = N)
+// The swap form writes the same row-major D (as a column-major D^T), so the
+// caller cannot tell them apart; it puts the weight rows on wgmma's 64-row M
+// side when an expert has only a few token rows.
+//
+// The epilogue is acc + bias[e] (per output column), rounded once to the
+// element type: the same rounding points as the CPU reference.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/group_array_problem_shape.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+#include "kernels/gemm/grouped_gemm_sm90.hpp"
+
+namespace moekit::kernels::sm90 {
+
+using namespace cute;
+
+// Scratch layout shared by every family: E entries of each per-group array,
+// each array in its own 256-byte aligned slot of kSlotBytesPerGroup * E.
+constexpr size_t kSlotBytesPerGroup = 16;
+constexpr int kNumSlots = 7;  // shapes, ptr A, ptr B, ptr D, stride A, stride B, stride D
+inline size_t slot_bytes(int64_t num_experts) {
+  return (static_cast<size_t>(num_experts) * kSlotBytesPerGroup + 255) / 256 * 256;
+}
+
+template <class Element_, class TileShape_, class ClusterShape_, class KernelSchedule_,
+          class EpilogueSchedule_, bool kSwap_>
+struct GroupedGemm {
+  using Element = Element_;
+  using TileShape = TileShape_;        // (BLK_M, BLK_N, BLK_K)
+  using ClusterShape = ClusterShape_;
+  static constexpr bool kSwap = kSwap_;
+
+  using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (M, N, K) per group
+  using LayoutA = cutlass::layout::RowMajor;     // normal: activations; swap: weights
+  using LayoutB = cutlass::layout::ColumnMajor;  // K-major (K, N): weights / activations
+  using LayoutD = std::conditional_t<kSwap, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
+  static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;  // 16 bytes
+
+  // Bias varies along the output columns of D: along N normally, along M when swapped.
+  using Bias = std::conditional_t<
+      kSwap,
+      cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, Element, float, Stride<_1, _0, int64_t>>,
+      cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, Element, float, Stride<_0, _1, int64_t>>>;
+  using Epilogue = cutlass::epilogue::fusion::Sm90EVT<
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, Element, float,
+                                             cutlass::FloatRoundStyle::round_to_nearest>,
+      cutlass::epilogue::fusion::Sm90AccFetch, Bias>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+      void, LayoutD*, kAlign,  // no source C
+      Element, LayoutD*, kAlign, EpilogueSchedule_, Epilogue>::CollectiveOp;
+
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element,
+      LayoutB*, kAlign, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      KernelSchedule_>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop,
+                                                      CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  using StrideA = typename Gemm::GemmKernel::InternalStrideA;
+  using StrideB = typename Gemm::GemmKernel::InternalStrideB;
+  using StrideD = typename Gemm::GemmKernel::InternalStrideD;
+  using Shape3 = typename ProblemShape::UnderlyingProblemShape;
+  static_assert(sizeof(Shape3) <= kSlotBytesPerGroup && sizeof(StrideA) <= kSlotBytesPerGroup &&
+                sizeof(StrideB) <= kSlotBytesPerGroup && sizeof(StrideD) <= kSlotBytesPerGroup &&
+                sizeof(void*) <= kSlotBytesPerGroup, "a per-group entry outgrew its scratch slot");
+
+  // Per-group arrays inside the caller's scratch.
+  struct Groups {
+    Shape3* shapes;
+    const Element** ptr_a;
+    const Element** ptr_b;
+    Element** ptr_d;
+    StrideA* stride_a;
+    StrideB* stride_b;
+    StrideD* stride_d;
+  };
+  static Groups carve(void* scratch, int64_t num_experts) {
+    char* at = static_cast<char*>(scratch);
+    const size_t s = slot_bytes(num_experts);
+    return Groups{reinterpret_cast<Shape3*>(at), reinterpret_cast<const Element**>(at + s),
+                  reinterpret_cast<const Element**>(at + 2 * s), reinterpret_cast<Element**>(at + 3 * s),
+                  reinterpret_cast<StrideA*>(at + 4 * s), reinterpret_cast<StrideB*>(at + 5 * s),
+                  reinterpret_cast<StrideD*>(at + 6 * s)};
+  }
+
+  static typename Gemm::Arguments arguments(const GroupedGemmParams& p, const Groups& g) {
+    cutlass::KernelHardwareInfo hw;
+    hw.device_id = 0;  // unused when sm_count is given
+    hw.sm_count = p.sm_count;
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGrouped,
+        {p.num_experts, g.shapes, nullptr},  // shapes live on the device only
+        {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b},
+        {{}, nullptr, g.stride_d, g.ptr_d, g.stride_d},
+        hw};
+    // Tree arguments: op_0 = acc, op_1 = bias, op_2 = plus. The bias is an
+    // [E, N] matrix, so the group index (L) strides by N; null reads as 0.
+    auto& bias = args.epilogue.thread.op_1;
+    bias.null_default = Element(0);
+    if constexpr (kSwap) {
+      bias.ptr_col = static_cast<const Element*>(p.bias);
+      bias.dCol = {_1{}, _0{}, p.n};
+    } else {
+      bias.ptr_row = static_cast<const Element*>(p.bias);
+      bias.dRow = {_0{}, _1{}, p.n};
+    }
+    return args;
+  }
+};
+
+// Builds group e's shape, operand pointers and strides from expert_offsets.
+template <class G>
+__global__ void build_groups_kernel(typename G::Groups g, const int32_t* __restrict__ offsets,
+                                    int num_experts, const typename G::Element* a,
+                                    const typename G::Element* w, typename G::Element* c, int n,
+                                    int k) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= num_experts) return;
+  const int begin = offsets[e];
+  const int rows = offsets[e + 1] - begin;
+  const typename G::Element* a_e = a + static_cast<int64_t>(begin) * k;  // [rows, K]
+  const typename G::Element* w_e = w + static_cast<int64_t>(e) * n * k;  // [N, K]
+  typename G::Element* c_e = c + static_cast<int64_t>(begin) * n;        // [rows, N]
+  if constexpr (G::kSwap) {
+    g.shapes[e] = {n, rows, k};
+    g.ptr_a[e] = w_e;
+    g.ptr_b[e] = a_e;
+    g.stride_a[e] = cutlass::make_cute_packed_stride(typename G::StrideA{}, {n, k, 1});
+    g.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, {rows, k, 1});
+    g.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, {n, rows, 1});
+  } else {
+    g.shapes[e] = {rows, n, k};
+    g.ptr_a[e] = a_e;
+    g.ptr_b[e] = w_e;
+    g.stride_a[e] = cutlass::make_cute_packed_stride(typename G::StrideA{}, {rows, k, 1});
+    g.stride_b[e] = cutlass::make_cute_packed_stride(typename G::StrideB{}, {n, k, 1});
+    g.stride_d[e] = cutlass::make_cute_packed_stride(typename G::StrideD{}, {rows, n, 1});
+  }
+  g.ptr_d[e] = c_e;
+}
+
+template <class G>
+size_t workspace_bytes(int64_t num_experts, int sm_count) {
+  GroupedGemmParams p{};
+  p.num_experts = static_cast<int>(num_experts);
+  p.sm_count = sm_count;
+  typename G::Groups g{};
+  return G::Gemm::get_workspace_size(G::arguments(p, g));
+}
+
+template <class G>
+cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
+  using E = typename G::Element;
+  const typename G::Groups g = G::carve(p.scratch, p.num_experts);
+  void* cutlass_ws = static_cast<char*>(p.scratch) + kNumSlots * slot_bytes(p.num_experts);
+  constexpr int kThreads = 128;
+  build_groups_kernel<G><<<(p.num_experts + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+      g, p.expert_offsets, p.num_experts, static_cast<const E*>(p.a), static_cast<const E*>(p.w),
+      static_cast<E*>(p.c), static_cast<int>(p.n), static_cast<int>(p.k));
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+
+  typename G::Gemm::Arguments args = G::arguments(p, g);
+  typename G::Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorNotSupported;
+  if (gemm.initialize(args, cutlass_ws, stream) != cutlass::Status::kSuccess)
+    return cudaErrorNotSupported;
+  if (gemm.run(stream) != cutlass::Status::kSuccess) {
+    cudaError_t e = cudaGetLastError();
+    return e != cudaSuccess ? e : cudaErrorLaunchFailure;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace moekit::kernels::sm90

@@ -1,0 +1,122 @@
+// The sm90 grouped GEMM families against the simple CUDA-core grouped GEMM
+// (the oracle), on random expert offsets with empty experts, odd N and K,
+// with and without bias. Rows past the valid ones must stay untouched.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gpu_util.hpp"
+#include "kernels/gemm/grouped_gemm_sm90.hpp"
+#include "kernels/kernels.hpp"
+
+using namespace moekit;
+using test::DeviceBuffer;
+
+namespace {
+
+struct Case {
+  int64_t experts, n, k, rows;  // rows: buffer rows; the valid ones are a random prefix
+  bool bias;
+  int64_t last_expert_rows = -1;  // >= 0: every valid row on the last expert, this many
+};
+
+// Expert row counts: random, with empty experts, one heavy expert and some
+// rows left invalid at the end (as the sort leaves them).
+std::vector<int32_t> random_offsets(int64_t experts, int64_t rows, std::mt19937_64& rng) {
+  const int64_t valid = rows - static_cast<int64_t>(rng() % (rows / 8 + 1));
+  std::vector<int64_t> cuts(experts - 1);
+  for (auto& c : cuts) c = static_cast<int64_t>(rng() % (valid + 1));
+  if (experts > 2) cuts[0] = cuts[1];  // an empty expert
+  std::sort(cuts.begin(), cuts.end());
+  std::vector<int32_t> off(experts + 1);
+  off[0] = 0;
+  for (int64_t e = 1; e < experts; ++e) off[e] = static_cast<int32_t>(cuts[e - 1]);
+  off[experts] = static_cast<int32_t>(valid);
+  return off;
+}
+
+void check_family(kernels::GemmKernel kernel, moekit_dtype_t dt, const Case& c, uint64_t seed) {
+  SCOPED_TRACE(std::string(kernels::gemm_kernel_name(kernel)) + " " + moekit_dtype_name(dt) +
+               " E=" + std::to_string(c.experts) + " N=" + std::to_string(c.n) + " K=" +
+               std::to_string(c.k) + " rows=" + std::to_string(c.rows) + (c.bias ? " bias" : ""));
+  std::mt19937_64 rng(seed);
+  const size_t b = ref::dtype_size(dt);
+  std::vector<uint8_t> a(c.rows * c.k * b), w(c.experts * c.n * c.k * b), bias(c.experts * c.n * b);
+  ref::fill_random(dt, a.data(), c.rows * c.k, 1.0f, seed + 1);
+  ref::fill_random(dt, w.data(), c.experts * c.n * c.k, 1.0f / std::sqrt(float(c.k)), seed + 2);
+  ref::fill_random(dt, bias.data(), c.experts * c.n, 0.5f, seed + 3);
+  std::vector<int32_t> off = random_offsets(c.experts, c.rows, rng);
+  if (c.last_expert_rows >= 0) {
+    std::fill(off.begin(), off.end(), 0);
+    off[c.experts] = static_cast<int32_t>(c.last_expert_rows);
+  }
+
+  DeviceBuffer da(a.size()), dw(w.size()), dbias(bias.size()), doff(off.size() * 4);
+  DeviceBuffer want(c.rows * c.n * b), got(c.rows * c.n * b);  // poisoned
+  int dev = 0, sms = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  DeviceBuffer scratch(kernels::grouped_gemm_scratch_bytes(c.experts, sms));
+  da.upload(a.data(), a.size());
+  dw.upload(w.data(), w.size());
+  dbias.upload(bias.data(), bias.size());
+  doff.upload(off.data(), off.size() * 4);
+  const auto* offsets = static_cast<const int32_t*>(doff.data());
+  const void* bias_ptr = c.bias ? dbias.data() : nullptr;
+
+  CUDA_OK(kernels::launch_grouped_gemm(da.data(), offsets, c.experts, dw.data(), bias_ptr,
+                                       want.data(), c.rows, c.n, c.k, dt, {dev, sms}, nullptr));
+  const kernels::GroupedGemmParams p{da.data(), offsets, static_cast<int>(c.experts), dw.data(),
+                                     bias_ptr, got.data(), c.n, c.k, dt, scratch.data(), sms};
+  CUDA_OK(kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+
+  const std::vector<uint8_t> g = got.download(), r = want.download();
+  const int64_t valid = off[c.experts];
+  // Different fp32 summation orders round to the same bf16/fp16 value almost
+  // always; a wrong expert, row or column is off by O(1).
+  const double tol = dt == MOEKIT_DTYPE_BF16 ? 4e-3 : 1e-3;
+  EXPECT_TRUE(test::rows_match(g, r, valid, c.n, dt, tol));
+  for (size_t i = valid * c.n * b; i < g.size(); ++i)
+    if (g[i] != 0xFF) {
+      ADD_FAILURE() << "byte " << i << " past the valid rows (" << valid << ") was written";
+      break;
+    }
+  EXPECT_TRUE(got.canaries_intact());
+  EXPECT_TRUE(scratch.canaries_intact());
+}
+
+const kernels::GemmKernel kFamilies[] = {kernels::GemmKernel::kSwap128x16,
+                                         kernels::GemmKernel::kSwap128x64,
+                                         kernels::GemmKernel::kTile128x128,
+                                         kernels::GemmKernel::kTile256x128};
+
+}  // namespace
+
+TEST(GpuGemm, EveryFamilyMatchesTheSimpleGemm) {
+  REQUIRE_GPU();
+  const Case cases[] = {
+      {8, 72, 136, 37, true},       // N and K below one tile
+      {16, 200, 264, 700, false},   // partial tiles in N, M and K
+      {5, 1536, 2048, 3000, true},  // a real GEMM 1 (qwen3), heavy groups
+      {1, 704, 2688, 1100, true},   // one expert, H = 2688, I = 352 x 2
+      {130, 136, 72, 260, false},   // more experts than the 128-thread setup block
+  };
+  uint64_t seed = 1;
+  for (auto kernel : kFamilies)
+    for (auto dt : {MOEKIT_DTYPE_BF16, MOEKIT_DTYPE_FP16})
+      for (const Case& c : cases) check_family(kernel, dt, c, seed++);
+}
+
+TEST(GpuGemm, AllRowsOnTheLastExpertOneRowAndNoValidRows) {
+  REQUIRE_GPU();
+  for (auto kernel : kFamilies) {
+    check_family(kernel, MOEKIT_DTYPE_BF16, {4, 128, 128, 300, false, 300}, 77);
+    check_family(kernel, MOEKIT_DTYPE_BF16, {4, 128, 128, 8, true, 1}, 78);
+    check_family(kernel, MOEKIT_DTYPE_FP16, {3, 64, 64, 8, true, 0}, 79);
+  }
+}
