@@ -110,6 +110,8 @@ int run_point(const Point& pt, FILE* json, bool once) {
   r.logits = logits; r.topk_ids = ids; r.topk_weights = weights;
   if (Status s = Router::run(r); !s) { std::fprintf(stderr, "router: %s\n", s.message().c_str()); return 1; }
 
+  // Setup ran on the legacy stream; the layer runs on a non-blocking one.
+  CHECK(cudaDeviceSynchronize());
   size_t ws_bytes = 0;
   if (Status s = MoeLayer::workspace_size(p, &ws_bytes); !s) { std::fprintf(stderr, "%s\n", s.message().c_str()); return 1; }
   CHECK(cudaMalloc(&ws, ws_bytes));
@@ -130,13 +132,15 @@ int run_point(const Point& pt, FILE* json, bool once) {
   }
 
   // Reference: the same layer on the simple GEMM; output poisoned first.
-  CHECK(cudaMemset(ref_out, 0xFF, T * H * b));
-  CHECK(cudaMemset(out, 0xFF, T * H * b));
+  CHECK(cudaMemsetAsync(ref_out, 0xFF, T * H * b, stream));
+  CHECK(cudaMemsetAsync(out, 0xFF, T * H * b, stream));
+  const char* prev = std::getenv("MOEKIT_GEMM");
+  const std::string forced = prev ? prev : "";
   setenv("MOEKIT_GEMM", "simple", 1);
   Arguments ra = a;
   ra.output = ref_out;
   Status s = MoeLayer::run(ra, ws, ws_bytes, stream);
-  unsetenv("MOEKIT_GEMM");
+  if (prev) setenv("MOEKIT_GEMM", forced.c_str(), 1); else unsetenv("MOEKIT_GEMM");
   if (!s) { std::fprintf(stderr, "%s\n", s.message().c_str()); return 1; }
   if (!(s = MoeLayer::run(a, ws, ws_bytes, stream))) { std::fprintf(stderr, "%s\n", s.message().c_str()); return 1; }
   CHECK(cudaStreamSynchronize(stream));

@@ -201,10 +201,15 @@ LayerPlan plan_layer(const Problem& p, int sm_count) {
                                        p.hidden_size, sm_count});
   plan.gemm2 = kernels::select_config({p.weight_dtype, rows, p.num_local_experts, p.hidden_size,
                                        p.intermediate_size, sm_count});
-  // MOEKIT_GEMM=simple forces the CUDA-core GEMM: the oracle the benchmark
-  // and the GPU suite compare the fast path with.
-  if (const char* force = std::getenv("MOEKIT_GEMM"); force && std::string(force) == "simple") {
-    plan.gemm1 = plan.gemm2 = {kernels::GemmKernel::kSimple, "MOEKIT_GEMM=simple"};
+  // MOEKIT_GEMM=<family> forces one kernel for both GEMMs (where it can run):
+  // "simple" is the CUDA-core oracle the benchmark and the GPU suite compare
+  // the fast path with; the others are for tuning. Unknown names are ignored.
+  kernels::GemmKernel forced{};
+  if (const char* force = std::getenv("MOEKIT_GEMM");
+      force && kernels::gemm_kernel_from_name(force, &forced)) {
+    for (kernels::GemmConfig* g : {&plan.gemm1, &plan.gemm2})
+      if (g->kernel != kernels::GemmKernel::kSimple || forced == kernels::GemmKernel::kSimple)
+        *g = {forced, "forced by MOEKIT_GEMM"};
   }
   return plan;
 }
@@ -222,7 +227,9 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
     const kernels::GroupedGemmParams gp{a, offsets, static_cast<int>(experts), w, bias, c, n, k,
                                         dtype, scratch, dev.sm_count};
-    return kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
+    const cudaError_t e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
+    if (e != cudaErrorNotSupported) return e;
+    cudaGetLastError();  // CUTLASS declined the shape: the simple kernel takes it
   }
   return kernels::launch_grouped_gemm(a, offsets, experts, w, bias, c, max_rows, n, k, dtype, dev,
                                       stream);

@@ -376,8 +376,9 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
       MoeLayer::describe_plan(d.args.problem, &plan);
       if (first.empty()) {
         first = row;
-        EXPECT_TRUE(test::rows_match(row, std::vector<uint8_t>(test::cpu_reference(l).begin() + pos * H * b,
-                                                               test::cpu_reference(l).begin() + (pos + 1) * H * b),
+        const std::vector<uint8_t> want = test::cpu_reference(l);
+        EXPECT_TRUE(test::rows_match(row, std::vector<uint8_t>(want.begin() + pos * H * b,
+                                                               want.begin() + (pos + 1) * H * b),
                                      1, H, dt, tolerance(l.problem)));
       }
       EXPECT_EQ(row, first) << moekit_dtype_name(dt) << " T=" << T << ": " << plan;

@@ -17,21 +17,40 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
     const float* __restrict__ topk_weights,    // [T, k]
     int64_t num_tokens, int64_t top_k, int64_t hidden_size,
     TOut* __restrict__ out) {                  // [T, H]
+  // One thread per 8 columns of one token; blocks tile (token, column block),
+  // so a single decode token still spreads over H / 1024 blocks.
   const int64_t vecs = hidden_size / 8;
-  for (int64_t t = blockIdx.x; t < num_tokens; t += gridDim.x) {
-    for (int64_t v = threadIdx.x; v < vecs; v += kThreads) {
-      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t s = 0; s < top_k; ++s) {
-        const int32_t row = pair_to_row[t * top_k + s];
-        if (row < 0) continue;  // invalid or remote id: its weight is never read
-        const float w = topk_weights[t * top_k + s];
-        float x[8];
-        load8(y + static_cast<int64_t>(row) * hidden_size + v * 8, x);
+  const int64_t col_blocks = (vecs + kThreads - 1) / kThreads;
+  for (int64_t work = blockIdx.x; work < num_tokens * col_blocks; work += gridDim.x) {
+    const int64_t t = work / col_blocks;
+    const int64_t v = (work % col_blocks) * kThreads + threadIdx.x;
+    if (v >= vecs) continue;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    // Slots in groups of kBatch: the group's rows are loaded before any is
+    // used (independent loads in flight), then summed in slot order, so the
+    // result is the same as one slot at a time.
+    constexpr int kBatch = 4;
+    for (int64_t s0 = 0; s0 < top_k; s0 += kBatch) {
+      float x[kBatch][8];
+      float w[kBatch];
 #pragma unroll
-        for (int q = 0; q < 8; ++q) acc[q] = fmaf(w, x[q], acc[q]);
+      for (int j = 0; j < kBatch; ++j) {
+        const int64_t s = s0 + j;
+        const int32_t row = s < top_k ? pair_to_row[t * top_k + s] : -1;
+        w[j] = 0.0f;
+        if (row < 0) continue;  // invalid or remote id: its weight is never read
+        w[j] = topk_weights[t * top_k + s];
+        load8(y + static_cast<int64_t>(row) * hidden_size + v * 8, x[j]);
       }
-      store8(out + t * hidden_size + v * 8, acc);
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int64_t s = s0 + j;
+        if (s >= top_k || pair_to_row[t * top_k + s] < 0) continue;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) acc[q] = fmaf(w[j], x[j][q], acc[q]);
+      }
     }
+    store8(out + t * hidden_size + v * 8, acc);
   }
 }
 
@@ -41,7 +60,8 @@ cudaError_t launch_finalize(const void* y, moekit_dtype_t y_dtype, const int32_t
                             const float* topk_weights, int64_t num_tokens, int64_t top_k,
                             int64_t hidden_size, void* out, moekit_dtype_t output_dtype,
                             const DeviceInfo& dev, cudaStream_t stream) {
-  const unsigned grid = grid_for(num_tokens, dev.sm_count, 16);
+  const int64_t col_blocks = (hidden_size / 8 + kThreads - 1) / kThreads;
+  const unsigned grid = grid_for(num_tokens * col_blocks, dev.sm_count, 16);
   dispatch_dtype(y_dtype, [&](auto ytag) {
     using TY = decltype(ytag);
     dispatch_dtype(output_dtype, [&](auto otag) {

@@ -1,6 +1,8 @@
 // select_config: the one place that picks a grouped GEMM kernel.
 #include "kernels/gemm/gemm_config.hpp"
 
+#include <cstring>
+
 namespace moekit::kernels {
 
 const char* gemm_kernel_name(GemmKernel k) {
@@ -10,8 +12,21 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kSwap128x64: return "sm90 swap-AB 128x64x128";
     case GemmKernel::kTile128x128: return "sm90 128x128x64";
     case GemmKernel::kTile256x128: return "sm90 256x128x64";
+    case GemmKernel::kSwap64x16: return "sm90 swap-AB 64x16x128 ping-pong";
+    case GemmKernel::kTile128x256: return "sm90 128x256x64";
   }
   return "unknown";
+}
+
+bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
+  static const struct { const char* name; GemmKernel kernel; } kNames[] = {
+      {"simple", GemmKernel::kSimple},           {"swap128x16", GemmKernel::kSwap128x16},
+      {"swap64x16", GemmKernel::kSwap64x16},     {"swap128x64", GemmKernel::kSwap128x64},
+      {"tile128x128", GemmKernel::kTile128x128}, {"tile128x256", GemmKernel::kTile128x256},
+      {"tile256x128", GemmKernel::kTile256x128}};
+  for (const auto& n : kNames)
+    if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
+  return false;
 }
 
 GemmConfig select_config(const GemmProblem& p) {

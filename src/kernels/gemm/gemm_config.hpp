@@ -20,8 +20,14 @@ enum class GemmKernel : int {
   kSwap128x64 = 2,       // <= 64
   kTile128x128 = 3,      // moderate groups (a few hundred rows)
   kTile256x128 = 4,      // large groups (prefill of few, big experts)
+  kSwap64x16 = 5,        // decode, 64-row weight slices, ping-pong warpgroups
+  kTile128x256 = 6,      // moderate groups, wide N
 };
-constexpr int kNumGemmKernels = 5;
+constexpr int kNumGemmKernels = 7;
+
+// The kernel of a short name ("swap128x16", "tile256x128", "simple"), for the
+// MOEKIT_GEMM override; false if the name is unknown.
+bool gemm_kernel_from_name(const char* name, GemmKernel* out);
 
 const char* gemm_kernel_name(GemmKernel k);
 
