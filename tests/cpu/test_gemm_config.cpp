@@ -17,29 +17,28 @@ GemmProblem gemm(int64_t tokens, int64_t k, int64_t experts, int64_t n, int64_t 
 }
 }  // namespace
 
-TEST(GemmConfig, DecodeSwapsOperandsAndPrefillUsesLargeTiles) {
+TEST(GemmConfig, DecodeSwapsOperandsAndLargerBatchesUseTiles) {
   // qwen3-30b-a3b GEMM 1: E = 128, k = 8, N = 1536, K = 2048.
   EXPECT_EQ(select_config(gemm(1, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
-  EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
-  EXPECT_EQ(select_config(gemm(257, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x64);
-  EXPECT_EQ(select_config(gemm(1024, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x64);
-  EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x128);
-  EXPECT_EQ(select_config(gemm(8192, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile256x128);
-  // mixtral-8x7b: E = 8, k = 2: 64 rows per expert at T = 256.
-  EXPECT_EQ(select_config(gemm(1, 2, 8, 28672, 4096)).kernel, GemmKernel::kSwap128x16);
-  EXPECT_EQ(select_config(gemm(256, 2, 8, 28672, 4096)).kernel, GemmKernel::kSwap128x64);
-  EXPECT_EQ(select_config(gemm(1024, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile128x128);
-  EXPECT_EQ(select_config(gemm(4096, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile256x128);
+  EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
+  EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
+  EXPECT_EQ(select_config(gemm(129, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
+  EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
+  // mixtral-8x7b: E = 8, k = 2: 2 rows per expert at T = 8, 16 at T = 64.
+  EXPECT_EQ(select_config(gemm(8, 2, 8, 28672, 4096)).kernel, GemmKernel::kSwap128x16);
+  EXPECT_EQ(select_config(gemm(64, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile128x256);
+  EXPECT_EQ(select_config(gemm(16384, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile128x256);
+  // A narrow N keeps 128x128 tiles.
+  EXPECT_EQ(select_config(gemm(4096, 8, 128, 768, 2048)).kernel, GemmKernel::kTile128x128);
 }
 
-TEST(GemmConfig, BoundariesOfRowsPerExpert) {
-  for (int64_t rows : {0, 1, 16}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 64, 64)).kernel, GemmKernel::kSwap128x16) << rows;
-  for (int64_t rows : {17, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 64, 64)).kernel, GemmKernel::kSwap128x64) << rows;
-  for (int64_t rows : {65, 384}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 64, 64)).kernel, GemmKernel::kTile128x128) << rows;
-  for (int64_t rows : {385, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 64, 64)).kernel, GemmKernel::kTile256x128) << rows;
+TEST(GemmConfig, BoundariesOfRowsPerExpertAndN) {
+  for (int64_t rows : {0, 1, 8}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 64, 64)).kernel, GemmKernel::kSwap128x16) << rows;
+  for (int64_t rows : {9, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
+  for (int64_t rows : {9, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
   // Rounded up: 17 rows over 2 experts is 9 per expert.
-  EXPECT_EQ(select_config(gemm(17, 1, 2, 64, 64)).kernel, GemmKernel::kSwap128x16);
-  EXPECT_EQ(select_config(gemm(33, 1, 2, 64, 64)).kernel, GemmKernel::kSwap128x64);
+  EXPECT_EQ(select_config(gemm(16, 1, 2, 64, 64)).kernel, GemmKernel::kSwap128x16);
+  EXPECT_EQ(select_config(gemm(17, 1, 2, 64, 64)).kernel, GemmKernel::kTile128x128);
 }
 
 TEST(GemmConfig, SimplePathForFp32AndUnalignedShapes) {
@@ -52,8 +51,17 @@ TEST(GemmConfig, SimplePathForFp32AndUnalignedShapes) {
 TEST(GemmConfig, EveryChoiceNamesItselfAndSaysWhy) {
   for (int64_t rows : {1, 40, 200, 5000})
     for (auto dt : {MOEKIT_DTYPE_BF16, MOEKIT_DTYPE_FP32}) {
-      const auto c = select_config(gemm(rows, 1, 1, 64, 64, dt));
+      const auto c = select_config(gemm(rows, 1, 1, 2048, 64, dt));
       EXPECT_GT(std::string(c.reason).size(), 20u);
       EXPECT_NE(std::string(moekit::kernels::gemm_kernel_name(c.kernel)), "unknown");
     }
+}
+
+TEST(GemmConfig, OverrideNames) {
+  GemmKernel k{};
+  EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("simple", &k));
+  EXPECT_EQ(k, GemmKernel::kSimple);
+  EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("tile128x256", &k));
+  EXPECT_EQ(k, GemmKernel::kTile128x256);
+  EXPECT_FALSE(moekit::kernels::gemm_kernel_from_name("tile999", &k));
 }

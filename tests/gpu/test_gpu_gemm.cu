@@ -91,10 +91,7 @@ void check_family(kernels::GemmKernel kernel, moekit_dtype_t dt, const Case& c, 
 }
 
 const kernels::GemmKernel kFamilies[] = {kernels::GemmKernel::kSwap128x16,
-                                         kernels::GemmKernel::kSwap128x64,
                                          kernels::GemmKernel::kTile128x128,
-                                         kernels::GemmKernel::kTile256x128,
-                                         kernels::GemmKernel::kSwap64x16,
                                          kernels::GemmKernel::kTile128x256};
 
 }  // namespace

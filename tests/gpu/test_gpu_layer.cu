@@ -351,18 +351,19 @@ TEST(GpuLayer, HundredsOfRandomConfigurationsSharingOneWorkspace) {
 
 // moekit.h: "The result does not depend on T." One token's row is bitwise the
 // same at every batch size, whichever GEMM kernel each T selects (swap-AB at
-// small T, large tiles at large T) and across chunks (T = 20000 at top-4 runs
-// as two chunks of 16384 and 3616 tokens).
+// small T, 128x256 tiles from 9 rows per expert up) and across chunks
+// (T = 20000 at top-4 runs as two chunks of 16384 and 3616 tokens).
 TEST(GpuLayer, BatchInvariantRowAtEveryT) {
   REQUIRE_GPU();
   for (auto dt : {MOEKIT_DTYPE_BF16, MOEKIT_DTYPE_FP16}) {
-    const ref::HostLayer base = ref::make_random_layer(problem(1, 16, 4, 256, 128, dt), 31);
+    const int64_t H = 1024, I = 512, k = 4;  // N >= 1024: both GEMMs reach the 128x256 family
+    const ref::HostLayer base = ref::make_random_layer(problem(1, 16, k, H, I, dt), 31);
     std::vector<uint8_t> first;
     for (int64_t T : {1, 7, 64, 257, 1025, 4097, 20000}) {
-      ref::HostLayer l = ref::make_random_layer(problem(T, 16, 4, 256, 128, dt), 32 + T);
+      ref::HostLayer l = ref::make_random_layer(problem(T, 16, k, H, I, dt), 32 + T);
       l.w13 = base.w13;
       l.w2 = base.w2;
-      const int64_t pos = T / 2, H = 256, k = 4, b = ref::dtype_size(dt);
+      const int64_t pos = T / 2, b = ref::dtype_size(dt);
       std::copy_n(base.hidden.begin(), H * b, l.hidden.begin() + pos * H * b);
       std::copy_n(base.topk_ids.begin(), k, l.topk_ids.begin() + pos * k);
       std::copy_n(base.topk_weights.begin(), k, l.topk_weights.begin() + pos * k);

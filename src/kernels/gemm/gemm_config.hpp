@@ -10,22 +10,22 @@
 
 namespace moekit::kernels {
 
-// The compiled sm90 kernel families. "Swap" kernels compute D^T = W x A^T:
-// the expert's weight rows fill the 128-wide wgmma M side and the few token
-// rows the narrow N side, so a decode batch wastes no tensor-core rows and
-// every CTA streams a distinct slice of weights.
+// The compiled sm90 kernel families (one .cu each). "Swap" computes
+// D^T = W x A^T: the expert's weight rows fill the 128-wide wgmma M side and
+// the few token rows its narrow N side, so a decode batch wastes no
+// tensor-core rows. Measured on an H100 (bench/RESULTS.md, 2026-11-27), the
+// families that lost everywhere were dropped: swap-AB 128x64 and 64x16
+// ping-pong, and 256x128 (128x256 beat it by 10-70% from 64 to 2048 rows
+// per expert).
 enum class GemmKernel : int {
-  kSimple = 0,           // CUDA-core fallback (fp32, or no sm90 kernel fits)
-  kSwap128x16 = 1,       // <= 16 rows per expert on average
-  kSwap128x64 = 2,       // <= 64
-  kTile128x128 = 3,      // moderate groups (a few hundred rows)
-  kTile256x128 = 4,      // large groups (prefill of few, big experts)
-  kSwap64x16 = 5,        // decode, 64-row weight slices, ping-pong warpgroups
-  kTile128x256 = 6,      // moderate groups, wide N
+  kSimple = 0,       // CUDA-core fallback (fp32, or no sm90 kernel fits)
+  kSwap128x16 = 1,   // <= 8 rows per expert: weight streaming (decode)
+  kTile128x128 = 2,  // > 8 rows per expert, N < 1024
+  kTile128x256 = 3,  // > 8 rows per expert, N >= 1024 (every built-in model)
 };
-constexpr int kNumGemmKernels = 7;
+constexpr int kNumGemmKernels = 4;
 
-// The kernel of a short name ("swap128x16", "tile256x128", "simple"), for the
+// The kernel of a short name ("swap128x16", "tile128x256", "simple"), for the
 // MOEKIT_GEMM override; false if the name is unknown.
 bool gemm_kernel_from_name(const char* name, GemmKernel* out);
 

@@ -44,10 +44,7 @@ cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams&
   cudaError_t sm90_grouped_gemm_##family(const GroupedGemmParams& p, cudaStream_t stream); \
   size_t sm90_grouped_gemm_##family##_workspace(int64_t num_experts, int sm_count);
 MOEKIT_DECLARE_SM90_GEMM(swap128x16)
-MOEKIT_DECLARE_SM90_GEMM(swap128x64)
 MOEKIT_DECLARE_SM90_GEMM(tile128x128)
-MOEKIT_DECLARE_SM90_GEMM(tile256x128)
-MOEKIT_DECLARE_SM90_GEMM(swap64x16)
 MOEKIT_DECLARE_SM90_GEMM(tile128x256)
 #undef MOEKIT_DECLARE_SM90_GEMM
 
