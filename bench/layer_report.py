@@ -11,6 +11,7 @@ import datetime
 import json
 import math
 import os
+import subprocess
 import sys
 
 import torch
@@ -124,24 +125,52 @@ def vllm_rows(gpu_name):
     return {(r["shape"], r["T"]): r for r in rows}
 
 
+def peer_worker(points):
+    """Child process: time the torch peer on each point, one JSON line each.
+    A device-side failure poisons a CUDA context, so the parent restarts a
+    child after the failed point instead of losing the rest."""
+    for shape, T, dtype in points:
+        print(json.dumps({"key": [shape, T, dtype], "us": torch_peer_us(shape, T, dtype)}), flush=True)
+
+
+def torch_peers(keys):
+    done, todo = {}, list(keys)
+    while todo:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--peer", json.dumps(todo)],
+                              capture_output=True, text=True)
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                d = json.loads(line)
+                done[tuple(d["key"])] = d["us"]
+        todo = [k for k in todo if k not in done]
+        if todo:  # the first point left failed: record why, skip it
+            err = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            print(f"torch peer {todo[0]}: {err}", file=sys.stderr)
+            done[todo[0]] = None
+            todo = todo[1:]
+    return done
+
+
 def main():
+    if sys.argv[1] == "--peer":
+        peer_worker([tuple(k) for k in json.loads(sys.argv[2])])
+        return
     rows_path, out_dir = sys.argv[1], sys.argv[2]
     rows = [json.loads(line) for line in open(rows_path) if line.strip()]
     gpu = torch.cuda.get_device_name()
     copy_bw, bf16_rate = ceilings()
     vllm = vllm_rows(gpu)
-    peer_cache = {}
+    keys = []
     for r in rows:
         key = (r["shape"], r["T"], r["dtype"])
-        if key not in peer_cache:
-            try:
-                peer_cache[key] = torch_peer_us(*key)
-            except Exception as e:  # a peer that cannot run is reported, not fatal
-                print(f"torch peer {key}: {e}", file=sys.stderr)
-                peer_cache[key] = None
+        if key not in keys:
+            keys.append(key)
+    peer_cache = torch_peers(keys)
+    for r in rows:
+        key = (r["shape"], r["T"], r["dtype"])
         mem_s = (r["touched_weight_bytes"] + r["activation_bytes"]) / copy_bw
         cmp_s = r["flops"] / bf16_rate
-        r["floor_us"] = round(max(mem_s, cmp_s) * 1e6, 2)
+        r["floor_us"] = max(round(max(mem_s, cmp_s) * 1e6, 2), 1e-3)
         r["floor_bound"] = "memory" if mem_s >= cmp_s else "compute"
         r["x_floor"] = round(r["moekit_us"] / r["floor_us"], 3)
         r["tflops"] = round(r["flops"] / r["moekit_us"] * 1e-6, 1)
@@ -151,6 +180,7 @@ def main():
         r["peers"] = {
             "torch_grouped_mm_us": None if peer_cache[key] is None else round(peer_cache[key], 2),
             "vllm_triton_us": v["triton_gemms_graph_us"] if v else None,
+            "torch_grouped_mm_us_peers_md": v["gmm_graph_us"] if v else None,
         }
     date = datetime.date.today().isoformat()
     doc = {"gpu": gpu, "date": date,

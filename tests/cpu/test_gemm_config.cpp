@@ -22,11 +22,13 @@ TEST(GemmConfig, DecodeSwapsOperandsAndLargerBatchesUseTiles) {
   EXPECT_EQ(select_config(gemm(1, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
   EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
   EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
-  EXPECT_EQ(select_config(gemm(129, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
+  EXPECT_EQ(select_config(gemm(129, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
+  EXPECT_EQ(select_config(gemm(1024, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
+  EXPECT_EQ(select_config(gemm(1025, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   // mixtral-8x7b: E = 8, k = 2: 2 rows per expert at T = 8, 16 at T = 64.
   EXPECT_EQ(select_config(gemm(8, 2, 8, 28672, 4096)).kernel, GemmKernel::kSwap128x16);
-  EXPECT_EQ(select_config(gemm(64, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile128x256);
+  EXPECT_EQ(select_config(gemm(64, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile64x256);
   EXPECT_EQ(select_config(gemm(16384, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile128x256);
   // A narrow N keeps 128x128 tiles.
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 768, 2048)).kernel, GemmKernel::kTile128x128);
@@ -35,7 +37,8 @@ TEST(GemmConfig, DecodeSwapsOperandsAndLargerBatchesUseTiles) {
 TEST(GemmConfig, BoundariesOfRowsPerExpertAndN) {
   for (int64_t rows : {0, 1, 8}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 64, 64)).kernel, GemmKernel::kSwap128x16) << rows;
   for (int64_t rows : {9, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
-  for (int64_t rows : {9, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
+  for (int64_t rows : {9, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
+  for (int64_t rows : {65, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
   // Rounded up: 17 rows over 2 experts is 9 per expert.
   EXPECT_EQ(select_config(gemm(16, 1, 2, 64, 64)).kernel, GemmKernel::kSwap128x16);
   EXPECT_EQ(select_config(gemm(17, 1, 2, 64, 64)).kernel, GemmKernel::kTile128x128);
@@ -63,5 +66,7 @@ TEST(GemmConfig, OverrideNames) {
   EXPECT_EQ(k, GemmKernel::kSimple);
   EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("tile128x256", &k));
   EXPECT_EQ(k, GemmKernel::kTile128x256);
+  EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("tile64x256", &k));
+  EXPECT_EQ(k, GemmKernel::kTile64x256);
   EXPECT_FALSE(moekit::kernels::gemm_kernel_from_name("tile999", &k));
 }

@@ -386,3 +386,24 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
     }
   }
 }
+
+// The workspace stops growing at the chunk size (65536 pairs), whatever T.
+TEST(GpuLayer, WorkspaceIsBoundedAtAnyBatchSize) {
+  REQUIRE_GPU();
+  for (int64_t k : {1, 2, 8}) {
+    Problem p = problem(1, 256, k, 7168, 2048);
+    p.device = MOEKIT_DEVICE_CUDA;
+    size_t at_chunk = 0, huge = 0, below = 0;
+    p.num_tokens = 65536 / k;
+    ASSERT_TRUE(MoeLayer::workspace_size(p, &at_chunk).ok());
+    p.num_tokens = 65536 / k - 1;
+    ASSERT_TRUE(MoeLayer::workspace_size(p, &below).ok());
+    p.num_tokens = 40000000;
+    ASSERT_TRUE(MoeLayer::workspace_size(p, &huge).ok());
+    EXPECT_EQ(huge, at_chunk) << "k=" << k;
+    EXPECT_LT(below, at_chunk) << "k=" << k;
+    // moekit.h's bound: P * (2 * (H + 2I + I) + 28) + 256 per buffer + small terms.
+    const double P = 65536, bound = P * (2.0 * (7168 + 4096 + 2048) + 28) + 64 * 1024 * 1024;
+    EXPECT_LT(double(huge), bound) << "k=" << k;
+  }
+}

@@ -383,6 +383,8 @@ int cmd_run(const Options& o) {
   for (const auto& c : moekit::cli::gpu_ceilings())
     std::printf(" %s %.1f us", c.gpu, moekit::cli::floor_seconds(c, bytes, flops) * 1e6);
   std::printf("\n");
+  std::string plan;
+  if (moekit::MoeLayer::describe_plan(p, &plan).ok()) std::printf("config    %s\n", plan.c_str());
   return pass ? 0 : kExitFail;
 }
 

@@ -7,46 +7,53 @@ namespace moekit::kernels {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kWarps = 8;  // one warp per row, 8 rows per block
 
+// One warp per row and lanes over the row's 8-column vectors: no per-element
+// index division, and each lane keeps several 16-byte loads in flight.
 template <class T>
-__global__ void __launch_bounds__(kThreads) activation_kernel(
+__global__ void __launch_bounds__(32 * kWarps) activation_kernel(
     const T* __restrict__ gemm1,              // [rows, N1]
     T* __restrict__ out,                      // [rows, I]
     const int32_t* __restrict__ valid_rows,   // offsets[E_local]
     int64_t inter, ActivationParams p, moekit_gate_up_order_t order) {
   const bool gated = activation_is_gated(p.kind);
   const int64_t n1 = gated ? 2 * inter : inter;
-  const int64_t vecs_per_row = inter / 8;
-  const int64_t total = static_cast<int64_t>(*valid_rows) * vecs_per_row;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < total; i += stride) {
-    const int64_t row = i / vecs_per_row, j0 = (i % vecs_per_row) * 8;
+  const int vecs_per_row = static_cast<int>(inter / 8);
+  const int64_t rows = *valid_rows;
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = blockIdx.x * int64_t{kWarps} + threadIdx.x / 32; row < rows;
+       row += static_cast<int64_t>(gridDim.x) * kWarps) {
     const T* g = gemm1 + row * n1;
-    float r[8];
-    if (!gated) {
-      load8(g + j0, r);
+    T* o = out + row * inter;
+#pragma unroll 4
+    for (int v = lane; v < vecs_per_row; v += 32) {
+      const int64_t j0 = static_cast<int64_t>(v) * 8;
+      float r[8];
+      if (!gated) {
+        load8(g + j0, r);
 #pragma unroll
-      for (int q = 0; q < 8; ++q) r[q] = apply_activation(p.kind, r[q]);
-    } else {
-      float gate[8], up[8];
-      if (order == MOEKIT_INTERLEAVED) {  // 16 consecutive values hold 8 (gate, up) pairs
-        float lo[8], hi[8];
-        load8(g + 2 * j0, lo);
-        load8(g + 2 * j0 + 8, hi);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          gate[q] = lo[2 * q]; up[q] = lo[2 * q + 1];
-          gate[q + 4] = hi[2 * q]; up[q + 4] = hi[2 * q + 1];
-        }
+        for (int q = 0; q < 8; ++q) r[q] = apply_activation(p.kind, r[q]);
       } else {
-        load8(g + gate_column(order, j0, inter), gate);
-        load8(g + up_column(order, j0, inter), up);
-      }
+        float gate[8], up[8];
+        if (order == MOEKIT_INTERLEAVED) {  // 16 consecutive values hold 8 (gate, up) pairs
+          float lo[8], hi[8];
+          load8(g + 2 * j0, lo);
+          load8(g + 2 * j0 + 8, hi);
 #pragma unroll
-      for (int q = 0; q < 8; ++q) r[q] = apply_gated_activation(p, gate[q], up[q]);
+          for (int q = 0; q < 4; ++q) {
+            gate[q] = lo[2 * q]; up[q] = lo[2 * q + 1];
+            gate[q + 4] = hi[2 * q]; up[q + 4] = hi[2 * q + 1];
+          }
+        } else {
+          load8(g + gate_column(order, j0, inter), gate);
+          load8(g + up_column(order, j0, inter), up);
+        }
+#pragma unroll
+        for (int q = 0; q < 8; ++q) r[q] = apply_gated_activation(p, gate[q], up[q]);
+      }
+      store8(o + j0, r);
     }
-    store8(out + row * inter + j0, r);
   }
 }
 
@@ -56,11 +63,10 @@ cudaError_t launch_activation(const void* gemm1, void* out, const int32_t* valid
                               int64_t max_rows, int64_t inter, const ActivationParams& p,
                               moekit_gate_up_order_t order, moekit_dtype_t dtype,
                               const DeviceInfo& dev, cudaStream_t stream) {
-  const int64_t work = max_rows * (inter / 8);
-  const unsigned grid = grid_for((work + kThreads - 1) / kThreads, dev.sm_count);
+  const unsigned grid = grid_for((max_rows + kWarps - 1) / kWarps, dev.sm_count);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    activation_kernel<T><<<grid, kThreads, 0, stream>>>(
+    activation_kernel<T><<<grid, 32 * kWarps, 0, stream>>>(
         static_cast<const T*>(gemm1), static_cast<T*>(out), valid_rows, inter, p, order);
   });
   return cudaGetLastError();

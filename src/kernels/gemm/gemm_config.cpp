@@ -11,6 +11,7 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kSwap128x16: return "sm90 swap-AB 128x16x128";
     case GemmKernel::kTile128x128: return "sm90 128x128x64";
     case GemmKernel::kTile128x256: return "sm90 128x256x64";
+    case GemmKernel::kTile64x256: return "sm90 64x256x64 ping-pong";
   }
   return "unknown";
 }
@@ -20,7 +21,8 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
       {"simple", GemmKernel::kSimple},
       {"swap128x16", GemmKernel::kSwap128x16},
       {"tile128x128", GemmKernel::kTile128x128},
-      {"tile128x256", GemmKernel::kTile128x256}};
+      {"tile128x256", GemmKernel::kTile128x256},
+      {"tile64x256", GemmKernel::kTile64x256}};
   for (const auto& n : kNames)
     if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
   return false;
@@ -37,10 +39,11 @@ GemmConfig select_config(const GemmProblem& p) {
   // still run correctly on any kernel, this only picks the tile.
   const int64_t experts = p.num_experts > 0 ? p.num_experts : 1;
   const int64_t rows_per_expert = (p.rows + experts - 1) / experts;
-  // H100 layer sweep, 2026-11-27: swap-AB won at 1-2 rows per expert
-  // (mixtral T=8: 846 vs 921 us; deepseek-v3 T=64: 6587 vs 6952) and at 8
-  // (deepseek-v3 T=256: 7671 vs 8010); the tiled kernels won from 16 up
-  // (qwen3 T=256: 486 vs 548; mixtral T=64: 1050 vs 1264).
+  // Layer sweeps, 2026-11-27 (bench/RESULTS.md): swap-AB won at 1-2 rows per
+  // expert (H100 mixtral T=8: 846 vs 921 us) and tied at 4-8 (H200 qwen3
+  // T=64: 308 vs 310); 64x256 won from 16 to 64 rows (H200 mixtral T=64:
+  // 689 vs 768 for 128x256; qwen3 T=1024: 409 vs 415) and 128x256 above
+  // (H100 mixtral T=4096: 590 vs 529 TFLOP/s for 256x128).
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,
             "<= 8 rows per expert: swap-AB, weight rows on wgmma's M side and tokens on its "
@@ -48,9 +51,13 @@ GemmConfig select_config(const GemmProblem& p) {
   if (p.n < 1024)
     return {GemmKernel::kTile128x128,
             "> 8 rows per expert, N < 1024: 128x128 tiles keep enough CTAs busy on a narrow N"};
+  if (rows_per_expert <= 64)
+    return {GemmKernel::kTile64x256,
+            "9-64 rows per expert: 64-row tiles waste little of wgmma's M side, two in flight "
+            "per CTA (ping-pong)"};
   return {GemmKernel::kTile128x256,
-          "> 8 rows per expert, N >= 1024: 128x256 tiles, twice the reuse of 128x128 for the "
-          "same M waste (590-640 TFLOP/s on mixtral prefill, H100)"};
+          "> 64 rows per expert, N >= 1024: 128x256 tiles, twice the reuse of 128x128 "
+          "(590-640 TFLOP/s on mixtral prefill, H100)"};
 }
 
 }  // namespace moekit::kernels

@@ -13,17 +13,17 @@ namespace moekit::kernels {
 // The compiled sm90 kernel families (one .cu each). "Swap" computes
 // D^T = W x A^T: the expert's weight rows fill the 128-wide wgmma M side and
 // the few token rows its narrow N side, so a decode batch wastes no
-// tensor-core rows. Measured on an H100 (bench/RESULTS.md, 2026-11-27), the
-// families that lost everywhere were dropped: swap-AB 128x64 and 64x16
-// ping-pong, and 256x128 (128x256 beat it by 10-70% from 64 to 2048 rows
-// per expert).
+// tensor-core rows. Families that lost at every point of the H100/H200
+// sweeps (bench/RESULTS.md, 2026-11-27) were dropped: swap-AB 128x64 and
+// 64x16 ping-pong, and 256x128 (128x256 beat it by 10-70%).
 enum class GemmKernel : int {
   kSimple = 0,       // CUDA-core fallback (fp32, or no sm90 kernel fits)
   kSwap128x16 = 1,   // <= 8 rows per expert: weight streaming (decode)
   kTile128x128 = 2,  // > 8 rows per expert, N < 1024
-  kTile128x256 = 3,  // > 8 rows per expert, N >= 1024 (every built-in model)
+  kTile128x256 = 3,  // > 64 rows per expert, N >= 1024
+  kTile64x256 = 4,   // 9-64 rows per expert, N >= 1024 (ping-pong)
 };
-constexpr int kNumGemmKernels = 4;
+constexpr int kNumGemmKernels = 5;
 
 // The kernel of a short name ("swap128x16", "tile128x256", "simple"), for the
 // MOEKIT_GEMM override; false if the name is unknown.

@@ -31,7 +31,7 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
 
-#include "kernels/gemm/grouped_gemm_sm90.hpp"
+#include "kernels/gemm/gemm_params.hpp"
 
 namespace moekit::kernels::sm90 {
 
