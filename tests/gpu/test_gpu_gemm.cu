@@ -56,7 +56,10 @@ void check_family(kernels::GemmKernel kernel, moekit_dtype_t dt, const Case& c, 
   }
 
   DeviceBuffer da(a.size()), dw(w.size()), dbias(bias.size()), doff(off.size() * 4);
-  DeviceBuffer want(c.rows * c.n * b), got(c.rows * c.n * b);  // poisoned
+  // got: a byte pattern the GEMM never writes, set even under
+  // MOEKIT_TEST_NO_POISON, so rows past the valid ones can be checked.
+  constexpr int kUnwritten = 0xFE;
+  DeviceBuffer want(c.rows * c.n * b, kUnwritten), got(c.rows * c.n * b, kUnwritten);
   int dev = 0, sms = 0;
   CUDA_OK(cudaGetDevice(&dev));
   CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
@@ -82,7 +85,7 @@ void check_family(kernels::GemmKernel kernel, moekit_dtype_t dt, const Case& c, 
   const double tol = dt == MOEKIT_DTYPE_BF16 ? 4e-3 : 1e-3;
   EXPECT_TRUE(test::rows_match(g, r, valid, c.n, dt, tol));
   for (size_t i = valid * c.n * b; i < g.size(); ++i)
-    if (g[i] != 0xFF) {
+    if (g[i] != kUnwritten) {
       ADD_FAILURE() << "byte " << i << " past the valid rows (" << valid << ") was written";
       break;
     }
