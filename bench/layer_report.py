@@ -160,10 +160,10 @@ def main():
     gpu = torch.cuda.get_device_name()
     copy_bw, bf16_rate = ceilings()
     vllm = vllm_rows(gpu)
-    keys = []
+    keys = []  # the peer in bf16, the dtype PEERS.md measured it in
     for r in rows:
         key = (r["shape"], r["T"], r["dtype"])
-        if key not in keys:
+        if key not in keys and r["dtype"] == "bf16":
             keys.append(key)
     peer_cache = torch_peers(keys)
     for r in rows:
@@ -178,7 +178,7 @@ def main():
         r["weight_TBps"] = round(r["touched_weight_bytes"] / (r["moekit_us"] * 1e-6) / 1e12, 3)
         v = vllm.get((r["shape"], r["T"])) if r["dtype"] == "bf16" else None
         r["peers"] = {
-            "torch_grouped_mm_us": None if peer_cache[key] is None else round(peer_cache[key], 2),
+            "torch_grouped_mm_us": None if peer_cache.get(key) is None else round(peer_cache[key], 2),
             "vllm_triton_us": v["triton_gemms_graph_us"] if v else None,
             "torch_grouped_mm_us_peers_md": v["gmm_graph_us"] if v else None,
         }

@@ -1,4 +1,5 @@
-// Grouped GEMM family swap128x16: decode, weights on the M side, <= 16 token rows per tile (one 128x16 wgmma column block).
+// Grouped GEMM family swap128x16 (decode, <= 8 rows per expert): swap-AB,
+// 128 weight rows x 16 token rows x 128 deep, cooperative warpgroups.
 #include "kernels/gemm/sm90_grouped_gemm.cuh"
 
 namespace moekit::kernels {
@@ -6,22 +7,17 @@ namespace {
 template <class Element>
 using Family = sm90::GroupedGemm<Element, cute::Shape<cute::_128, cute::_16, cute::_128>,
                                  cute::Shape<cute::_1, cute::_1, cute::_1>,
-                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
+                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
+                                 cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
                                  /*swap*/ true>;
 }  // namespace
 
 cudaError_t sm90_grouped_gemm_swap128x16(const GroupedGemmParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case MOEKIT_DTYPE_BF16: return sm90::run<Family<cutlass::bfloat16_t>>(p, stream);
-    case MOEKIT_DTYPE_FP16: return sm90::run<Family<cutlass::half_t>>(p, stream);
-    default: return cudaErrorNotSupported;
-  }
+  return sm90::run_any_dtype<Family>(p, stream);
 }
 
 size_t sm90_grouped_gemm_swap128x16_workspace(int64_t num_experts, int sm_count) {
-  const size_t b = sm90::workspace_bytes<Family<cutlass::bfloat16_t>>(num_experts, sm_count);
-  const size_t h = sm90::workspace_bytes<Family<cutlass::half_t>>(num_experts, sm_count);
-  return b > h ? b : h;
+  return sm90::workspace_any_dtype<Family>(num_experts, sm_count);
 }
 
 }  // namespace moekit::kernels

@@ -1,4 +1,5 @@
-// Grouped GEMM family tile128x256: moderate groups with wide N: 128 token rows x 256 weight rows, twice the reuse of 128x128 for the same M waste.
+// Grouped GEMM family tile128x256 (> 64 rows per expert): 128 token rows x
+// 256 weight rows x 64 deep, cooperative warpgroups; twice the reuse of 128x128.
 #include "kernels/gemm/sm90_grouped_gemm.cuh"
 
 namespace moekit::kernels {
@@ -6,22 +7,17 @@ namespace {
 template <class Element>
 using Family = sm90::GroupedGemm<Element, cute::Shape<cute::_128, cute::_256, cute::_64>,
                                  cute::Shape<cute::_1, cute::_1, cute::_1>,
-                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
+                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
+                                 cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
                                  /*swap*/ false>;
 }  // namespace
 
 cudaError_t sm90_grouped_gemm_tile128x256(const GroupedGemmParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case MOEKIT_DTYPE_BF16: return sm90::run<Family<cutlass::bfloat16_t>>(p, stream);
-    case MOEKIT_DTYPE_FP16: return sm90::run<Family<cutlass::half_t>>(p, stream);
-    default: return cudaErrorNotSupported;
-  }
+  return sm90::run_any_dtype<Family>(p, stream);
 }
 
 size_t sm90_grouped_gemm_tile128x256_workspace(int64_t num_experts, int sm_count) {
-  const size_t b = sm90::workspace_bytes<Family<cutlass::bfloat16_t>>(num_experts, sm_count);
-  const size_t h = sm90::workspace_bytes<Family<cutlass::half_t>>(num_experts, sm_count);
-  return b > h ? b : h;
+  return sm90::workspace_any_dtype<Family>(num_experts, sm_count);
 }
 
 }  // namespace moekit::kernels
