@@ -7,12 +7,14 @@ namespace moekit::kernels {
 
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
 
-// Blocks tile (row, chunk of kThreads 8-column vectors) and each thread takes
-// one vector: one index division per block, not per element, and a decode
-// batch (2 rows of mixtral's I = 14336) still spreads over 28 blocks.
-template <class T>
+// One thread per 8-column vector of the [rows, I] output, over a flat index.
+// Index is 32-bit where rows * I / 8 < 2^31 (every chunk of the layer, up to
+// I = 2^18): the per-element division is then a cheap 32-bit one, while every
+// thread of every block has work (a row-per-block mapping idles a quarter of
+// its threads at I = 768).
+template <class T, class Index>
 __global__ void __launch_bounds__(kThreads) activation_kernel(
     const T* __restrict__ gemm1,              // [rows, N1]
     T* __restrict__ out,                      // [rows, I]
@@ -20,14 +22,12 @@ __global__ void __launch_bounds__(kThreads) activation_kernel(
     int64_t inter, ActivationParams p, moekit_gate_up_order_t order) {
   const bool gated = activation_is_gated(p.kind);
   const int64_t n1 = gated ? 2 * inter : inter;
-  const int64_t vecs_per_row = inter / 8;
-  const int64_t chunks = (vecs_per_row + kThreads - 1) / kThreads;
-  const int64_t work_items = static_cast<int64_t>(*valid_rows) * chunks;
-  for (int64_t w = blockIdx.x; w < work_items; w += gridDim.x) {
-    const int64_t row = w / chunks;
-    const int64_t v = (w - row * chunks) * kThreads + threadIdx.x;
-    if (v >= vecs_per_row) continue;
-    const int64_t j0 = v * 8;
+  const Index vecs_per_row = static_cast<Index>(inter / 8);
+  const Index total = static_cast<Index>(*valid_rows) * vecs_per_row;
+  const Index stride = static_cast<Index>(gridDim.x) * kThreads;
+  for (Index i = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; i < total; i += stride) {
+    const Index row_i = i / vecs_per_row;
+    const int64_t row = row_i, j0 = static_cast<int64_t>(i - row_i * vecs_per_row) * 8;
     const T* g = gemm1 + row * n1;
     float r[8];
     if (!gated) {
@@ -62,12 +62,16 @@ cudaError_t launch_activation(const void* gemm1, void* out, const int32_t* valid
                               int64_t max_rows, int64_t inter, const ActivationParams& p,
                               moekit_gate_up_order_t order, moekit_dtype_t dtype,
                               const DeviceInfo& dev, cudaStream_t stream) {
-  const int64_t chunks = (inter / 8 + kThreads - 1) / kThreads;
-  const unsigned grid = grid_for(max_rows * chunks, dev.sm_count, 16);
+  const int64_t work = max_rows * (inter / 8);
+  const unsigned grid = grid_for((work + kThreads - 1) / kThreads, dev.sm_count);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    activation_kernel<T><<<grid, kThreads, 0, stream>>>(
-        static_cast<const T*>(gemm1), static_cast<T*>(out), valid_rows, inter, p, order);
+    const auto* in = static_cast<const T*>(gemm1);
+    auto* o = static_cast<T*>(out);
+    if (work < (int64_t{1} << 31))  // i + stride then stays below 2^32
+      activation_kernel<T, uint32_t><<<grid, kThreads, 0, stream>>>(in, o, valid_rows, inter, p, order);
+    else
+      activation_kernel<T, int64_t><<<grid, kThreads, 0, stream>>>(in, o, valid_rows, inter, p, order);
   });
   return cudaGetLastError();
 }
