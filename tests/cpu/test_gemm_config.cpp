@@ -66,6 +66,8 @@ TEST(GemmConfig, OverrideNames) {
   EXPECT_EQ(k, GemmKernel::kSimple);
   EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("tile128x256", &k));
   EXPECT_EQ(k, GemmKernel::kTile128x256);
+  EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("decode", &k));
+  EXPECT_EQ(k, GemmKernel::kDecode);
   EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("tile64x256", &k));
   EXPECT_EQ(k, GemmKernel::kTile64x256);
   EXPECT_FALSE(moekit::kernels::gemm_kernel_from_name("tile999", &k));

@@ -96,7 +96,8 @@ void check_family(kernels::GemmKernel kernel, moekit_dtype_t dt, const Case& c, 
 const kernels::GemmKernel kFamilies[] = {kernels::GemmKernel::kSwap128x16,
                                          kernels::GemmKernel::kTile128x128,
                                          kernels::GemmKernel::kTile128x256,
-                                         kernels::GemmKernel::kTile64x256};
+                                         kernels::GemmKernel::kTile64x256,
+                                         kernels::GemmKernel::kDecode};
 
 }  // namespace
 

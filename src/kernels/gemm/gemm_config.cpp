@@ -12,6 +12,7 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kTile128x128: return "sm90 128x128x64";
     case GemmKernel::kTile128x256: return "sm90 128x256x64";
     case GemmKernel::kTile64x256: return "sm90 64x256x64 ping-pong";
+    case GemmKernel::kDecode: return "decode mma.sync 16x8 swap-AB";
   }
   return "unknown";
 }
@@ -22,7 +23,8 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
       {"swap128x16", GemmKernel::kSwap128x16},
       {"tile128x128", GemmKernel::kTile128x128},
       {"tile128x256", GemmKernel::kTile128x256},
-      {"tile64x256", GemmKernel::kTile64x256}};
+      {"tile64x256", GemmKernel::kTile64x256},
+      {"decode", GemmKernel::kDecode}};
   for (const auto& n : kNames)
     if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
   return false;
@@ -44,6 +46,9 @@ GemmConfig select_config(const GemmProblem& p) {
   // T=64: 308 vs 310); 64x256 won from 16 to 64 rows (H200 mixtral T=64:
   // 689 vs 768 for 128x256; qwen3 T=1024: 409 vs 415) and 128x256 above
   // (H100 mixtral T=4096: 590 vs 529 TFLOP/s for 256x128).
+  // kDecode (mma.sync, no set-up) is not chosen yet: its first version,
+  // 4-byte fragment loads straight from global memory, ran the layer 2x
+  // slower than swap-AB (H200 qwen3 T=1: 96 vs 45 us).
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,
             "<= 8 rows per expert: swap-AB, weight rows on wgmma's M side and tokens on its "

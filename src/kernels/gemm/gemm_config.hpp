@@ -22,8 +22,9 @@ enum class GemmKernel : int {
   kTile128x128 = 2,  // > 8 rows per expert, N < 1024
   kTile128x256 = 3,  // > 64 rows per expert, N >= 1024
   kTile64x256 = 4,   // 9-64 rows per expert, N >= 1024 (ping-pong)
+  kDecode = 5,       // mma.sync weight streaming, no set-up (MOEKIT_GEMM=decode only, for now)
 };
-constexpr int kNumGemmKernels = 5;
+constexpr int kNumGemmKernels = 6;
 
 // The kernel of a short name ("swap128x16", "tile128x256", "simple"), for the
 // MOEKIT_GEMM override; false if the name is unknown.

@@ -28,6 +28,7 @@ cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams&
     case GemmKernel::kTile128x128: return sm90_grouped_gemm_tile128x128(p, stream);
     case GemmKernel::kTile128x256: return sm90_grouped_gemm_tile128x256(p, stream);
     case GemmKernel::kTile64x256: return sm90_grouped_gemm_tile64x256(p, stream);
+    case GemmKernel::kDecode: return decode_grouped_gemm(p, stream);
     case GemmKernel::kSimple: break;
   }
   return cudaErrorNotSupported;

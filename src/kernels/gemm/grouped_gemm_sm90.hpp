@@ -23,4 +23,8 @@ size_t grouped_gemm_scratch_bytes(int64_t num_experts, int sm_count);
 cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams& p,
                                      cudaStream_t stream);
 
+// The hand-written decode kernel (decode_gemm.cu): mma.sync, no set-up cost,
+// for experts with a few rows. Needs no scratch.
+cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, cudaStream_t stream);
+
 }  // namespace moekit::kernels
