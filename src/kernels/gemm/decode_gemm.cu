@@ -1,22 +1,22 @@
 // Grouped GEMM for decode batches (a few rows per expert), written by hand
 // because no library kernel fits: the CUTLASS ptr-array kernels spend about
-// 10 µs per launch on set-up (tensor-map rewrites, pipeline fill, epilogue
+// 9 µs per launch on set-up (tensor-map rewrites, pipeline fill, epilogue
 // store) before and after streaming the weights, which is most of a T = 1
-// layer (bench/RESULTS.md). This kernel has none of that: each warp streams 16
-// weight rows of one expert straight from global memory into mma.sync
-// m16n8k16 (weights on the M side, up to 8 token rows on N: swap-AB), with
-// many independent loads in flight, and writes D^T back as row-major D.
-//
-// Status: correct and bitwise equal to the wgmma kernels (GPU suite, 2026-11-27,
-// H200), but not selected: this first version loads 4-byte fragments straight
-// from global memory and ran the layer 2x slower than CUTLASS swap-AB (qwen3
-// T = 1: 96 vs 45 us). Next: 16-byte loads through shared memory (cp.async)
-// and ldmatrix, several k-steps in flight. Reachable with MOEKIT_GEMM=decode.
+// layer (bench/RESULTS.md). Here each warp streams 16 weight rows of one
+// expert through its own cp.async pipeline in shared memory (kStages x 64 k,
+// 16-byte copies) into mma.sync m16n8k16 via ldmatrix (weights on the M side,
+// up to 8 token rows on N: swap-AB), and writes D^T back as row-major D.
 //
 // Arithmetic is that of the wgmma kernels: one fp32 accumulator per output,
-// K in ascending chunks of 16 (a partial last chunk is zero-filled, as TMA
-// does), bias added in fp32, one rounding. The GPU suite checks that a token's
-// row is bitwise the same whichever kernel ran (batch invariance).
+// K in ascending chunks of 16 in natural order (a partial last chunk is
+// zero-filled, as TMA does), bias added in fp32, one rounding. The GPU suite
+// checks that a token's row is bitwise the same whichever kernel ran.
+//
+// Status (H200, 2026-11-27): correct and bitwise equal to the wgmma kernels,
+// but slower than CUTLASS swap-AB at every decode point (qwen3 T = 1: 75 vs
+// 45 µs per layer), so select_config does not pick it; MOEKIT_GEMM=decode
+// runs it. Not yet profiled; first suspect: the activation loads from global
+// memory on the critical path of every mma (stage them with the weights).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -27,10 +27,15 @@ namespace moekit::kernels {
 
 namespace {
 
-constexpr int kWarps = 4;              // warps per block
+constexpr int kWarps = 4;              // warps per block, independent of each other
 constexpr int kRowsPerWarp = 16;       // mma M: weight rows (output columns)
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kTokens = 8;             // mma N: token rows per pass
+constexpr int kStageK = 64;            // K per pipeline stage: 16 rows x 128 B
+constexpr int kStages = 8;             // 16 KB of weights in flight per warp
+constexpr int kSmemRow = kStageK + 8;  // +16 B a row: ldmatrix's 8 rows hit distinct banks
+constexpr int kStageElems = kRowsPerWarp * kSmemRow;
+constexpr int kSmemBytes = kWarps * kStages * kStageElems * 2;  // 73,728
 
 template <class T> struct MmaType;
 template <> struct MmaType<__nv_bfloat16> { static constexpr bool kBf16 = true; };
@@ -60,6 +65,20 @@ __device__ __forceinline__ uint32_t load_pair(const T* p) {
   return __ldg(reinterpret_cast<const unsigned int*>(p));
 }
 
+__device__ __forceinline__ void cp_async_16(uint32_t smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem));
+}
+
 template <class T>
 __global__ void __launch_bounds__(32 * kWarps) decode_gemm_kernel(
     const T* __restrict__ a,                // [rows, K] expert order
@@ -68,43 +87,68 @@ __global__ void __launch_bounds__(32 * kWarps) decode_gemm_kernel(
     const T* __restrict__ bias,             // [E, N] or null
     T* __restrict__ c,                      // [rows, N]
     int n, int k, int row_blocks) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int e = blockIdx.x / row_blocks;
   const int begin = offsets[e], end = offsets[e + 1];
   if (begin >= end) return;
-  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  const int row0 = (blockIdx.x % row_blocks) * kRowsPerBlock + (threadIdx.x / 32) * kRowsPerWarp;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int row0 = (blockIdx.x % row_blocks) * kRowsPerBlock + warp * kRowsPerWarp;
   if (row0 >= n) return;
-  // The thread's two weight rows; a row past N (N % 16 == 8) reads row N-1
-  // and its results are never stored.
-  const int r_lo = row0 + g, r_hi = row0 + g + 8;
-  const T* we = w + static_cast<int64_t>(e) * n * k;
-  const T* w_lo = we + static_cast<int64_t>(r_lo < n ? r_lo : n - 1) * k;
-  const T* w_hi = we + static_cast<int64_t>(r_hi < n ? r_hi : n - 1) * k;
+  const T* we = w + static_cast<int64_t>(e) * n * k;  // [N, K]
   const T* bias_e = bias ? bias + static_cast<int64_t>(e) * n : nullptr;
-  const int k_full = k / 16 * 16;
+  // (kStages, 16 rows, kSmemRow) for this warp.
+  const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) +
+                        warp * kStages * kStageElems * 2;
+  const int stages_k = (k + kStageK - 1) / kStageK;
+
+  // Stage s <- weight rows row0..row0+15, k in [kb * 64, kb * 64 + 64): 128
+  // 16-byte pieces, 4 a lane; pieces past K are zero-filled, rows past N read
+  // row N-1 (never stored).
+  auto load_stage = [&](int s, int kb) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int piece = lane + 32 * i, r = piece / 8, kk = kb * kStageK + (piece % 8) * 8;
+      const int row = row0 + r < n ? row0 + r : n - 1;
+      const T* src = we + static_cast<int64_t>(row) * k + (kk < k ? kk : 0);
+      cp_async_16(smem + (s * kStageElems + r * kSmemRow + (piece % 8) * 8) * 2, src,
+                  kk < k ? 16 : 0);
+    }
+  };
 
   for (int t0 = begin; t0 < end; t0 += kTokens) {
     const int tok = t0 + g < end ? t0 + g : end - 1;  // B column g; extra columns are discarded
     const T* x = a + static_cast<int64_t>(tok) * k;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 8
-    for (int k0 = 0; k0 < k_full; k0 += 16) {
-      const int kk = k0 + 2 * q;
-      const uint32_t af[4] = {load_pair(w_lo + kk), load_pair(w_hi + kk), load_pair(w_lo + kk + 8),
-                              load_pair(w_hi + kk + 8)};
-      const uint32_t bf[2] = {load_pair(x + kk), load_pair(x + kk + 8)};
-      mma_16x8x16<T>(acc, af, bf);
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < stages_k) load_stage(s, s);
+      cp_async_commit();
     }
-    if (k_full < k) {  // K % 16 == 8: the upper half of the last chunk is zero
-      const int kk = k_full + 2 * q;
-      const uint32_t af[4] = {load_pair(w_lo + kk), load_pair(w_hi + kk), 0u, 0u};
-      const uint32_t bf[2] = {load_pair(x + kk), 0u};
-      mma_16x8x16<T>(acc, af, bf);
+    for (int kb = 0; kb < stages_k; ++kb) {
+      const int next = kb + kStages - 1;
+      if (next < stages_k) load_stage(next % kStages, next);
+      cp_async_commit();
+      cp_async_wait<kStages - 1>();
+      __syncwarp();
+      const uint32_t stage = smem + (kb % kStages) * kStageElems * 2;
+#pragma unroll
+      for (int kk = 0; kk < kStageK; kk += 16) {
+        const int k0 = kb * kStageK + kk;
+        if (k0 >= k) break;
+        uint32_t af[4];
+        ldmatrix_x4(af, stage + ((lane % 16) * kSmemRow + kk + (lane / 16) * 8) * 2);
+        const uint32_t bf[2] = {load_pair(x + k0 + 2 * q),
+                                k0 + 8 < k ? load_pair(x + k0 + 8 + 2 * q) : 0u};
+        mma_16x8x16<T>(acc, af, bf);
+      }
+      __syncwarp();  // every lane is done with this stage before it is refilled
     }
-    // D^T fragment: acc[0..1] at weight row r_lo, tokens t0 + 2q, +1; acc[2..3] at r_hi.
+    cp_async_wait<0>();
+    __syncwarp();
+    // D^T fragment: acc[0..1] at weight row row0 + g, tokens t0 + 2q, +1; acc[2..3] at row + 8.
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int r = i < 2 ? r_lo : r_hi;
+      const int r = row0 + g + (i < 2 ? 0 : 8);
       const int t = t0 + 2 * q + (i & 1);
       if (r >= n || t >= end) continue;
       const float b = bias_e ? to_float(bias_e[r]) : 0.0f;
@@ -122,17 +166,21 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, cudaStream_t stream)
   if (blocks > 0x7fffffff) return cudaErrorNotSupported;
   auto launch = [&](auto tag) {
     using T = decltype(tag);
-    decode_gemm_kernel<T><<<static_cast<unsigned>(blocks), 32 * kWarps, 0, stream>>>(
+    // Above 48 KB of shared memory needs an opt-in, once per kernel.
+    static const cudaError_t opt_in = cudaFuncSetAttribute(
+        decode_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    if (opt_in != cudaSuccess) return opt_in;
+    decode_gemm_kernel<T><<<static_cast<unsigned>(blocks), 32 * kWarps, kSmemBytes, stream>>>(
         static_cast<const T*>(p.a), p.expert_offsets, static_cast<const T*>(p.w),
         static_cast<const T*>(p.bias), static_cast<T*>(p.c), static_cast<int>(p.n),
         static_cast<int>(p.k), row_blocks);
+    return cudaGetLastError();
   };
   switch (p.dtype) {
-    case MOEKIT_DTYPE_BF16: launch(__nv_bfloat16{}); break;
-    case MOEKIT_DTYPE_FP16: launch(__half{}); break;
+    case MOEKIT_DTYPE_BF16: return launch(__nv_bfloat16{});
+    case MOEKIT_DTYPE_FP16: return launch(__half{});
     default: return cudaErrorNotSupported;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace moekit::kernels

@@ -46,9 +46,8 @@ GemmConfig select_config(const GemmProblem& p) {
   // T=64: 308 vs 310); 64x256 won from 16 to 64 rows (H200 mixtral T=64:
   // 689 vs 768 for 128x256; qwen3 T=1024: 409 vs 415) and 128x256 above
   // (H100 mixtral T=4096: 590 vs 529 TFLOP/s for 256x128).
-  // kDecode (mma.sync, no set-up) is not chosen yet: its first version,
-  // 4-byte fragment loads straight from global memory, ran the layer 2x
-  // slower than swap-AB (H200 qwen3 T=1: 96 vs 45 us).
+  // kDecode (mma.sync, no set-up) is not chosen yet: it ran the layer slower
+  // than swap-AB at every decode point (H200 qwen3 T=1: 75 vs 45 us).
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,
             "<= 8 rows per expert: swap-AB, weight rows on wgmma's M side and tokens on its "
