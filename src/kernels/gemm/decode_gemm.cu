@@ -3,9 +3,10 @@
 // 9 µs per launch on set-up (tensor-map rewrites, pipeline fill, epilogue
 // store) before and after streaming the weights, which is most of a T = 1
 // layer (bench/RESULTS.md). Here each warp streams 16 weight rows of one
-// expert through its own cp.async pipeline in shared memory (kStages x 64 k,
-// 16-byte copies) into mma.sync m16n8k16 via ldmatrix (weights on the M side,
-// up to 8 token rows on N: swap-AB), and writes D^T back as row-major D.
+// expert, with its token rows, through its own cp.async pipeline in shared
+// memory (kStages x 64 k, 16-byte copies) into mma.sync m16n8k16 via ldmatrix
+// (weights on the M side, up to 8 token rows on N: swap-AB), and writes D^T
+// back as row-major D. No global load sits between two mma's.
 //
 // Arithmetic is that of the wgmma kernels: one fp32 accumulator per output,
 // K in ascending chunks of 16 in natural order (a partial last chunk is
@@ -13,10 +14,9 @@
 // checks that a token's row is bitwise the same whichever kernel ran.
 //
 // Status (H200, 2026-11-27): correct and bitwise equal to the wgmma kernels,
-// but slower than CUTLASS swap-AB at every decode point (qwen3 T = 1: 75 vs
+// but slower than CUTLASS swap-AB at every decode point (qwen3 T = 1: 66 vs
 // 45 µs per layer), so select_config does not pick it; MOEKIT_GEMM=decode
-// runs it. Not yet profiled; first suspect: the activation loads from global
-// memory on the critical path of every mma (stage them with the weights).
+// runs it. bench/RESULTS.md has its versions and what ncu showed.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -31,11 +31,12 @@ constexpr int kWarps = 4;              // warps per block, independent of each o
 constexpr int kRowsPerWarp = 16;       // mma M: weight rows (output columns)
 constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
 constexpr int kTokens = 8;             // mma N: token rows per pass
-constexpr int kStageK = 64;            // K per pipeline stage: 16 rows x 128 B
-constexpr int kStages = 8;             // 16 KB of weights in flight per warp
+constexpr int kStageK = 64;            // K per pipeline stage: 16 weight + 8 token rows x 128 B
+constexpr int kStages = 6;             // 12 KB of weights in flight per warp
 constexpr int kSmemRow = kStageK + 8;  // +16 B a row: ldmatrix's 8 rows hit distinct banks
-constexpr int kStageElems = kRowsPerWarp * kSmemRow;
-constexpr int kSmemBytes = kWarps * kStages * kStageElems * 2;  // 73,728
+constexpr int kStageRows = kRowsPerWarp + kTokens;  // weights, then the token rows
+constexpr int kStageElems = kStageRows * kSmemRow;
+constexpr int kSmemBytes = kWarps * kStages * kStageElems * 2;  // 82,944
 
 template <class T> struct MmaType;
 template <> struct MmaType<__nv_bfloat16> { static constexpr bool kBf16 = true; };
@@ -59,12 +60,6 @@ __device__ __forceinline__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4
   }
 }
 
-// Two consecutive 16-bit elements (4-byte aligned: K and k are even).
-template <class T>
-__device__ __forceinline__ uint32_t load_pair(const T* p) {
-  return __ldg(reinterpret_cast<const unsigned int*>(p));
-}
-
 __device__ __forceinline__ void cp_async_16(uint32_t smem, const void* gmem, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
                "r"(src_bytes));
@@ -72,6 +67,12 @@ __device__ __forceinline__ void cp_async_16(uint32_t smem, const void* gmem, int
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem));
+}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -101,23 +102,28 @@ __global__ void __launch_bounds__(32 * kWarps) decode_gemm_kernel(
                         warp * kStages * kStageElems * 2;
   const int stages_k = (k + kStageK - 1) / kStageK;
 
-  // Stage s <- weight rows row0..row0+15, k in [kb * 64, kb * 64 + 64): 128
-  // 16-byte pieces, 4 a lane; pieces past K are zero-filled, rows past N read
-  // row N-1 (never stored).
+  int t0 = begin;  // first token row of the current pass
+  // Stage s <- weight rows row0..row0+15 and token rows t0..t0+7, k in
+  // [kb * 64, kb * 64 + 64): 192 16-byte pieces, 6 a lane. Pieces past K are
+  // zero-filled; rows past N or past the expert's tokens repeat the last one
+  // (their results are never stored).
   auto load_stage = [&](int s, int kb) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kStageRows * 8 / 32; ++i) {
       const int piece = lane + 32 * i, r = piece / 8, kk = kb * kStageK + (piece % 8) * 8;
-      const int row = row0 + r < n ? row0 + r : n - 1;
-      const T* src = we + static_cast<int64_t>(row) * k + (kk < k ? kk : 0);
-      cp_async_16(smem + (s * kStageElems + r * kSmemRow + (piece % 8) * 8) * 2, src,
-                  kk < k ? 16 : 0);
+      const T* row_ptr;
+      if (r < kRowsPerWarp) {
+        row_ptr = we + static_cast<int64_t>(row0 + r < n ? row0 + r : n - 1) * k;
+      } else {
+        const int t = t0 + r - kRowsPerWarp;
+        row_ptr = a + static_cast<int64_t>(t < end ? t : end - 1) * k;
+      }
+      cp_async_16(smem + (s * kStageElems + r * kSmemRow + (piece % 8) * 8) * 2,
+                  row_ptr + (kk < k ? kk : 0), kk < k ? 16 : 0);
     }
   };
 
-  for (int t0 = begin; t0 < end; t0 += kTokens) {
-    const int tok = t0 + g < end ? t0 + g : end - 1;  // B column g; extra columns are discarded
-    const T* x = a + static_cast<int64_t>(tok) * k;
+  for (; t0 < end; t0 += kTokens) {
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
@@ -135,10 +141,10 @@ __global__ void __launch_bounds__(32 * kWarps) decode_gemm_kernel(
       for (int kk = 0; kk < kStageK; kk += 16) {
         const int k0 = kb * kStageK + kk;
         if (k0 >= k) break;
-        uint32_t af[4];
+        uint32_t af[4], bf[2];
+        // A: weight rows 0-15 at k and k + 8; B: token rows 0-7 at k and k + 8.
         ldmatrix_x4(af, stage + ((lane % 16) * kSmemRow + kk + (lane / 16) * 8) * 2);
-        const uint32_t bf[2] = {load_pair(x + k0 + 2 * q),
-                                k0 + 8 < k ? load_pair(x + k0 + 8 + 2 * q) : 0u};
+        ldmatrix_x2(bf, stage + ((kRowsPerWarp + lane % 8) * kSmemRow + kk + (lane / 8 % 2) * 8) * 2);
         mma_16x8x16<T>(acc, af, bf);
       }
       __syncwarp();  // every lane is done with this stage before it is refilled

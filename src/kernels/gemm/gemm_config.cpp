@@ -47,7 +47,7 @@ GemmConfig select_config(const GemmProblem& p) {
   // 689 vs 768 for 128x256; qwen3 T=1024: 409 vs 415) and 128x256 above
   // (H100 mixtral T=4096: 590 vs 529 TFLOP/s for 256x128).
   // kDecode (mma.sync, no set-up) is not chosen yet: it ran the layer slower
-  // than swap-AB at every decode point (H200 qwen3 T=1: 75 vs 45 us).
+  // than swap-AB at every decode point (H200 qwen3 T=1: 66 vs 45 us).
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,
             "<= 8 rows per expert: swap-AB, weight rows on wgmma's M side and tokens on its "
