@@ -27,7 +27,21 @@ struct GroupedGemmParams {
   moekit_dtype_t dtype;           // bf16 or fp16 (a, w, bias and c)
   void* scratch;                  // grouped_gemm_scratch_bytes(E, sm_count) bytes, 256-aligned
   int sm_count;
+  // FP8 (next): a and w become e4m3 with c in bf16, and two scale pointers
+  // join here (a_scale [rows, K/128] per token and 128 columns, w_scale
+  // [E, N/128, K/128]); new families instantiate CUTLASS's
+  // KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise with the same
+  // group-building kernel, which then also writes per-group scale pointers.
 };
+
+// The scratch starts with kGroupArrays per-group arrays (shapes, A, B and D
+// pointers, A, B and D strides) of kGroupEntryBytes per group each, every
+// array 256-byte aligned; CUTLASS's own workspace follows.
+constexpr int kGroupArrays = 7;
+constexpr size_t kGroupEntryBytes = 16;
+inline size_t group_array_bytes(int64_t num_experts) {
+  return (static_cast<size_t>(num_experts) * kGroupEntryBytes + 255) / 256 * 256;
+}
 
 // One entry per compiled family (sm90_grouped_gemm_<family>.cu). bf16 and fp16.
 #define MOEKIT_DECLARE_SM90_GEMM(family)                                                  \

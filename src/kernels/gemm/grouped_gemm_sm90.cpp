@@ -5,20 +5,12 @@
 
 namespace moekit::kernels {
 
-namespace {
-// Mirrors sm90::slot_bytes / kNumSlots in sm90_grouped_gemm.cuh: 7 per-group
-// arrays of 16 bytes per group, each 256-byte aligned.
-size_t group_arrays_bytes(int64_t num_experts) {
-  return 7 * ((static_cast<size_t>(num_experts) * 16 + 255) / 256 * 256);
-}
-}  // namespace
-
 size_t grouped_gemm_scratch_bytes(int64_t num_experts, int sm_count) {
   const size_t cutlass_ws = std::max({sm90_grouped_gemm_swap128x16_workspace(num_experts, sm_count),
                                       sm90_grouped_gemm_tile128x128_workspace(num_experts, sm_count),
                                       sm90_grouped_gemm_tile128x256_workspace(num_experts, sm_count),
                                       sm90_grouped_gemm_tile64x256_workspace(num_experts, sm_count)});
-  return group_arrays_bytes(num_experts) + (cutlass_ws + 255) / 256 * 256;
+  return kGroupArrays * group_array_bytes(num_experts) + (cutlass_ws + 255) / 256 * 256;
 }
 
 cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams& p,

@@ -39,14 +39,6 @@ namespace moekit::kernels::sm90 {
 
 using namespace cute;
 
-// Scratch layout shared by every family: E entries of each per-group array,
-// each array in its own 256-byte aligned slot of kSlotBytesPerGroup * E.
-constexpr size_t kSlotBytesPerGroup = 16;
-constexpr int kNumSlots = 7;  // shapes, ptr A, ptr B, ptr D, stride A, stride B, stride D
-inline size_t slot_bytes(int64_t num_experts) {
-  return (static_cast<size_t>(num_experts) * kSlotBytesPerGroup + 255) / 256 * 256;
-}
-
 template <class Element_, class TileShape_, class ClusterShape_, class KernelSchedule_,
           class EpilogueSchedule_, bool kSwap_>
 struct GroupedGemm {
@@ -92,9 +84,9 @@ struct GroupedGemm {
   using StrideB = typename Gemm::GemmKernel::InternalStrideB;
   using StrideD = typename Gemm::GemmKernel::InternalStrideD;
   using Shape3 = typename ProblemShape::UnderlyingProblemShape;
-  static_assert(sizeof(Shape3) <= kSlotBytesPerGroup && sizeof(StrideA) <= kSlotBytesPerGroup &&
-                sizeof(StrideB) <= kSlotBytesPerGroup && sizeof(StrideD) <= kSlotBytesPerGroup &&
-                sizeof(void*) <= kSlotBytesPerGroup, "a per-group entry outgrew its scratch slot");
+  static_assert(sizeof(Shape3) <= kGroupEntryBytes && sizeof(StrideA) <= kGroupEntryBytes &&
+                sizeof(StrideB) <= kGroupEntryBytes && sizeof(StrideD) <= kGroupEntryBytes &&
+                sizeof(void*) <= kGroupEntryBytes, "a per-group entry outgrew its scratch slot");
 
   // Per-group arrays inside the caller's scratch.
   struct Groups {
@@ -108,7 +100,7 @@ struct GroupedGemm {
   };
   static Groups carve(void* scratch, int64_t num_experts) {
     char* at = static_cast<char*>(scratch);
-    const size_t s = slot_bytes(num_experts);
+    const size_t s = group_array_bytes(num_experts);
     return Groups{reinterpret_cast<Shape3*>(at), reinterpret_cast<const Element**>(at + s),
                   reinterpret_cast<const Element**>(at + 2 * s), reinterpret_cast<Element**>(at + 3 * s),
                   reinterpret_cast<StrideA*>(at + 4 * s), reinterpret_cast<StrideB*>(at + 5 * s),
@@ -190,7 +182,8 @@ template <class G>
 cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
   using E = typename G::Element;
   const typename G::Groups g = G::carve(p.scratch, p.num_experts);
-  void* cutlass_ws = static_cast<char*>(p.scratch) + kNumSlots * slot_bytes(p.num_experts);
+  void* cutlass_ws =
+      static_cast<char*>(p.scratch) + kGroupArrays * group_array_bytes(p.num_experts);
   typename G::Gemm::Arguments args = G::arguments(p, g);
   const int64_t ws_vecs = static_cast<int64_t>((G::Gemm::get_workspace_size(args) + 15) / 16);
   constexpr int kThreads = 128;
