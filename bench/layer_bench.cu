@@ -18,6 +18,7 @@
 
 #include "bench/graph_timer.hpp"
 #include "moekit/moekit.hpp"
+#include "reference/dtype.hpp"
 #include "tools/cli/models.hpp"
 
 using namespace moekit;
@@ -43,22 +44,6 @@ int fill(void* p, moekit_dtype_t dt, int64_t n, float stddev, uint64_t seed) {
   else fill_uniform<<<1024, 256>>>(static_cast<float*>(p), n, a, seed);
   CHECK(cudaGetLastError());
   return 0;
-}
-
-float to_float_host(moekit_dtype_t dt, const uint8_t* p, size_t i) {
-  uint16_t h;
-  std::memcpy(&h, p + 2 * i, 2);
-  if (dt == MOEKIT_DTYPE_BF16) {
-    uint32_t u = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  // fp16
-  const uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 31, man = h & 1023;
-  float f = exp == 0 ? std::ldexp(float(man), -24) : exp == 31 ? (man ? NAN : INFINITY)
-                                                                 : std::ldexp(float(man | 1024), int(exp) - 25);
-  return sign ? -f : f;
 }
 
 struct Point {
@@ -150,7 +135,7 @@ int run_point(const Point& pt, FILE* json, bool once) {
   double err2 = 0, ref2 = 0;
   int64_t nonfinite = 0;
   for (int64_t i = 0; i < T * H; ++i) {
-    const double g = to_float_host(dt, got.data(), i), w = to_float_host(dt, want.data(), i);
+    const double g = ref::load_as_float(dt, got.data(), i), w = ref::load_as_float(dt, want.data(), i);
     if (!std::isfinite(g) || !std::isfinite(w)) { ++nonfinite; continue; }
     err2 += (g - w) * (g - w);
     ref2 += w * w;

@@ -13,7 +13,7 @@ using moekit::kernels::select_config;
 namespace {
 GemmProblem gemm(int64_t tokens, int64_t k, int64_t experts, int64_t n, int64_t depth,
                  moekit_dtype_t dt = MOEKIT_DTYPE_BF16) {
-  return {dt, tokens * k, experts, n, depth, 132};
+  return {dt, tokens * k, experts, n, depth};
 }
 }  // namespace
 

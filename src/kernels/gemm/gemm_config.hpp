@@ -42,7 +42,6 @@ struct GemmProblem {
   int64_t num_experts;        // local experts (groups)
   int64_t n;                  // output columns
   int64_t k;                  // reduction depth
-  int sm_count;
 };
 
 struct GemmConfig {

@@ -185,6 +185,9 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
   void* cutlass_ws =
       static_cast<char*>(p.scratch) + kGroupArrays * group_array_bytes(p.num_experts);
   typename G::Gemm::Arguments args = G::arguments(p, g);
+  typename G::Gemm gemm;
+  // Declined before anything is launched, so the caller's fallback starts clean.
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorNotSupported;
   const int64_t ws_vecs = static_cast<int64_t>((G::Gemm::get_workspace_size(args) + 15) / 16);
   constexpr int kThreads = 128;
   const int64_t threads = std::max<int64_t>(p.num_experts, ws_vecs);
@@ -195,8 +198,6 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
       static_cast<uint4*>(cutlass_ws), ws_vecs);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
 
-  typename G::Gemm gemm;
-  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorNotSupported;
   if (gemm.initialize(args, cutlass_ws, stream) != cutlass::Status::kSuccess)
     return cudaErrorNotSupported;
   if (gemm.run(stream) != cutlass::Status::kSuccess) {
