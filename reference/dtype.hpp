@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/fp8_math.hpp"
 #include "moekit/moekit.h"
 
 namespace moekit::ref {
@@ -51,12 +52,15 @@ inline float fp16_to_float(uint16_t h) {
   return bits_float(sign | ((e + 112) << 23) | (m << 13));
 }
 
-inline size_t dtype_size(moekit_dtype_t d) { return d == MOEKIT_DTYPE_FP32 ? 4 : 2; }
+inline size_t dtype_size(moekit_dtype_t d) {
+  return d == MOEKIT_DTYPE_FP32 ? 4 : d == MOEKIT_DTYPE_FP8_E4M3 ? 1 : 2;
+}
 
 inline float load_as_float(moekit_dtype_t d, const void* p, int64_t i) {
   switch (d) {
     case MOEKIT_DTYPE_BF16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
     case MOEKIT_DTYPE_FP16: return fp16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case MOEKIT_DTYPE_FP8_E4M3: return e4m3_to_float(static_cast<const uint8_t*>(p)[i]);
     default: return static_cast<const float*>(p)[i];
   }
 }
@@ -65,6 +69,7 @@ inline void store_from_float(moekit_dtype_t d, void* p, int64_t i, float v) {
   switch (d) {
     case MOEKIT_DTYPE_BF16: static_cast<uint16_t*>(p)[i] = float_to_bf16(v); break;
     case MOEKIT_DTYPE_FP16: static_cast<uint16_t*>(p)[i] = float_to_fp16(v); break;
+    case MOEKIT_DTYPE_FP8_E4M3: static_cast<uint8_t*>(p)[i] = float_to_e4m3(v); break;
     default: static_cast<float*>(p)[i] = v; break;
   }
 }
@@ -74,7 +79,24 @@ inline float round_to(moekit_dtype_t d, float v) {
   switch (d) {
     case MOEKIT_DTYPE_BF16: return bf16_to_float(float_to_bf16(v));
     case MOEKIT_DTYPE_FP16: return fp16_to_float(float_to_fp16(v));
+    case MOEKIT_DTYPE_FP8_E4M3: return e4m3_to_float(float_to_e4m3(v));
     default: return v;
+  }
+}
+
+// The dtype of the intermediates and biases: the weights' own, or the input's
+// when the weights are fp8.
+inline moekit_dtype_t compute_dtype(const moekit_problem_t& p) {
+  return p.quant.kind != MOEKIT_QUANT_NONE ? p.input_dtype : p.weight_dtype;
+}
+
+// Floats in one weight scale tensor: [E, ceil(n/128), ceil(k/128)] for block
+// scaling, [E] per tensor, 0 without quantization.
+inline int64_t weight_scale_count(const moekit_problem_t& p, int64_t n, int64_t k) {
+  switch (p.quant.kind) {
+    case MOEKIT_QUANT_FP8_BLOCK: return p.num_local_experts * fp8_blocks(n) * fp8_blocks(k);
+    case MOEKIT_QUANT_FP8_TENSOR: return p.num_local_experts;
+    default: return 0;
   }
 }
 

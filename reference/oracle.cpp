@@ -44,7 +44,18 @@ void oracle_token(const moekit_arguments_t& a, int64_t t, double* out) {
   const moekit_problem_t& p = a.problem;
   const int64_t H = p.hidden_size, I = p.intermediate_size;
   const int64_t N1 = gated(p.activation) ? 2 * I : I;
-  const moekit_dtype_t wd = p.weight_dtype;
+  const moekit_dtype_t wd = p.weight_dtype, bd = compute_dtype(p);
+  // Weight (e, n, k) of an [E, N, K] matrix, dequantized exactly when fp8.
+  auto weight = [&](const void* w, const float* scale, int64_t n_dim, int64_t k_dim, int64_t e,
+                    int64_t n, int64_t k) {
+    const double v = load_as_float(wd, w, (e * n_dim + n) * k_dim + k);
+    switch (p.quant.kind) {
+      case MOEKIT_QUANT_FP8_BLOCK:
+        return v * scale[(e * fp8_blocks(n_dim) + n / kFp8Block) * fp8_blocks(k_dim) + k / kFp8Block];
+      case MOEKIT_QUANT_FP8_TENSOR: return v * scale[e];
+      default: return v;
+    }
+  };
   std::fill(out, out + H, 0.0);
   std::vector<double> x(H), h1(N1), act(I);
   for (int64_t h = 0; h < H; ++h) x[h] = load_as_float(p.input_dtype, a.hidden, t * H + h);
@@ -54,8 +65,8 @@ void oracle_token(const moekit_arguments_t& a, int64_t t, double* out) {
     if (id < 0 || id >= p.num_experts || id < first || id >= first + p.num_local_experts) continue;
     const int64_t e = id - first;
     for (int64_t n = 0; n < N1; ++n) {
-      double acc = a.w13_bias ? load_as_float(wd, a.w13_bias, e * N1 + n) : 0.0;
-      for (int64_t h = 0; h < H; ++h) acc += x[h] * load_as_float(wd, a.w13, (e * N1 + n) * H + h);
+      double acc = a.w13_bias ? load_as_float(bd, a.w13_bias, e * N1 + n) : 0.0;
+      for (int64_t h = 0; h < H; ++h) acc += x[h] * weight(a.w13, a.w13_scale, N1, H, e, n, h);
       h1[n] = acc;
     }
     for (int64_t j = 0; j < I; ++j) {
@@ -73,8 +84,8 @@ void oracle_token(const moekit_arguments_t& a, int64_t t, double* out) {
     }
     const double w = a.topk_weights[t * p.top_k + s];
     for (int64_t h = 0; h < H; ++h) {
-      double acc = a.w2_bias ? load_as_float(wd, a.w2_bias, e * H + h) : 0.0;
-      for (int64_t j = 0; j < I; ++j) acc += act[j] * load_as_float(wd, a.w2, (e * H + h) * I + j);
+      double acc = a.w2_bias ? load_as_float(bd, a.w2_bias, e * H + h) : 0.0;
+      for (int64_t j = 0; j < I; ++j) acc += act[j] * weight(a.w2, a.w2_scale, H, I, e, h, j);
       out[h] += w * acc;
     }
   }
@@ -110,6 +121,11 @@ OracleCheck check_against_oracle(const moekit_arguments_t& a, const void* got,
 
 double oracle_tolerance(moekit_dtype_t weight_dtype, moekit_dtype_t input_dtype,
                         moekit_dtype_t output_dtype) {
+  // fp8: the oracle uses the dequantized weights and unquantized activations,
+  // so the bound covers e4m3 activations (3 mantissa bits: up to 6% per value,
+  // about 0.03-0.045 relative Frobenius on random data, PEERS.md). A wrong
+  // scale, block or expert is off by O(1).
+  if (weight_dtype == MOEKIT_DTYPE_FP8_E4M3) return 0.08;
   // Each rounding to a 16-bit type adds ~2^-9 (bf16) or ~2^-12 (fp16) relative
   // noise; four roundings plus the output land near 0.004 for bf16 (PEERS.md).
   // The bound is 4x that, and still far below a wrong row or map (~1).

@@ -63,18 +63,87 @@ moekit_arguments_t HostLayer::unrouted_arguments(void* output) const {
   a.w2 = w2.data();
   a.w2_bias = problem.has_w2_bias ? w2_bias.data() : nullptr;
   a.output = output;
+  if (problem.quant.kind != MOEKIT_QUANT_NONE) {
+    a.w13_scale = w13_scale.data();
+    a.w2_scale = w2_scale.data();
+    if (problem.quant.static_activation_scale) {
+      a.a13_scale = a13_scale.data();
+      a.a2_scale = a2_scale.data();
+    }
+  }
   return a;
+}
+
+namespace {
+
+// w [E, N, K] in `from` -> e4m3 bytes and scales (block or per expert).
+void quantize_weights(const std::vector<uint8_t>& w, moekit_dtype_t from, int64_t E, int64_t n,
+                      int64_t k, moekit_quant_t kind, std::vector<uint8_t>* q,
+                      std::vector<float>* scales) {
+  const bool block = kind == MOEKIT_QUANT_FP8_BLOCK;
+  const int64_t bn = block ? kFp8Block : n, bk = block ? kFp8Block : k;  // block shape
+  const int64_t nb = (n + bn - 1) / bn, kb = (k + bk - 1) / bk;
+  q->assign(E * n * k, 0);
+  scales->assign(E * nb * kb, 1.0f);
+  parallel_for(E * nb * kb, [&](int64_t begin, int64_t end, int) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t e = blk / (nb * kb), r0 = (blk / kb) % nb * bn, c0 = blk % kb * bk;
+      const int64_t r1 = std::min(n, r0 + bn), c1 = std::min(k, c0 + bk);
+      float amax = 0.0f;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c)
+          amax = std::max(amax, fp8_magnitude(load_as_float(from, w.data(), (e * n + r) * k + c)));
+      const float s = amax > 0.0f ? fp8_scale_of(amax) : 1.0f;
+      (*scales)[blk] = s;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t i = (e * n + r) * k + c;
+          (*q)[i] = fp8_quantize(load_as_float(from, w.data(), i), s);
+        }
+    }
+  });
+}
+
+}  // namespace
+
+HostLayer quantize_layer(const HostLayer& layer, const moekit_quant_config_t& q) {
+  HostLayer out = layer;
+  moekit_problem_t& p = out.problem;
+  const moekit_dtype_t from = layer.problem.weight_dtype;
+  p.quant = q;
+  p.weight_dtype = MOEKIT_DTYPE_FP8_E4M3;
+  const int64_t H = p.hidden_size, I = p.intermediate_size, E = p.num_local_experts;
+  const int64_t n1 = activation_is_gated(p.activation) ? 2 * I : I;
+  quantize_weights(layer.w13, from, E, n1, H, q.kind, &out.w13, &out.w13_scale);
+  quantize_weights(layer.w2, from, E, H, I, q.kind, &out.w2, &out.w2_scale);
+  if (q.static_activation_scale) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < p.num_tokens * H; ++i)
+      amax = std::max(amax, fp8_magnitude(load_as_float(p.input_dtype, layer.hidden.data(), i)));
+    out.a13_scale = {amax > 0.0f ? fp8_scale_of(amax) : 1.0f};
+    out.a2_scale = {fp8_scale_of(16.0f)};
+  }
+  return out;
 }
 
 uint64_t weight_bytes(const moekit_problem_t& p) {
   const uint64_t n1 = activation_is_gated(p.activation) ? 2 * p.intermediate_size
                                                          : p.intermediate_size;
-  const uint64_t per_expert = n1 * p.hidden_size + p.hidden_size * p.intermediate_size +
-                              (p.has_w13_bias ? n1 : 0) + (p.has_w2_bias ? p.hidden_size : 0);
-  return per_expert * p.num_local_experts * dtype_size(p.weight_dtype);
+  const uint64_t weights = n1 * p.hidden_size + p.hidden_size * p.intermediate_size;
+  const uint64_t biases = (p.has_w13_bias ? n1 : 0) + (p.has_w2_bias ? p.hidden_size : 0);
+  const uint64_t scales = weight_scale_count(p, n1, p.hidden_size) +
+                          weight_scale_count(p, p.hidden_size, p.intermediate_size);
+  return p.num_local_experts * (weights * dtype_size(p.weight_dtype) +
+                                biases * dtype_size(compute_dtype(p))) + scales * 4;
 }
 
 HostLayer make_random_layer(const moekit_problem_t& p, uint64_t seed) {
+  if (p.quant.kind != MOEKIT_QUANT_NONE) {
+    moekit_problem_t dense = p;
+    dense.quant = {MOEKIT_QUANT_NONE, 0};
+    dense.weight_dtype = compute_dtype(p);
+    return quantize_layer(make_random_layer(dense, seed), p.quant);
+  }
   HostLayer l;
   l.problem = p;
   const int64_t T = p.num_tokens, H = p.hidden_size, I = p.intermediate_size;

@@ -20,6 +20,8 @@ struct HostLayer {
   std::vector<float> correction_bias;                       // [E_total], grouped router
   std::vector<int32_t> topk_ids;    // [T, k]: the router's output on router_logits
   std::vector<float> topk_weights;  // [T, k]
+  // fp8 weights (problem.quant.kind != NONE): scales as moekit.h lays them out.
+  std::vector<float> w13_scale, w2_scale, a13_scale, a2_scale;
 
   // Arguments over these buffers, writing to `output`: routed from the logits
   // when problem.router.kind != NONE, else from topk_ids / topk_weights.
@@ -30,10 +32,19 @@ struct HostLayer {
 
 // Allocates and fills every tensor of problem p (host memory). Router logits
 // are random; ids and weights come from problem.router (softmax top-k,
-// renormalized, when the layer has no router of its own).
+// renormalized, when the layer has no router of its own). With fp8 weights:
+// quantize_layer of the same layer in the compute dtype.
 HostLayer make_random_layer(const moekit_problem_t& p, uint64_t seed);
 
-// Bytes of the weights (and biases) of p: what must fit in memory.
+// The same layer with its weights quantized to fp8 e4m3 by q (the problem's
+// quant and weight dtype change; inputs, routing and biases are shared):
+// block scales = amax / 448 of each 128x128 block (FP8_BLOCK) or of each
+// expert's matrix (FP8_TENSOR), 1 for an all-zero block. Static activation
+// scales, when asked for, are max |hidden| / 448 for GEMM 1 and 16 / 448 for
+// GEMM 2 (SwiGLU outputs of random layers stay well below 16).
+HostLayer quantize_layer(const HostLayer& layer, const moekit_quant_config_t& q);
+
+// Bytes of the weights, biases and weight scales of p: what must fit in memory.
 uint64_t weight_bytes(const moekit_problem_t& p);
 
 }  // namespace moekit::ref

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/fp8_math.hpp"
 #include "reference/dtype.hpp"
 #include "reference/router.hpp"
 
@@ -103,6 +104,63 @@ void grouped_gemm(const float* a, const int32_t* expert_offsets, int64_t num_loc
   });
 }
 
+void quantize_rows(float* rows, int64_t n_rows, int64_t k, const moekit_quant_config_t& q,
+                   const float* static_scale, const int32_t* expert_offsets,
+                   int64_t num_local_experts, const float* w_scale, float* scales) {
+  const int64_t kb = fp8_blocks(k);
+  const int64_t group = q.kind == MOEKIT_QUANT_FP8_BLOCK ? kFp8Block : k;  // columns per scale
+  parallel_for(n_rows, [&](int64_t begin, int64_t end, int) {
+    int64_t e = 0;
+    for (int64_t row = begin; row < end; ++row) {
+      while (e + 1 < num_local_experts && expert_offsets[e + 1] <= row) ++e;
+      float* x = rows + row * k;
+      for (int64_t g0 = 0; g0 < k; g0 += group) {
+        const int64_t g1 = std::min(k, g0 + group);
+        float s;
+        if (static_scale != nullptr) {
+          s = *static_scale;
+        } else {
+          float amax = 0.0f;
+          for (int64_t i = g0; i < g1; ++i) amax = std::max(amax, fp8_magnitude(x[i]));
+          s = fp8_scale_of(amax);
+        }
+        for (int64_t i = g0; i < g1; ++i) x[i] = e4m3_to_float(fp8_quantize(x[i], s));
+        const float stored = q.kind == MOEKIT_QUANT_FP8_TENSOR ? s * w_scale[e] : s;
+        for (int64_t b = g0 / kFp8Block; b < fp8_blocks(g1); ++b) scales[row * kb + b] = stored;
+      }
+    }
+  });
+}
+
+void grouped_gemm_fp8(const float* a, const float* a_scales, const int32_t* expert_offsets,
+                      int64_t num_local_experts, const void* w, const float* w_scale,
+                      moekit_quant_t kind, const void* bias, moekit_dtype_t compute, int64_t n,
+                      int64_t k, float* scratch, float* c) {
+  const int64_t kb = fp8_blocks(k), nb = fp8_blocks(n);
+  parallel_for(num_local_experts * n, [&](int64_t begin, int64_t end, int thread) {
+    float* wrow = scratch + static_cast<int64_t>(thread) * k;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t e = item / n, col = item % n;
+      const int64_t row0 = expert_offsets[e], row1 = expert_offsets[e + 1];
+      if (row0 == row1) continue;
+      const int64_t wbase = (e * n + col) * k;
+      for (int64_t i = 0; i < k; ++i) wrow[i] = load_as_float(MOEKIT_DTYPE_FP8_E4M3, w, wbase + i);
+      const float b = bias ? load_as_float(compute, bias, e * n + col) : 0.0f;
+      for (int64_t row = row0; row < row1; ++row) {
+        float acc = 0.0f;
+        for (int64_t blk = 0; blk < kb; ++blk) {
+          const int64_t k0 = blk * kFp8Block, len = std::min<int64_t>(kFp8Block, k - k0);
+          const float part = dot16(a + row * k + k0, wrow + k0, len);
+          const float sw = kind == MOEKIT_QUANT_FP8_BLOCK ? w_scale[(e * nb + col / kFp8Block) * kb + blk]
+                                                          : 1.0f;
+          acc = std::fma(part, a_scales[row * kb + blk] * sw, acc);
+        }
+        c[row * n + col] = round_to(compute, acc + b);
+      }
+    }
+  });
+}
+
 void activation(const float* gemm1, int64_t n_rows, int64_t inter, const ActivationParams& p,
                 moekit_gate_up_order_t order, moekit_dtype_t compute, float* out) {
   const bool gated = activation_is_gated(p.kind);
@@ -141,7 +199,7 @@ namespace {
 
 struct CpuLayout {
   size_t routed_ids, routed_weights;  // [T*k] each, when the layer routes itself
-  size_t offsets, sorted_pairs, pair_to_row, rows, gemm1, act, scratch, total;
+  size_t offsets, sorted_pairs, pair_to_row, rows, gemm1, act, scratch, scales, total;
 };
 
 CpuLayout cpu_layout(const moekit_problem_t& p) {
@@ -162,6 +220,9 @@ CpuLayout cpu_layout(const moekit_problem_t& p) {
   l.act = take(sizeof(float) * pairs * p.intermediate_size);
   l.scratch = take(sizeof(float) * cpu_threads() *
                    std::max(p.hidden_size, p.intermediate_size));
+  const bool quant = p.quant.kind != MOEKIT_QUANT_NONE;
+  l.scales = take(quant ? sizeof(float) * pairs *
+                              fp8_blocks(std::max(p.hidden_size, p.intermediate_size)) : 0);
   l.total = at;
   return l;
 }
@@ -199,14 +260,27 @@ void moe_layer(const moekit_arguments_t& args, void* workspace) {
                                                         : p.intermediate_size;
   const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
 
-  permute(args.hidden, p.input_dtype, sorted_pairs, n_rows, p.top_k, p.hidden_size,
-          p.weight_dtype, rows);
-  grouped_gemm(rows, offsets, p.num_local_experts, args.w13, args.w13_bias, p.weight_dtype, n1,
-               p.hidden_size, scratch, gemm1);
-  activation(gemm1, n_rows, p.intermediate_size, ap, p.gate_up_order, p.weight_dtype, act);
+  const moekit_dtype_t cd = compute_dtype(p);
+  const bool quant = p.quant.kind != MOEKIT_QUANT_NONE;
+  auto* scales = reinterpret_cast<float*>(ws + l.scales);  // fp8: [T*k, ceil(max(H, I)/128)]
+  // One GEMM: the plain one, or the fp8 one after quantizing its input rows.
+  auto gemm = [&](float* a, int64_t k, const void* w, const float* w_scale, const float* a_scale,
+                  const void* bias, int64_t n, float* c) {
+    if (!quant) {
+      grouped_gemm(a, offsets, p.num_local_experts, w, bias, cd, n, k, scratch, c);
+      return;
+    }
+    quantize_rows(a, n_rows, k, p.quant, a_scale, offsets, p.num_local_experts, w_scale, scales);
+    grouped_gemm_fp8(a, scales, offsets, p.num_local_experts, w, w_scale, p.quant.kind, bias, cd,
+                     n, k, scratch, c);
+  };
+
+  permute(args.hidden, p.input_dtype, sorted_pairs, n_rows, p.top_k, p.hidden_size, cd, rows);
+  gemm(rows, p.hidden_size, args.w13, args.w13_scale, args.a13_scale, args.w13_bias, n1, gemm1);
+  activation(gemm1, n_rows, p.intermediate_size, ap, p.gate_up_order, cd, act);
   float* y = rows;  // the gathered input is dead after GEMM 1
-  grouped_gemm(act, offsets, p.num_local_experts, args.w2, args.w2_bias, p.weight_dtype,
-               p.hidden_size, p.intermediate_size, scratch, y);
+  gemm(act, p.intermediate_size, args.w2, args.w2_scale, args.a2_scale, args.w2_bias,
+       p.hidden_size, y);
   finalize(y, pair_to_row, topk_weights, p.num_tokens, p.top_k, p.hidden_size, args.output,
            p.output_dtype);
 }

@@ -48,6 +48,24 @@ void grouped_gemm(const float* a, const int32_t* expert_offsets, int64_t num_loc
                   const void* w, const void* bias, moekit_dtype_t weight_dtype, int64_t n,
                   int64_t k, float* scratch, float* c);
 
+// fp8 (moekit_quant_t): quantizes rows [n_rows, K] in place to e4m3 values
+// (kept as floats) and writes their scales [n_rows, ceil(K/128)]: one per 128
+// columns (FP8_BLOCK), or the row's (dynamic FP8_TENSOR) or the static scale
+// in every block. Tensor scaling folds w_scale[e] of the row's expert into the
+// scales, as the GPU does (static_scale: the static scale or NULL).
+void quantize_rows(float* rows, int64_t n_rows, int64_t k, const moekit_quant_config_t& q,
+                   const float* static_scale, const int32_t* expert_offsets,
+                   int64_t num_local_experts, const float* w_scale, float* scales);
+
+// fp8 stages 4 and 6: c = dequantized a x w[e]^T + bias[e], per moekit.h's
+// block arithmetic; w is e4m3 [E_local, N, K], block w_scale [E_local,
+// ceil(N/128), ceil(K/128)] (FP8_BLOCK; FP8_TENSOR's scale is already folded
+// into a_scales). bias and c in `compute`. scratch: [cpu_threads(), K] floats.
+void grouped_gemm_fp8(const float* a, const float* a_scales, const int32_t* expert_offsets,
+                      int64_t num_local_experts, const void* w, const float* w_scale,
+                      moekit_quant_t kind, const void* bias, moekit_dtype_t compute, int64_t n,
+                      int64_t k, float* scratch, float* c);
+
 // Stage 5. out [rows, I] from gemm1 [rows, N1], rounded to `compute`.
 void activation(const float* gemm1, int64_t n_rows, int64_t inter, const ActivationParams& p,
                 moekit_gate_up_order_t order, moekit_dtype_t compute, float* out);

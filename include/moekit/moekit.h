@@ -20,9 +20,11 @@
  *     in fp32, written once. A token with no valid local slot gets zeros.
  *     The product uses IEEE math: a weight of 0 times an Inf/NaN expert output
  *     is NaN. A NaN/Inf in one token's input or weights stays in that token's row.
- *   - Intermediates are rounded to the weight dtype at fixed points: the gathered
- *     input, the GEMM 1 output, the activation output and the GEMM 2 output;
- *     every accumulation is fp32.
+ *   - Intermediates are rounded to the compute dtype (the weight dtype; the
+ *     input dtype with fp8 weights) at fixed points: the gathered input, the
+ *     GEMM 1 output, the activation output and the GEMM 2 output; every
+ *     accumulation is fp32. With fp8 weights the gathered input and the
+ *     activation output are then quantized (see moekit_quant_t).
  *   - num_tokens = 0 is valid: success, nothing is launched.
  *   - Every invalid argument is reported synchronously by moekit_can_implement
  *     and moekit_run, with a message naming the argument (moekit_last_error_message).
@@ -37,9 +39,9 @@
  *   topk_weights  [T, k]            fp32
  *   w13           [E_local, N1, H]  weight_dtype; N1 = 2I for gated activations
  *                                   (SwiGLU, GeGLU), I otherwise
- *   w13_bias      [E_local, N1]     weight_dtype, optional
+ *   w13_bias      [E_local, N1]     weight_dtype (input_dtype with fp8 weights), optional
  *   w2            [E_local, H, I]   weight_dtype
- *   w2_bias       [E_local, H]      weight_dtype, optional
+ *   w2_bias       [E_local, H]      weight_dtype (input_dtype with fp8 weights), optional
  *   output        [T, H]            output_dtype
  * This rank owns global experts [ep_rank * E_local, (ep_rank + 1) * E_local).
  */
@@ -76,8 +78,39 @@ typedef enum moekit_status {
 typedef enum moekit_dtype {
   MOEKIT_DTYPE_BF16 = 0,
   MOEKIT_DTYPE_FP16 = 1,
-  MOEKIT_DTYPE_FP32 = 2
+  MOEKIT_DTYPE_FP32 = 2,
+  MOEKIT_DTYPE_FP8_E4M3 = 3  /* weight_dtype only, with quant.kind != NONE */
 } moekit_dtype_t;
+
+/* Quantized weights (weight_dtype = FP8_E4M3). The layer quantizes its own
+ * activations (the gathered input before GEMM 1, the activation output before
+ * GEMM 2) to e4m3 with fp32 scales; input, intermediates and output stay in
+ * 16-bit. Arithmetic (identical on the CPU and CUDA backends up to the order
+ * of the fp32 sums inside one 128-deep block):
+ *   activation group g of a row (128 columns for FP8_BLOCK, the whole row for
+ *   dynamic FP8_TENSOR): amax = max |x| (NaN ignored); s = amax / 448;
+ *   q = e4m3(x / s), rounded to nearest and saturated to +-448 (never Inf;
+ *   NaN stays NaN); a group with amax = 0 gets s = 0 and q = 0 (exact zeros,
+ *   no 0/0). Static FP8_TENSOR scales use s = the given scale.
+ *   GEMM: for each 128-deep block b of K,
+ *     acc = fma(sum_b(q_a * q_w), s_a[b] * s_w[b], acc)
+ *   then out = round(acc + bias). FP8_TENSOR uses s_w = w_scale[e] for every b.
+ * So a NaN or Inf in one token's input stays in that token's rows, and scales
+ * from 1e-30 to 1e+30 give finite results wherever the exact result is finite
+ * in fp32 (the product s_a * s_w can underflow to 0 only when the exact
+ * output is below fp32's range too). */
+typedef enum moekit_quant {
+  MOEKIT_QUANT_NONE = 0,
+  MOEKIT_QUANT_FP8_BLOCK = 1,  /* DeepSeek-V3 style: one fp32 scale per 128x128 block of
+                                  each weight matrix, activations per token per 128 columns */
+  MOEKIT_QUANT_FP8_TENSOR = 2  /* one fp32 scale per expert and weight matrix; activations
+                                  per token (dynamic) or one static scale per GEMM */
+} moekit_quant_t;
+
+typedef struct moekit_quant_config {
+  moekit_quant_t kind;
+  int32_t static_activation_scale; /* FP8_TENSOR: 1 = a13_scale / a2_scale are given; 0 = dynamic */
+} moekit_quant_config_t;
 
 /* Gated kinds read N1 = 2I columns of GEMM 1 (gate and up); the rest read I. */
 typedef enum moekit_activation {
@@ -174,6 +207,10 @@ typedef struct moekit_problem {
    * router_logits [T, E_total] itself (ids and weights live in the workspace)
    * and topk_ids / topk_weights must be NULL. */
   moekit_router_config_t router;
+  /* Quantized weights (see moekit_quant_t); kind NONE by default. With fp8
+   * weights the compute dtype (intermediates, biases) is input_dtype, which
+   * must be bf16 or fp16, and H and I must be multiples of 16. */
+  moekit_quant_config_t quant;
 } moekit_problem_t;
 
 /* Device-side counters, added to by every run that is given them; the caller
@@ -198,6 +235,19 @@ typedef struct moekit_arguments {
   moekit_diagnostics_t* diagnostics; /* optional, same memory space as the rest */
   const void* router_logits;           /* [T, E_total], when problem.router.kind != NONE */
   const float* router_correction_bias; /* [E_total] fp32 or NULL (grouped router) */
+  /* fp8 weight scales, fp32, required when quant.kind != NONE:
+   *   FP8_BLOCK:  w13_scale [E_local, ceil(N1/128), ceil(H/128)]
+   *               w2_scale  [E_local, ceil(H/128), ceil(I/128)]
+   *   FP8_TENSOR: w13_scale [E_local], w2_scale [E_local]
+   * Static activation scales (FP8_TENSOR with static_activation_scale = 1, else
+   * NULL): a13_scale [1] for GEMM 1's input, a2_scale [1] for GEMM 2's.
+   * Every scale must be finite and > 0. The CPU backend checks them; the CUDA
+   * backend cannot without a host sync, so there a bad scale is not reported
+   * and only affects the rows of the experts (or GEMM) it belongs to. */
+  const float* w13_scale;
+  const float* w2_scale;
+  const float* a13_scale;
+  const float* a2_scale;
 } moekit_arguments_t;
 
 /* Fills p with defaults: ep_size 1, SwiGLU(1, 0, inf), GATE_UP, bf16, CUDA. */

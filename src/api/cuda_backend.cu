@@ -17,6 +17,7 @@
 #include "kernels/gemm/gemm_config.hpp"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
 #include "kernels/kernels.hpp"
+#include "common/fp8_math.hpp"
 #include "reference/dtype.hpp"
 
 namespace moekit::detail {
@@ -50,6 +51,8 @@ struct CudaLayout {
   size_t rows;               // [T*k, H]  gathered input; later GEMM 2's output
   size_t gemm1;              // [T*k, N1]
   size_t act;                // [T*k, I]
+  size_t scales;             // fp8: activation scales of one GEMM's input, [T*k, ceil(max(H, I)/128)]
+  size_t ones;               // fp8 per tensor: the weight-scale block of ones
   size_t gemm_scratch;       // per-group GEMM arguments and CUTLASS workspace
   size_t gemm_scratch_bytes;
   size_t total;
@@ -61,10 +64,17 @@ Status cuda_status(cudaError_t e, const char* what) {
                cudaGetErrorString(e), ")");
 }
 
+// FP8_TENSOR's stand-in weight scales: one [ceil(N/128), ceil(K/128)] block of
+// ones, large enough for either GEMM (the real scale is folded into the rows').
+int64_t ones_count(const Problem& p) {
+  const int64_t n1 = gemm1_columns(p), h = p.hidden_size, i = p.intermediate_size;
+  return std::max(fp8_blocks(n1) * fp8_blocks(h), fp8_blocks(h) * fp8_blocks(i));
+}
+
 // The layout of one chunk (chunk_tokens(p) tokens); every chunk reuses it.
 Status make_layout(const Problem& p, const kernels::DeviceInfo& dev, CudaLayout* l) {
   const size_t pairs = static_cast<size_t>(chunk_tokens(p) * p.top_k);
-  const size_t cb = ref::dtype_size(p.weight_dtype);
+  const size_t cb = ref::dtype_size(ref::compute_dtype(p));  // fp8 rows fit in these buffers
   if (cudaError_t e = kernels::sort_temp_bytes(static_cast<int64_t>(pairs), p.num_local_experts,
                                                &l->sort_temp_bytes);
       e != cudaSuccess)
@@ -82,6 +92,9 @@ Status make_layout(const Problem& p, const kernels::DeviceInfo& dev, CudaLayout*
   l->rows = take(pairs * p.hidden_size * cb);
   l->gemm1 = take(pairs * gemm1_columns(p) * cb);
   l->act = take(pairs * p.intermediate_size * cb);
+  const bool quant = p.quant.kind != MOEKIT_QUANT_NONE;
+  l->scales = take(quant ? pairs * fp8_blocks(std::max(p.hidden_size, p.intermediate_size)) * 4 : 0);
+  l->ones = take(p.quant.kind == MOEKIT_QUANT_FP8_TENSOR ? ones_count(p) * 4 : 0);
   l->gemm_scratch_bytes = kernels::grouped_gemm_scratch_bytes(p.num_local_experts, dev.sm_count);
   l->gemm_scratch = take(l->gemm_scratch_bytes);
   l->total = at;
@@ -175,6 +188,8 @@ Status cuda_check_arguments(const Arguments& a, const void* workspace) {
       {"hidden", a.hidden},   {"topk_ids", a.topk_ids}, {"topk_weights", a.topk_weights},
       {"w13", a.w13},         {"w13_bias", a.w13_bias}, {"w2", a.w2},
       {"w2_bias", a.w2_bias}, {"diagnostics", a.diagnostics}, {"output", a.output},
+      {"w13_scale", a.w13_scale}, {"w2_scale", a.w2_scale}, {"a13_scale", a.a13_scale},
+      {"a2_scale", a.a2_scale},
       {"router_logits", a.router_logits}, {"router_correction_bias", a.router_correction_bias},
       {"workspace", workspace}};
   for (const auto& [name, ptr] : ptrs)
@@ -204,9 +219,12 @@ LayerPlan plan_layer(const Problem& p) {
   // MOEKIT_GEMM=<family> forces one kernel for both GEMMs (where it can run):
   // "simple" is the CUDA-core oracle the benchmark and the GPU suite compare
   // the fast path with; the others are for tuning. Unknown names are ignored.
+  // A family of the other operand kind (fp8 vs 16-bit) is ignored.
   kernels::GemmKernel forced{};
+  const bool fp8 = p.quant.kind != MOEKIT_QUANT_NONE;
   if (const char* force = std::getenv("MOEKIT_GEMM");
-      force && kernels::gemm_kernel_from_name(force, &forced)) {
+      force && kernels::gemm_kernel_from_name(force, &forced) &&
+      (fp8 ? kernels::gemm_kernel_runs_fp8(forced) : kernels::gemm_kernel_runs_16bit(forced))) {
     for (kernels::GemmConfig* g : {&plan.gemm1, &plan.gemm2})
       if (g->kernel != kernels::GemmKernel::kSimple || forced == kernels::GemmKernel::kSimple)
         *g = {forced, "forced by MOEKIT_GEMM"};
@@ -219,19 +237,37 @@ bool print_config_requested() {
   return on;
 }
 
+// The block scales of one fp8 GEMM (all null for 16-bit operands).
+struct GemmScales {
+  const float* a;              // QuantRows layout
+  const float* w;              // [E, ceil(N/128), ceil(K/128)], or the ones block
+  int64_t w_stride;            // floats per expert in w; 0 for the ones block
+  float* ones;                 // per tensor: the block to fill with ones, else null
+  int64_t ones_count;
+};
+
 // One grouped GEMM: the chosen sm90 kernel, or the simple one.
 cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const int32_t* offsets,
                          int64_t experts, const void* w, const void* bias, void* c,
                          int64_t max_rows, int64_t n, int64_t k, moekit_dtype_t dtype,
-                         void* scratch, const kernels::DeviceInfo& dev, cudaStream_t stream) {
+                         const GemmScales& sc, void* scratch, const kernels::DeviceInfo& dev,
+                         cudaStream_t stream) {
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
-    const kernels::GroupedGemmParams gp{a, offsets, static_cast<int>(experts), w, bias, c, n, k,
-                                        dtype, scratch, dev.sm_count};
+    const kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
+                                        c,     n,       k,    dtype,  scratch,
+                                        dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
+                                        sc.ones ? sc.ones_count : 0};
     const cudaError_t e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
     if (e != cudaErrorNotSupported) return e;  // else declined: the simple kernel takes it
   }
-  return kernels::launch_grouped_gemm(a, offsets, experts, w, bias, c, max_rows, n, k, dtype, dev,
-                                      stream);
+  if (sc.a == nullptr)
+    return kernels::launch_grouped_gemm(a, offsets, experts, w, bias, c, max_rows, n, k, dtype,
+                                        dev, stream);
+  if (sc.ones != nullptr) {  // the sm90 kernel that would have filled them declined or was not chosen
+    if (cudaError_t e = kernels::fill_ones(sc.ones, sc.ones_count, stream); e != cudaSuccess) return e;
+  }
+  return kernels::launch_grouped_gemm_fp8(a, sc.a, offsets, experts, w, sc.w, sc.w_stride, bias, c,
+                                          max_rows, n, k, dtype, dev, stream);
 }
 
 std::string describe(const LayerPlan& plan) {
@@ -275,7 +311,19 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
   const int32_t* valid_rows = sb.expert_offsets + p.num_local_experts;  // device scalar
 
   const int64_t n1 = gemm1_columns(p);
-  const moekit_dtype_t cd = p.weight_dtype;
+  const moekit_dtype_t cd = ref::compute_dtype(p);
+  const bool fp8 = p.quant.kind != MOEKIT_QUANT_NONE;
+  const bool per_tensor = p.quant.kind == MOEKIT_QUANT_FP8_TENSOR;
+  auto* scales = static_cast<float*>(at(l.scales));
+  auto* ones = static_cast<float*>(at(l.ones));
+  // fp8: each GEMM's block scales (the activation scales its input stage writes).
+  auto gemm_scales = [&](const float* w_scale, int64_t n, int64_t k) {
+    if (!fp8) return GemmScales{};
+    if (per_tensor) return GemmScales{scales, ones, 0, ones, ones_count(p)};
+    return GemmScales{scales, w_scale, fp8_blocks(n) * fp8_blocks(k), nullptr, 0};
+  };
+  const GemmScales sc1 = gemm_scales(a.w13_scale, n1, p.hidden_size);
+  const GemmScales sc2 = gemm_scales(a.w2_scale, p.hidden_size, p.intermediate_size);
   void* rows = at(l.rows);    // [chunk*k, H]
   void* gemm1 = at(l.gemm1);  // [chunk*k, N1]
   void* act = at(l.act);      // [chunk*k, I]
@@ -306,18 +354,35 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     e = kernels::launch_sort(topk_ids, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
                              sb, a.diagnostics, &sorted_pairs, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "sort");
-    e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, valid_rows, max_rows, p.top_k,
-                                p.hidden_size, rows, cd, dev, stream);
+    // fp8: GEMM 1's input rows are quantized as they are gathered, GEMM 2's
+    // as the activation produces them (same buffers, one byte per value).
+    auto quant_rows = [&](const float* static_scale, const float* w_scale, void* out) {
+      return kernels::QuantRows{sb.expert_offsets, static_cast<int>(p.num_local_experts),
+                                p.quant.kind, static_scale, w_scale, static_cast<uint8_t*>(out),
+                                scales};
+    };
+    if (fp8)
+      e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, p.top_k, p.hidden_size,
+                                        quant_rows(a.a13_scale, a.w13_scale, rows), max_rows, dev,
+                                        stream);
+    else
+      e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, valid_rows, max_rows,
+                                  p.top_k, p.hidden_size, rows, cd, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "permute");
     e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
-                     gemm1, max_rows, n1, p.hidden_size, cd, scratch, dev, stream);
+                     gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
-    e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
-                                   p.gate_up_order, cd, dev, stream);
+    if (fp8)
+      e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
+                                           quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
+                                           stream);
+    else
+      e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
+                                     p.gate_up_order, cd, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "activation");
     e = grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
-                     max_rows, p.hidden_size, p.intermediate_size, cd, scratch, dev, stream);
+                     max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
     e = kernels::launch_finalize(y, cd, sb.pair_to_row, topk_weights, T, p.top_k, p.hidden_size,
                                  output, p.output_dtype, dev, stream);

@@ -53,6 +53,7 @@ Status MoeLayer::can_implement(const Arguments& args) {
   if (Status s = detail::validate_arguments(args); !s) return s;
   if (args.problem.device == MOEKIT_DEVICE_CUDA && args.problem.num_tokens > 0)
     return detail::cuda_check_arguments(args, nullptr);
+  if (args.problem.device == MOEKIT_DEVICE_CPU) return detail::validate_host_scales(args);
   return Status();
 }
 
@@ -79,6 +80,7 @@ Status MoeLayer::run(const Arguments& args, void* workspace, size_t workspace_by
   if (Status s = detail::validate_arguments(args); !s) return s;
   if (args.problem.device == MOEKIT_DEVICE_CUDA)  // device checks, layout and launches
     return detail::cuda_run(args, workspace, workspace_bytes, stream);
+  if (Status s = detail::validate_host_scales(args); !s) return s;
   const size_t required = args.problem.num_tokens == 0 ? 0 : ref::layer_workspace_bytes(args.problem);
   if (Status s = detail::validate_workspace(args, workspace, workspace_bytes, required); !s)
     return s;

@@ -18,6 +18,7 @@ const char* dtype_name(moekit_dtype_t d) {
     case MOEKIT_DTYPE_BF16: return "bf16";
     case MOEKIT_DTYPE_FP16: return "fp16";
     case MOEKIT_DTYPE_FP32: return "fp32";
+    case MOEKIT_DTYPE_FP8_E4M3: return "fp8_e4m3";
   }
   return "unknown";
 }
@@ -66,7 +67,11 @@ std::vector<Region> regions(const Arguments& a) {
   const Problem& p = a.problem;
   const size_t T = p.num_tokens, H = p.hidden_size, I = p.intermediate_size, k = p.top_k;
   const size_t E = p.num_local_experts, N1 = gemm1_columns(p), wb = dtype_size(p.weight_dtype);
+  const size_t bb = dtype_size(ref::compute_dtype(p));  // bias element
   const bool routed = p.router.kind != MOEKIT_ROUTER_NONE;
+  const bool quant = p.quant.kind != MOEKIT_QUANT_NONE;
+  const bool static_act = quant && p.quant.static_activation_scale == 1;
+  const size_t w13s = ref::weight_scale_count(p, N1, H) * 4, w2s = ref::weight_scale_count(p, H, I) * 4;
   return {
       {"hidden", a.hidden, T * H * dtype_size(p.input_dtype), kTensorAlign, true, false},
       {"topk_ids", a.topk_ids, T * k * 4, 4, !routed, routed},
@@ -76,10 +81,14 @@ std::vector<Region> regions(const Arguments& a) {
       {"router_correction_bias", a.router_correction_bias, static_cast<size_t>(p.num_experts) * 4, 4, false,
        p.router.kind != MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK},
       {"w13", a.w13, E * N1 * H * wb, kTensorAlign, true, false},
-      {"w13_bias", a.w13_bias, E * N1 * wb, kTensorAlign, p.has_w13_bias != 0,
+      {"w13_bias", a.w13_bias, E * N1 * bb, kTensorAlign, p.has_w13_bias != 0,
        p.has_w13_bias == 0},
       {"w2", a.w2, E * H * I * wb, kTensorAlign, true, false},
-      {"w2_bias", a.w2_bias, E * H * wb, kTensorAlign, p.has_w2_bias != 0, p.has_w2_bias == 0},
+      {"w2_bias", a.w2_bias, E * H * bb, kTensorAlign, p.has_w2_bias != 0, p.has_w2_bias == 0},
+      {"w13_scale", a.w13_scale, w13s, 4, quant, !quant},
+      {"w2_scale", a.w2_scale, w2s, 4, quant, !quant},
+      {"a13_scale", a.a13_scale, 4, 4, static_act, !static_act},
+      {"a2_scale", a.a2_scale, 4, 4, static_act, !static_act},
       {"diagnostics", a.diagnostics, sizeof(moekit_diagnostics_t), 8, false, false},
       {"output", a.output, T * H * dtype_size(p.output_dtype), kTensorAlign, true, false},
   };
@@ -102,10 +111,66 @@ const char* forbidden_reason(const std::string& name) {
   if (name == "w2_bias") return "has_w2_bias is 0";
   if (name == "topk_ids" || name == "topk_weights") return "the layer routes itself: router.kind is not none";
   if (name == "router_logits") return "router.kind is none";
+  if (name == "w13_scale" || name == "w2_scale") return "quant.kind is none";
+  if (name == "a13_scale" || name == "a2_scale")
+    return "activation scales are dynamic: quant.static_activation_scale is 0";
   return "router.kind is not sigmoid_grouped_topk";
 }
 
+Status validate_quant(const Problem& p) {
+  const auto kInvalid = MOEKIT_ERROR_INVALID_ARGUMENT;
+  const moekit_quant_config_t& q = p.quant;
+  if (q.kind < MOEKIT_QUANT_NONE || q.kind > MOEKIT_QUANT_FP8_TENSOR)
+    return error(kInvalid, "quant.kind: expected none (0), fp8_block (1) or fp8_tensor (2), got ",
+                 static_cast<int>(q.kind));
+  if (q.static_activation_scale != 0 && q.static_activation_scale != 1)
+    return error(kInvalid, "quant.static_activation_scale: expected 0 or 1, got ",
+                 q.static_activation_scale);
+  if (q.kind == MOEKIT_QUANT_NONE) {
+    if (p.weight_dtype == MOEKIT_DTYPE_FP8_E4M3)
+      return error(kInvalid, "weight_dtype: fp8_e4m3 needs quant.kind fp8_block or fp8_tensor "
+                   "(the weight scales), got quant.kind none");
+    if (q.static_activation_scale != 0)
+      return error(kInvalid, "quant.static_activation_scale: expected 0 when quant.kind is none, got 1");
+    return Status();
+  }
+  if (p.weight_dtype != MOEKIT_DTYPE_FP8_E4M3)
+    return error(kInvalid, "weight_dtype: expected fp8_e4m3 with quant.kind ",
+                 q.kind == MOEKIT_QUANT_FP8_BLOCK ? "fp8_block" : "fp8_tensor", ", got ",
+                 dtype_name(p.weight_dtype));
+  if (p.input_dtype != MOEKIT_DTYPE_BF16 && p.input_dtype != MOEKIT_DTYPE_FP16)
+    return error(kInvalid, "input_dtype: expected bf16 or fp16 with fp8 weights (it is the "
+                 "compute dtype of the intermediates), got ", dtype_name(p.input_dtype));
+  if (q.kind == MOEKIT_QUANT_FP8_BLOCK && q.static_activation_scale != 0)
+    return error(kInvalid, "quant.static_activation_scale: expected 0 with fp8_block (activations "
+                 "are scaled per token and 128 columns), got 1");
+  if (p.hidden_size % 16 != 0)
+    return error(kInvalid, "hidden_size: expected a multiple of 16 with fp8 weights (16-byte rows), got ",
+                 p.hidden_size);
+  if (p.intermediate_size % 16 != 0)
+    return error(kInvalid, "intermediate_size: expected a multiple of 16 with fp8 weights "
+                 "(16-byte rows), got ", p.intermediate_size);
+  return Status();
+}
+
 }  // namespace
+
+Status validate_host_scales(const Arguments& a) {
+  const Problem& p = a.problem;
+  if (p.quant.kind == MOEKIT_QUANT_NONE || p.num_tokens == 0) return Status();
+  const int64_t N1 = gemm1_columns(p);
+  const struct { const char* name; const float* v; int64_t n; } scales[] = {
+      {"w13_scale", a.w13_scale, ref::weight_scale_count(p, N1, p.hidden_size)},
+      {"w2_scale", a.w2_scale, ref::weight_scale_count(p, p.hidden_size, p.intermediate_size)},
+      {"a13_scale", a.a13_scale, a.a13_scale ? 1 : 0},
+      {"a2_scale", a.a2_scale, a.a2_scale ? 1 : 0}};
+  for (const auto& s : scales)
+    for (int64_t i = 0; i < s.n; ++i)
+      if (!(std::isfinite(s.v[i]) && s.v[i] > 0.0f))
+        return error(MOEKIT_ERROR_INVALID_ARGUMENT, s.name, ": expected finite scales > 0, got ",
+                     s.v[i], " at index ", i);
+  return Status();
+}
 
 Status validate_router_config(const moekit_router_config_t& c, int64_t num_experts,
                               int64_t top_k, const char* prefix) {
@@ -199,8 +264,10 @@ Status validate_problem(const Problem& p) {
                  p.num_local_experts);
   if (E s = check_top_k_and_pairs(p.num_tokens, p.num_experts, p.top_k); !s) return s;
   if (E s = check_dtype("input_dtype", p.input_dtype); !s) return s;
-  if (E s = check_dtype("weight_dtype", p.weight_dtype); !s) return s;
+  if (p.weight_dtype != MOEKIT_DTYPE_FP8_E4M3)
+    if (E s = check_dtype("weight_dtype", p.weight_dtype); !s) return s;
   if (E s = check_dtype("output_dtype", p.output_dtype); !s) return s;
+  if (E s = validate_quant(p); !s) return s;
   if (p.activation < MOEKIT_ACT_SWIGLU || p.activation > MOEKIT_ACT_IDENTITY)
     return error(kInvalid,
                  "activation: expected one of swiglu, geglu_erf, geglu_tanh, silu, gelu_erf, "

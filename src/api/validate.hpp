@@ -26,6 +26,8 @@ Status validate_router_config(const moekit_router_config_t& c, int64_t num_exper
 Status validate_router_arguments(const RouterArguments& a);
 Status validate_problem(const Problem& p);
 Status validate_arguments(const Arguments& a);  // includes validate_problem
+// fp8 scales are finite and > 0 (host memory only: the CPU backend).
+Status validate_host_scales(const Arguments& a);
 Status validate_workspace(const Arguments& a, const void* workspace, size_t workspace_bytes,
                           size_t required);
 

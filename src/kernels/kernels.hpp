@@ -49,6 +49,38 @@ cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
                            void* rows, moekit_dtype_t compute_dtype, const DeviceInfo& dev,
                            cudaStream_t stream);
 
+// ---- fp8 quantization (quant/quantize.cu) ------------------------------------
+// Where a quantizing stage writes: e4m3 rows [rows, K] and their scales, for
+// every valid row (rows < expert_offsets[E]). Scales: per expert e, a
+// column-major [ceil(K/128), rows_e] block at scales + offsets[e] * ceil(K/128);
+// with FP8_TENSOR every block of a row holds its scale times w_scale[e].
+struct QuantRows {
+  const int32_t* expert_offsets;  // [E + 1]
+  int num_experts;
+  moekit_quant_t kind;
+  const float* static_scale;      // FP8_TENSOR static scale [1], or null (dynamic)
+  const float* w_scale;           // FP8_TENSOR: [E] weight scales folded into the row scales
+  uint8_t* out;
+  float* scales;
+};
+
+// GEMM 1's input: gather hidden rows into expert order and quantize them.
+// dtype: hidden's (and the compute) dtype, bf16 or fp16.
+cudaError_t launch_permute_quant(const void* hidden, moekit_dtype_t dtype,
+                                 const int32_t* sorted_pairs, int64_t top_k, int64_t hidden_size,
+                                 const QuantRows& q, int64_t max_rows, const DeviceInfo& dev,
+                                 cudaStream_t stream);
+
+// GEMM 2's input: the activation of gemm1 [rows, N1] (compute dtype),
+// rounded to the compute dtype, then quantized.
+cudaError_t launch_activation_quant(const void* gemm1, moekit_dtype_t dtype, int64_t inter,
+                                    const ActivationParams& p, moekit_gate_up_order_t order,
+                                    const QuantRows& q, int64_t max_rows, const DeviceInfo& dev,
+                                    cudaStream_t stream);
+
+// out[0, count) = 1.0f (per-tensor scaling's stand-in weight scales).
+cudaError_t fill_ones(float* out, int64_t count, cudaStream_t stream);
+
 // ---- grouped GEMM ----------------------------------------------------------
 // c [rows, N] = a [rows, K] x w[e]^T + bias[e] for each expert's rows; all in
 // `dtype`, fp32 accumulation. w [E_local, N, K], bias [E_local, N] or null.
@@ -56,6 +88,17 @@ cudaError_t launch_grouped_gemm(const void* a, const int32_t* expert_offsets,
                                 int64_t num_local_experts, const void* w, const void* bias,
                                 void* c, int64_t max_rows, int64_t n, int64_t k,
                                 moekit_dtype_t dtype, const DeviceInfo& dev, cudaStream_t stream);
+
+// The same with e4m3 a and w and fp32 block scales (moekit.h's arithmetic):
+// a_scale as QuantRows lays it out; w_scale [E, ceil(N/128), ceil(K/128)] at
+// w_scale + e * w_scale_stride (stride 0: one block of scales for all
+// experts). bias and c in `dtype` (bf16 or fp16).
+cudaError_t launch_grouped_gemm_fp8(const void* a, const float* a_scale,
+                                    const int32_t* expert_offsets, int64_t num_local_experts,
+                                    const void* w, const float* w_scale, int64_t w_scale_stride,
+                                    const void* bias, void* c, int64_t max_rows, int64_t n,
+                                    int64_t k, moekit_dtype_t dtype, const DeviceInfo& dev,
+                                    cudaStream_t stream);
 
 // ---- activation ------------------------------------------------------------
 // out [rows, I] <- gemm1 [rows, N1], for rows < *valid_rows.

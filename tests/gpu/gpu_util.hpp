@@ -85,6 +85,7 @@ class DeviceBuffer {
 // Device copies of every tensor of a HostLayer, plus a poisoned output and workspace.
 struct DeviceLayer {
   DeviceBuffer hidden, ids, weights, w13, w13_bias, w2, w2_bias, output, workspace;
+  DeviceBuffer w13_scale, w2_scale, a13_scale, a2_scale;  // fp8 layers
   size_t workspace_bytes = 0;
   moekit_arguments_t args{};
 
@@ -102,6 +103,10 @@ struct DeviceLayer {
     up(w2, l.w2.data(), l.w2.size());
     if (p.has_w13_bias) up(w13_bias, l.w13_bias.data(), l.w13_bias.size());
     if (p.has_w2_bias) up(w2_bias, l.w2_bias.data(), l.w2_bias.size());
+    up(w13_scale, l.w13_scale.data(), l.w13_scale.size() * 4);
+    up(w2_scale, l.w2_scale.data(), l.w2_scale.size() * 4);
+    up(a13_scale, l.a13_scale.data(), l.a13_scale.size() * 4);
+    up(a2_scale, l.a2_scale.data(), l.a2_scale.size() * 4);
     output = DeviceBuffer(p.num_tokens * p.hidden_size * ref::dtype_size(p.output_dtype));
     MoeLayer::workspace_size(p, &workspace_bytes);
     workspace = DeviceBuffer(workspace_bytes);
@@ -114,12 +119,21 @@ struct DeviceLayer {
     args.w13_bias = p.has_w13_bias ? w13_bias.data() : nullptr;
     args.w2_bias = p.has_w2_bias ? w2_bias.data() : nullptr;
     args.output = output.data();
+    if (p.quant.kind != MOEKIT_QUANT_NONE) {
+      args.w13_scale = static_cast<const float*>(w13_scale.data());
+      args.w2_scale = static_cast<const float*>(w2_scale.data());
+      if (p.quant.static_activation_scale) {
+        args.a13_scale = static_cast<const float*>(a13_scale.data());
+        args.a2_scale = static_cast<const float*>(a2_scale.data());
+      }
+    }
   }
   Status run(cudaStream_t stream = nullptr) {
     return MoeLayer::run(args, workspace.data(), workspace_bytes, stream);
   }
   bool all_canaries_intact() const {
-    for (const DeviceBuffer* b : {&hidden, &ids, &weights, &w13, &w13_bias, &w2, &w2_bias, &output, &workspace})
+    for (const DeviceBuffer* b : {&hidden, &ids, &weights, &w13, &w13_bias, &w2, &w2_bias, &output,
+                                  &workspace, &w13_scale, &w2_scale, &a13_scale, &a2_scale})
       if (b->ok() && !b->canaries_intact()) return false;
     return true;
   }

@@ -11,6 +11,7 @@
 
 #include "gpu_util.hpp"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
+#include "common/fp8_math.hpp"
 #include "kernels/kernels.hpp"
 
 using namespace moekit;
@@ -123,4 +124,111 @@ TEST(GpuGemm, AllRowsOnTheLastExpertOneRowAndNoValidRows) {
     check_family(kernel, MOEKIT_DTYPE_BF16, {4, 128, 128, 8, true, 1}, 78);
     check_family(kernel, MOEKIT_DTYPE_FP16, {3, 64, 64, 8, true, 0}, 79);
   }
+}
+
+namespace {
+
+// fp8 block-scaled families against the simple kernel's fp8 form: random
+// e4m3 operands, random positive scales in QuantRows' layout (activations)
+// and [E, N/128, K/128] (weights), or per tensor: a block of ones with
+// stride 0 that the sm90 kernel's set-up fills (poisoned before).
+void check_fp8_family(kernels::GemmKernel kernel, moekit_dtype_t out_dt, const Case& c,
+                      bool per_tensor, uint64_t seed) {
+  SCOPED_TRACE(std::string(kernels::gemm_kernel_name(kernel)) + " fp8 -> " +
+               moekit_dtype_name(out_dt) + (per_tensor ? " per tensor" : " block") + " E=" +
+               std::to_string(c.experts) + " N=" + std::to_string(c.n) + " K=" +
+               std::to_string(c.k) + " rows=" + std::to_string(c.rows));
+  std::mt19937_64 rng(seed);
+  const size_t b = ref::dtype_size(out_dt);
+  const int64_t kb = fp8_blocks(c.k), nb = fp8_blocks(c.n);
+  std::vector<uint8_t> a(c.rows * c.k), w(c.experts * c.n * c.k), bias(c.experts * c.n * b);
+  ref::fill_random(MOEKIT_DTYPE_FP8_E4M3, a.data(), c.rows * c.k, 100.0f, seed + 1);
+  ref::fill_random(MOEKIT_DTYPE_FP8_E4M3, w.data(), c.experts * c.n * c.k, 100.0f, seed + 2);
+  ref::fill_random(out_dt, bias.data(), c.experts * c.n, 0.5f, seed + 3);
+  std::uniform_real_distribution<float> scale(1e-4f, 1e-3f);
+  std::vector<float> a_scale(c.rows * kb), w_scale(per_tensor ? nb * kb : c.experts * nb * kb);
+  for (float& s : a_scale) s = scale(rng);
+  for (float& s : w_scale) s = per_tensor ? 1.0f : scale(rng);
+  std::vector<int32_t> off = random_offsets(c.experts, c.rows, rng);
+
+  DeviceBuffer da(a.size()), dw(w.size()), dbias(bias.size()), doff(off.size() * 4);
+  DeviceBuffer dsa(a_scale.size() * 4), dsw(w_scale.size() * 4), ones(nb * kb * 4);
+  constexpr int kUnwritten = 0xFE;
+  DeviceBuffer want(c.rows * c.n * b, kUnwritten), got(c.rows * c.n * b, kUnwritten);
+  int dev = 0, sms = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  DeviceBuffer scratch(kernels::grouped_gemm_scratch_bytes(c.experts, sms));
+  da.upload(a.data(), a.size());
+  dw.upload(w.data(), w.size());
+  dbias.upload(bias.data(), bias.size());
+  doff.upload(off.data(), off.size() * 4);
+  dsa.upload(a_scale.data(), a_scale.size() * 4);
+  dsw.upload(w_scale.data(), w_scale.size() * 4);
+  const auto* offsets = static_cast<const int32_t*>(doff.data());
+  const auto* sa = static_cast<const float*>(dsa.data());
+  const auto* sw = static_cast<const float*>(dsw.data());
+  const int64_t stride = per_tensor ? 0 : nb * kb;
+
+  CUDA_OK(kernels::launch_grouped_gemm_fp8(da.data(), sa, offsets, c.experts, dw.data(), sw, stride,
+                                           dbias.data(), want.data(), c.rows, c.n, c.k, out_dt,
+                                           {dev, sms}, nullptr));
+  auto* ones_ptr = static_cast<float*>(ones.data());  // poisoned: NaN until filled
+  const kernels::GroupedGemmParams p{da.data(), offsets, static_cast<int>(c.experts), dw.data(),
+                                     dbias.data(), got.data(), c.n, c.k, out_dt, scratch.data(), sms,
+                                     sa, per_tensor ? ones_ptr : sw, stride,
+                                     per_tensor ? ones_ptr : nullptr, per_tensor ? nb * kb : 0};
+  CUDA_OK(kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+
+  const std::vector<uint8_t> g = got.download(), r = want.download();
+  const int64_t valid = off[c.experts];
+  EXPECT_TRUE(test::rows_match(g, r, valid, c.n, out_dt, out_dt == MOEKIT_DTYPE_BF16 ? 4e-3 : 1e-3));
+  for (size_t i = valid * c.n * b; i < g.size(); ++i)
+    if (g[i] != kUnwritten) {
+      ADD_FAILURE() << "byte " << i << " past the valid rows (" << valid << ") was written";
+      break;
+    }
+  EXPECT_TRUE(got.canaries_intact());
+  EXPECT_TRUE(scratch.canaries_intact());
+  EXPECT_TRUE(ones.canaries_intact());
+}
+
+const kernels::GemmKernel kFp8Families[] = {kernels::GemmKernel::kFp8Swap128x16,
+                                            kernels::GemmKernel::kFp8Tile128x128};
+
+}  // namespace
+
+TEST(GpuGemm, EveryFp8FamilyMatchesTheSimpleGemm) {
+  REQUIRE_GPU();
+  const Case cases[] = {
+      {8, 80, 144, 37, true},        // N and K below one tile, K a partial scale block
+      {16, 208, 272, 700, false},    // partial tiles and scale blocks in N, M and K
+      {5, 1536, 2048, 3000, true},   // a real GEMM 1 (qwen3), heavy groups
+      {130, 144, 80, 260, false},    // more experts than the 128-thread setup block
+  };
+  uint64_t seed = 1000;
+  for (auto kernel : kFp8Families)
+    for (auto dt : {MOEKIT_DTYPE_BF16, MOEKIT_DTYPE_FP16})
+      for (const Case& c : cases)
+        for (bool per_tensor : {false, true}) check_fp8_family(kernel, dt, c, per_tensor, seed++);
+}
+
+TEST(GpuGemm, Fp8FamiliesDeclineSixteenBitOperandsAndTheOtherWayRound) {
+  REQUIRE_GPU();
+  int dev = 0, sms = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  DeviceBuffer scratch(kernels::grouped_gemm_scratch_bytes(4, sms)), buf(1 << 16), off(64, 0);
+  kernels::GroupedGemmParams p{buf.data(), static_cast<const int32_t*>(off.data()), 4, buf.data(),
+                               nullptr, buf.data(), 128, 128, MOEKIT_DTYPE_BF16, scratch.data(), sms};
+  EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kFp8Tile128x128, p, nullptr),
+            cudaErrorNotSupported);
+  p.a_scale = static_cast<const float*>(buf.data());
+  p.w_scale = static_cast<const float*>(buf.data());
+  EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kTile128x128, p, nullptr),
+            cudaErrorNotSupported);
+  EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kDecode, p, nullptr),
+            cudaErrorNotSupported);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }

@@ -166,6 +166,7 @@ __global__ void __launch_bounds__(32 * kWarps) decode_gemm_kernel(
 }  // namespace
 
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, cudaStream_t stream) {
+  if (p.a_scale != nullptr) return cudaErrorNotSupported;  // 16-bit operands only
   if (p.n % 8 != 0 || p.k % 8 != 0 || p.n > (1 << 30) || p.k > (1 << 30)) return cudaErrorNotSupported;
   const int row_blocks = static_cast<int>((p.n + kRowsPerBlock - 1) / kRowsPerBlock);
   const int64_t blocks = static_cast<int64_t>(p.num_experts) * row_blocks;

@@ -13,6 +13,8 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kTile128x256: return "sm90 128x256x64";
     case GemmKernel::kTile64x256: return "sm90 64x256x64 ping-pong";
     case GemmKernel::kDecode: return "decode mma.sync 16x8 swap-AB";
+    case GemmKernel::kFp8Swap128x16: return "sm90 fp8 block-scaled swap-AB 128x16x128";
+    case GemmKernel::kFp8Tile128x128: return "sm90 fp8 block-scaled 128x128x128";
   }
   return "unknown";
 }
@@ -24,22 +26,48 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
       {"tile128x128", GemmKernel::kTile128x128},
       {"tile128x256", GemmKernel::kTile128x256},
       {"tile64x256", GemmKernel::kTile64x256},
-      {"decode", GemmKernel::kDecode}};
+      {"decode", GemmKernel::kDecode},
+      {"fp8_swap128x16", GemmKernel::kFp8Swap128x16},
+      {"fp8_tile128x128", GemmKernel::kFp8Tile128x128}};
   for (const auto& n : kNames)
     if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
   return false;
 }
 
+bool gemm_kernel_runs_fp8(GemmKernel k) {
+  return k == GemmKernel::kSimple || k == GemmKernel::kFp8Swap128x16 ||
+         k == GemmKernel::kFp8Tile128x128;
+}
+bool gemm_kernel_runs_16bit(GemmKernel k) {
+  return k != GemmKernel::kFp8Swap128x16 && k != GemmKernel::kFp8Tile128x128;
+}
+
+namespace {
+
+GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
+  if (p.n % 16 != 0 || p.k % 16 != 0)
+    return {GemmKernel::kSimple, "fp8: N or K not a multiple of 16: TMA needs 16-byte rows"};
+  if (rows_per_expert <= 8)
+    return {GemmKernel::kFp8Swap128x16,
+            "fp8, <= 8 rows per expert: swap-AB, weight rows on wgmma's M side, one weight "
+            "scale per 128x128 tile and one activation scale per token column"};
+  return {GemmKernel::kFp8Tile128x128,
+          "fp8, > 8 rows per expert: 128x128x128 tiles, one k-tile per scale block"};
+}
+
+}  // namespace
+
 GemmConfig select_config(const GemmProblem& p) {
+  const int64_t experts = p.num_experts > 0 ? p.num_experts : 1;
+  if (p.n > (int64_t{1} << 30) || p.k > (int64_t{1} << 30) || p.rows > (int64_t{1} << 31) - 1)
+    return {GemmKernel::kSimple, "a dimension beyond CUTLASS's int32 group shape"};
+  if (p.dtype == MOEKIT_DTYPE_FP8_E4M3) return select_fp8(p, (p.rows + experts - 1) / experts);
   if (p.dtype != MOEKIT_DTYPE_BF16 && p.dtype != MOEKIT_DTYPE_FP16)
     return {GemmKernel::kSimple, "fp32 weights: no tensor-core kernel is compiled for fp32"};
   if (p.n % 8 != 0 || p.k % 8 != 0)
     return {GemmKernel::kSimple, "N or K not a multiple of 8: TMA needs 16-byte rows"};
-  if (p.n > (int64_t{1} << 30) || p.k > (int64_t{1} << 30) || p.rows > (int64_t{1} << 31) - 1)
-    return {GemmKernel::kSimple, "a dimension beyond CUTLASS's int32 group shape"};
   // Rows per expert if the router spreads the pairs evenly; skewed batches
   // still run correctly on any kernel, this only picks the tile.
-  const int64_t experts = p.num_experts > 0 ? p.num_experts : 1;
   const int64_t rows_per_expert = (p.rows + experts - 1) / experts;
   // Layer sweeps, 2026-11-27 (bench/RESULTS.md): swap-AB won at 1-2 rows per
   // expert (H100 mixtral T=8: 846 vs 921 us) and tied at 4-8 (H200 qwen3

@@ -23,8 +23,15 @@ enum class GemmKernel : int {
   kTile128x256 = 3,  // > 64 rows per expert, N >= 1024
   kTile64x256 = 4,   // 9-64 rows per expert, N >= 1024 (ping-pong)
   kDecode = 5,       // mma.sync weight streaming, no set-up (MOEKIT_GEMM=decode only, for now)
+  kFp8Swap128x16 = 6,   // fp8 block-scaled, <= 8 rows per expert (decode)
+  kFp8Tile128x128 = 7,  // fp8 block-scaled, > 8 rows per expert
 };
-constexpr int kNumGemmKernels = 6;
+constexpr int kNumGemmKernels = 8;
+
+// Whether kernel k takes e4m3 operands with block scales (the fp8 families and
+// the simple kernel, which has both forms).
+bool gemm_kernel_runs_fp8(GemmKernel k);
+bool gemm_kernel_runs_16bit(GemmKernel k);
 
 // The kernel of a short name ("swap128x16", "tile128x256", "simple"), for the
 // MOEKIT_GEMM override; false if the name is unknown.
@@ -37,7 +44,7 @@ const char* gemm_kernel_name(GemmKernel k);
 // (one fp32 accumulator per output, K ascending, no split), so the choice may
 // follow the batch size without breaking batch invariance.
 struct GemmProblem {
-  moekit_dtype_t dtype;       // A, W and D element type
+  moekit_dtype_t dtype;       // A and W element type (FP8_E4M3: block-scaled, D 16-bit)
   int64_t rows;               // rows over all experts (T*k upper bound)
   int64_t num_experts;        // local experts (groups)
   int64_t n;                  // output columns

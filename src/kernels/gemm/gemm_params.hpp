@@ -24,26 +24,36 @@ struct GroupedGemmParams {
   const void* bias;               // [E, N] or null
   void* c;                        // [rows, N]
   int64_t n, k;
-  moekit_dtype_t dtype;           // bf16 or fp16 (a, w, bias and c)
+  moekit_dtype_t dtype;           // bf16 or fp16: bias and c (and a, w unless fp8)
   void* scratch;                  // grouped_gemm_scratch_bytes(E, sm_count) bytes, 256-aligned
   int sm_count;
-  // FP8 (next): a and w become e4m3 with c in bf16, and two scale pointers
-  // join here (a_scale [rows, K/128] per token and 128 columns, w_scale
-  // [E, N/128, K/128]); new families instantiate CUTLASS's
-  // KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise with the same
-  // group-building kernel, which then also writes per-group scale pointers.
+  // fp8 block-scaled GEMMs (the fp8 families; null for the others): a and w
+  // are e4m3 and
+  //   c = sum over 128-deep blocks b of (a_b . w_b) * (a_scale * w_scale) + bias.
+  // a_scale: per expert a column-major [ceil(K/128), rows_e] block at
+  // a_scale + offsets[e] * ceil(K/128) (kernels::QuantRows writes it);
+  // w_scale: [ceil(N/128), ceil(K/128)] per expert at w_scale + e * w_scale_stride.
+  // Per-tensor scaling folds the weight scale into a_scale and passes a block
+  // of ones with stride 0, which the group-building kernel fills
+  // (w_scale_ones_count floats; 0 when w_scale holds real scales).
+  const float* a_scale;
+  const float* w_scale;
+  int64_t w_scale_stride;
+  float* w_scale_ones;
+  int64_t w_scale_ones_count;
 };
 
 // The scratch starts with kGroupArrays per-group arrays (shapes, A, B and D
-// pointers, A, B and D strides) of kGroupEntryBytes per group each, every
-// array 256-byte aligned; CUTLASS's own workspace follows.
-constexpr int kGroupArrays = 7;
+// pointers, A, B and D strides, A and B scale pointers) of kGroupEntryBytes
+// per group each, every array 256-byte aligned; CUTLASS's own workspace follows.
+constexpr int kGroupArrays = 9;
 constexpr size_t kGroupEntryBytes = 16;
 inline size_t group_array_bytes(int64_t num_experts) {
   return (static_cast<size_t>(num_experts) * kGroupEntryBytes + 255) / 256 * 256;
 }
 
-// One entry per compiled family (sm90_grouped_gemm_<family>.cu). bf16 and fp16.
+// One entry per compiled family (sm90_grouped_gemm_<family>.cu): bf16 and
+// fp16 operands, or (fp8_*) e4m3 operands with bf16 or fp16 output.
 #define MOEKIT_DECLARE_SM90_GEMM(family)                                                  \
   cudaError_t sm90_grouped_gemm_##family(const GroupedGemmParams& p, cudaStream_t stream); \
   size_t sm90_grouped_gemm_##family##_workspace(int64_t num_experts, int sm_count);
@@ -51,6 +61,8 @@ MOEKIT_DECLARE_SM90_GEMM(swap128x16)
 MOEKIT_DECLARE_SM90_GEMM(tile128x128)
 MOEKIT_DECLARE_SM90_GEMM(tile128x256)
 MOEKIT_DECLARE_SM90_GEMM(tile64x256)
+MOEKIT_DECLARE_SM90_GEMM(fp8_swap128x16)
+MOEKIT_DECLARE_SM90_GEMM(fp8_tile128x128)
 #undef MOEKIT_DECLARE_SM90_GEMM
 
 }  // namespace moekit::kernels

@@ -16,6 +16,11 @@
 //
 // The epilogue is acc + bias[e] (per output column), rounded once to the
 // element type: the same rounding points as the CPU reference.
+//
+// Block-scaled families (kBlockScaled: e4m3 operands, CUTLASS's FP8Blockwise
+// mainloop) multiply each 128-deep block's partial sum by the product of its
+// activation scale (one per row and block) and weight scale (one per 128x128
+// block) before accumulating; gemm_params.hpp lays the scales out.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,6 +29,7 @@
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
+#include "cutlass/detail/blockwise_scale_layout.hpp"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
 #include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
 #include "cutlass/gemm/collective/collective_builder.hpp"
@@ -39,19 +45,36 @@ namespace moekit::kernels::sm90 {
 
 using namespace cute;
 
+// Element: bias and D (and A, B unless ElementAB says otherwise).
 template <class Element_, class TileShape_, class ClusterShape_, class KernelSchedule_,
-          class EpilogueSchedule_, bool kSwap_>
+          class EpilogueSchedule_, bool kSwap_, class ElementAB_ = Element_,
+          bool kBlockScaled_ = false>
 struct GroupedGemm {
   using Element = Element_;
+  using ElementAB = ElementAB_;
   using TileShape = TileShape_;        // (BLK_M, BLK_N, BLK_K)
   using ClusterShape = ClusterShape_;
   static constexpr bool kSwap = kSwap_;
+  static constexpr bool kBlockScaled = kBlockScaled_;
 
   using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (M, N, K) per group
   using LayoutA = cutlass::layout::RowMajor;     // normal: activations; swap: weights
   using LayoutB = cutlass::layout::ColumnMajor;  // K-major (K, N): weights / activations
   using LayoutD = std::conditional_t<kSwap, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
-  static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;  // 16 bytes
+  static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;     // 16 bytes
+  static constexpr int kAlignAB = 128 / cutlass::sizeof_bits<ElementAB>::value;
+
+  // Scale layouts: activations one scale per row and 128 columns, M- (or N-)
+  // major per group, as QuantRows writes them; weights one per 128x128 block,
+  // K-major, as checkpoints store them ([N/128, K/128] per expert).
+  using ScaleConfig = std::conditional_t<
+      kSwap,
+      cutlass::detail::Sm90BlockwiseScaleConfig<128, 1, 128, cute::GMMA::Major::K, cute::GMMA::Major::MN>,
+      cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>>;
+  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
+  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+  using OperandA = std::conditional_t<kBlockScaled, cute::tuple<LayoutA*, LayoutSFA*>, LayoutA*>;
+  using OperandB = std::conditional_t<kBlockScaled, cute::tuple<LayoutB*, LayoutSFB*>, LayoutB*>;
 
   // Bias varies along the output columns of D: along N normally, along M when swapped.
   using Bias = std::conditional_t<
@@ -70,8 +93,8 @@ struct GroupedGemm {
       Element, LayoutD*, kAlign, EpilogueSchedule_, Epilogue>::CollectiveOp;
 
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element,
-      LayoutB*, kAlign, float, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, OperandA, kAlignAB, ElementAB,
+      OperandB, kAlignAB, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
       KernelSchedule_>::CollectiveOp;
@@ -91,20 +114,34 @@ struct GroupedGemm {
   // Per-group arrays inside the caller's scratch.
   struct Groups {
     Shape3* shapes;
-    const Element** ptr_a;
-    const Element** ptr_b;
+    const ElementAB** ptr_a;
+    const ElementAB** ptr_b;
     Element** ptr_d;
     StrideA* stride_a;
     StrideB* stride_b;
     StrideD* stride_d;
+    const float** ptr_sfa;  // block-scaled families only
+    const float** ptr_sfb;
   };
   static Groups carve(void* scratch, int64_t num_experts) {
     char* at = static_cast<char*>(scratch);
     const size_t s = group_array_bytes(num_experts);
-    return Groups{reinterpret_cast<Shape3*>(at), reinterpret_cast<const Element**>(at + s),
-                  reinterpret_cast<const Element**>(at + 2 * s), reinterpret_cast<Element**>(at + 3 * s),
+    return Groups{reinterpret_cast<Shape3*>(at), reinterpret_cast<const ElementAB**>(at + s),
+                  reinterpret_cast<const ElementAB**>(at + 2 * s), reinterpret_cast<Element**>(at + 3 * s),
                   reinterpret_cast<StrideA*>(at + 4 * s), reinterpret_cast<StrideB*>(at + 5 * s),
-                  reinterpret_cast<StrideD*>(at + 6 * s)};
+                  reinterpret_cast<StrideD*>(at + 6 * s), reinterpret_cast<const float**>(at + 7 * s),
+                  reinterpret_cast<const float**>(at + 8 * s)};
+  }
+  static_assert(kGroupArrays == 9, "carve() lays out every per-group array");
+
+  static auto mainloop_arguments(const Groups& g) {
+    using Mainloop = typename Gemm::GemmKernel::CollectiveMainloop::Arguments;
+    // CUTLASS's grouped blockwise mainloop derives each group's scale layout
+    // from its problem shape, so no per-group layouts are passed.
+    if constexpr (kBlockScaled)
+      return Mainloop{g.ptr_a, g.stride_a, g.ptr_b, g.stride_b, g.ptr_sfa, nullptr, g.ptr_sfb, nullptr};
+    else
+      return Mainloop{g.ptr_a, g.stride_a, g.ptr_b, g.stride_b};
   }
 
   static typename Gemm::Arguments arguments(const GroupedGemmParams& p, const Groups& g) {
@@ -114,7 +151,7 @@ struct GroupedGemm {
     typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGrouped,
         {p.num_experts, g.shapes, nullptr},  // shapes live on the device only
-        {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b},
+        mainloop_arguments(g),
         {{}, nullptr, g.stride_d, g.ptr_d, g.stride_d},
         hw};
     // Tree arguments: op_0 = acc, op_1 = bias, op_2 = plus. The bias is an
@@ -132,25 +169,34 @@ struct GroupedGemm {
   }
 };
 
-// Builds group e's shape, operand pointers and strides from expert_offsets,
-// and zeroes CUTLASS's workspace (16 bytes a thread). The GEMM writes its
-// per-SM TMA descriptors there through the tensormap proxy, which
-// compute-sanitizer's initcheck does not count as a write; after these plain
-// stores every byte the GEMM reads was written. It costs no extra launch.
+// Builds group e's shape, operand (and scale) pointers and strides from
+// expert_offsets, fills the per-tensor block of ones, and zeroes CUTLASS's
+// workspace (16 bytes a thread). The GEMM writes its per-SM TMA descriptors
+// there through the tensormap proxy, which compute-sanitizer's initcheck does
+// not count as a write; after these plain stores every byte the GEMM reads
+// was written. It costs no extra launch.
 template <class G>
 __global__ void build_groups_kernel(typename G::Groups g, const int32_t* __restrict__ offsets,
-                                    int num_experts, const typename G::Element* a,
-                                    const typename G::Element* w, typename G::Element* c, int n,
-                                    int k, uint4* cutlass_ws, int64_t cutlass_ws_vecs) {
+                                    int num_experts, const typename G::ElementAB* a,
+                                    const typename G::ElementAB* w, typename G::Element* c, int n,
+                                    int k, GroupedGemmParams p, uint4* cutlass_ws,
+                                    int64_t cutlass_ws_vecs) {
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (tid < cutlass_ws_vecs) cutlass_ws[tid] = make_uint4(0, 0, 0, 0);
+  if (tid < p.w_scale_ones_count) p.w_scale_ones[tid] = 1.0f;
   const int e = static_cast<int>(tid);
   if (tid >= num_experts) return;
   const int begin = offsets[e];
   const int rows = offsets[e + 1] - begin;
-  const typename G::Element* a_e = a + static_cast<int64_t>(begin) * k;  // [rows, K]
-  const typename G::Element* w_e = w + static_cast<int64_t>(e) * n * k;  // [N, K]
-  typename G::Element* c_e = c + static_cast<int64_t>(begin) * n;        // [rows, N]
+  const typename G::ElementAB* a_e = a + static_cast<int64_t>(begin) * k;  // [rows, K]
+  const typename G::ElementAB* w_e = w + static_cast<int64_t>(e) * n * k;  // [N, K]
+  typename G::Element* c_e = c + static_cast<int64_t>(begin) * n;          // [rows, N]
+  if constexpr (G::kBlockScaled) {
+    const float* sa = p.a_scale + static_cast<int64_t>(begin) * ((k + 127) / 128);
+    const float* sw = p.w_scale + e * p.w_scale_stride;
+    g.ptr_sfa[e] = G::kSwap ? sw : sa;
+    g.ptr_sfb[e] = G::kSwap ? sa : sw;
+  }
   if constexpr (G::kSwap) {
     g.shapes[e] = {n, rows, k};
     g.ptr_a[e] = w_e;
@@ -181,6 +227,8 @@ size_t workspace_bytes(int64_t num_experts, int sm_count) {
 template <class G>
 cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
   using E = typename G::Element;
+  using EAB = typename G::ElementAB;
+  if (G::kBlockScaled != (p.a_scale != nullptr)) return cudaErrorNotSupported;
   const typename G::Groups g = G::carve(p.scratch, p.num_experts);
   void* cutlass_ws =
       static_cast<char*>(p.scratch) + kGroupArrays * group_array_bytes(p.num_experts);
@@ -190,11 +238,11 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorNotSupported;
   const int64_t ws_vecs = static_cast<int64_t>((G::Gemm::get_workspace_size(args) + 15) / 16);
   constexpr int kThreads = 128;
-  const int64_t threads = std::max<int64_t>(p.num_experts, ws_vecs);
+  const int64_t threads = std::max<int64_t>({p.num_experts, ws_vecs, p.w_scale_ones_count});
   build_groups_kernel<G><<<static_cast<unsigned>((threads + kThreads - 1) / kThreads), kThreads, 0,
                            stream>>>(
-      g, p.expert_offsets, p.num_experts, static_cast<const E*>(p.a), static_cast<const E*>(p.w),
-      static_cast<E*>(p.c), static_cast<int>(p.n), static_cast<int>(p.k),
+      g, p.expert_offsets, p.num_experts, static_cast<const EAB*>(p.a), static_cast<const EAB*>(p.w),
+      static_cast<E*>(p.c), static_cast<int>(p.n), static_cast<int>(p.k), p,
       static_cast<uint4*>(cutlass_ws), ws_vecs);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
 
@@ -207,8 +255,8 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// The launcher and workspace size of one family for every element type it
-// is compiled for; each sm90_grouped_gemm_<family>.cu forwards to these.
+// The launcher and workspace size of one family for every output element
+// type it is compiled for; each sm90_grouped_gemm_<family>.cu forwards to these.
 template <template <class> class Family>
 cudaError_t run_any_dtype(const GroupedGemmParams& p, cudaStream_t stream) {
   switch (p.dtype) {
