@@ -4,6 +4,7 @@
 // same inputs. Writes one JSON object per row; bench/layer_report.py adds the
 // ceilings, the floors and the torch peer measured in the same call.
 //   moekit_layer_bench out.jsonl [model[:T[:dtype]] ...]     (default: the sweep)
+//     dtype: bf16 | fp16 | fp8_block | fp8_tensor (fp8 weights, bf16 activations)
 //   moekit_layer_bench --once model T [dtype]                (one call, for ncu)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "bench/graph_timer.hpp"
+#include "common/fp8_math.hpp"
 #include "moekit/moekit.hpp"
 #include "reference/dtype.hpp"
 #include "tools/cli/models.hpp"
@@ -37,7 +39,27 @@ __global__ void fill_uniform(T* p, int64_t n, float a, uint64_t seed) {
   }
 }
 
+// e4m3 codes of uniform values in [-448, 448): with a scale of
+// stddev * sqrt(3) / 448 they dequantize to the same distribution as fill().
+__global__ void fill_e4m3(uint8_t* p, int64_t n, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    x ^= x >> 31; x *= 0xBF58476D1CE4E5B9ull; x ^= x >> 29; x *= 0x94D049BB133111EBull; x ^= x >> 32;
+    const float u = (x >> 40) * (1.0f / 16777216.0f);
+    p[i] = float_to_e4m3((2.0f * u - 1.0f) * kFp8Max);
+  }
+}
+
+__global__ void fill_value(float* p, int64_t n, float v) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) p[i] = v;
+}
+
 int fill(void* p, moekit_dtype_t dt, int64_t n, float stddev, uint64_t seed) {
+  if (dt == MOEKIT_DTYPE_FP8_E4M3) {
+    fill_e4m3<<<1024, 256>>>(static_cast<uint8_t*>(p), n, seed);
+    CHECK(cudaGetLastError());
+    return 0;
+  }
   const float a = stddev * std::sqrt(3.0f);
   if (dt == MOEKIT_DTYPE_BF16) fill_uniform<<<1024, 256>>>(static_cast<__nv_bfloat16*>(p), n, a, seed);
   else if (dt == MOEKIT_DTYPE_FP16) fill_uniform<<<1024, 256>>>(static_cast<__half*>(p), n, a, seed);
@@ -49,35 +71,60 @@ int fill(void* p, moekit_dtype_t dt, int64_t n, float stddev, uint64_t seed) {
 struct Point {
   const cli::ModelShape* model;
   int64_t T;
-  moekit_dtype_t dtype;
+  moekit_dtype_t dtype;  // of input, output (and weights unless quant)
+  moekit_quant_t quant;  // fp8 weights
 };
+
+const char* point_dtype_name(const Point& p) {
+  if (p.quant == MOEKIT_QUANT_FP8_BLOCK) return "fp8_block";
+  if (p.quant == MOEKIT_QUANT_FP8_TENSOR) return "fp8_tensor";
+  return moekit_dtype_name(p.dtype);
+}
 
 int run_point(const Point& pt, FILE* json, bool once) {
   const cli::ModelShape& m = *pt.model;
   const int64_t T = pt.T, E = m.num_experts, k = m.top_k, H = m.hidden, I = m.inter;
   const int64_t N1 = 2 * I;
   const moekit_dtype_t dt = pt.dtype;
-  const size_t b = 2;
-  const size_t w_bytes = size_t(E) * (N1 * H + H * I) * b;
+  const bool fp8 = pt.quant != MOEKIT_QUANT_NONE;
+  const moekit_dtype_t wdt = fp8 ? MOEKIT_DTYPE_FP8_E4M3 : dt;
+  const size_t b = 2, wb = fp8 ? 1 : 2;  // activation and weight element bytes
+  const bool block = pt.quant == MOEKIT_QUANT_FP8_BLOCK;
+  const int64_t s13 = block ? E * fp8_blocks(N1) * fp8_blocks(H) : E;  // scales per copy
+  const int64_t s2 = block ? E * fp8_blocks(H) * fp8_blocks(I) : E;
+  const size_t scale_bytes = fp8 ? size_t(s13 + s2) * 4 : 0;
+  const size_t w_bytes = size_t(E) * (N1 * H + H * I) * wb + scale_bytes;
   const int copies = once ? 1 : std::max(1, std::min(4, int(3e9 / double(w_bytes))));
 
   Problem p = default_problem();
   p.num_tokens = T; p.hidden_size = H; p.intermediate_size = I;
   p.num_experts = p.num_local_experts = E; p.top_k = k;
   p.input_dtype = p.weight_dtype = p.output_dtype = dt;
+  if (fp8) {
+    p.weight_dtype = MOEKIT_DTYPE_FP8_E4M3;
+    p.quant = {pt.quant, 0};
+  }
   p.activation = m.activation;
   p.swiglu_alpha = m.swiglu_alpha; p.swiglu_beta = m.swiglu_beta; p.swiglu_limit = m.swiglu_limit;
   p.gate_up_order = m.gate_up_order;
 
   std::vector<void*> w13(copies), w2(copies);
+  std::vector<float*> w13_scale(copies, nullptr), w2_scale(copies, nullptr);
   void *hidden, *out, *ref_out, *logits, *ws;
   int32_t* ids;
   float* weights;
   for (int c = 0; c < copies; ++c) {
-    CHECK(cudaMalloc(&w13[c], size_t(E) * N1 * H * b));
-    CHECK(cudaMalloc(&w2[c], size_t(E) * H * I * b));
-    if (fill(w13[c], dt, E * N1 * H, 1.0f / std::sqrt(float(H)), 11 + c)) return 1;
-    if (fill(w2[c], dt, E * H * I, 1.0f / std::sqrt(float(I)), 23 + c)) return 1;
+    CHECK(cudaMalloc(&w13[c], size_t(E) * N1 * H * wb));
+    CHECK(cudaMalloc(&w2[c], size_t(E) * H * I * wb));
+    if (fill(w13[c], wdt, E * N1 * H, 1.0f / std::sqrt(float(H)), 11 + c)) return 1;
+    if (fill(w2[c], wdt, E * H * I, 1.0f / std::sqrt(float(I)), 23 + c)) return 1;
+    if (fp8) {  // every block's scale = its amax / 448, as a checkpoint's would be
+      CHECK(cudaMalloc(&w13_scale[c], s13 * 4));
+      CHECK(cudaMalloc(&w2_scale[c], s2 * 4));
+      fill_value<<<256, 256>>>(w13_scale[c], s13, std::sqrt(3.0f / float(H)) / kFp8Max);
+      fill_value<<<256, 256>>>(w2_scale[c], s2, std::sqrt(3.0f / float(I)) / kFp8Max);
+      CHECK(cudaGetLastError());
+    }
   }
   CHECK(cudaMalloc(&hidden, T * H * b));
   CHECK(cudaMalloc(&out, T * H * b));
@@ -104,6 +151,7 @@ int run_point(const Point& pt, FILE* json, bool once) {
   a.problem = p;
   a.hidden = hidden; a.topk_ids = ids; a.topk_weights = weights;
   a.w13 = w13[0]; a.w2 = w2[0]; a.output = out;
+  a.w13_scale = w13_scale[0]; a.w2_scale = w2_scale[0];
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   std::string plan;
@@ -146,7 +194,7 @@ int run_point(const Point& pt, FILE* json, bool once) {
   std::vector<int32_t> h_ids(T * k);
   CHECK(cudaMemcpy(h_ids.data(), ids, h_ids.size() * 4, cudaMemcpyDeviceToHost));
   const std::set<int32_t> touched(h_ids.begin(), h_ids.end());
-  const double touched_bytes = double(touched.size()) * (N1 * H + H * I) * b;
+  const double touched_bytes = double(touched.size()) * double(w_bytes) / double(E);
   const double act_bytes = 2.0 * T * H * b + T * k * 8.0;
   const double flops = 2.0 * T * k * 3.0 * H * I;
 
@@ -157,6 +205,8 @@ int run_point(const Point& pt, FILE* json, bool once) {
   for (int c = 0; c < calls; ++c) {
     a.w13 = w13[c % copies];
     a.w2 = w2[c % copies];
+    a.w13_scale = w13_scale[c % copies];
+    a.w2_scale = w2_scale[c % copies];
     if (Status st = MoeLayer::run(a, ws, ws_bytes, stream); !st) {
       std::fprintf(stderr, "%s\n", st.message().c_str());
       cudaStreamEndCapture(stream, &graph);
@@ -167,7 +217,7 @@ int run_point(const Point& pt, FILE* json, bool once) {
   const float us = bench::median_replay_us(graph, stream, 3, 20) / calls;
   if (us < 0) { std::fprintf(stderr, "graph replay failed\n"); return 1; }
 
-  const char* dn = moekit_dtype_name(dt);
+  const char* dn = point_dtype_name(pt);
   std::printf("| %s | %lld | %s | %.1f | %.1f | %.5f | %s |\n", m.name, (long long)T, dn, us,
               flops / us * 1e-6, relerr, plan.c_str());
   std::fflush(stdout);
@@ -183,7 +233,9 @@ int run_point(const Point& pt, FILE* json, bool once) {
                  (long long)nonfinite, copies, esc.c_str());
     std::fflush(json);
   }
-  for (int c = 0; c < copies; ++c) { cudaFree(w13[c]); cudaFree(w2[c]); }
+  for (int c = 0; c < copies; ++c) {
+    cudaFree(w13[c]); cudaFree(w2[c]); cudaFree(w13_scale[c]); cudaFree(w2_scale[c]);
+  }
   for (void* q : {hidden, out, ref_out, logits, ws}) cudaFree(q);
   cudaFree(ids);
   cudaFree(weights);
@@ -191,8 +243,11 @@ int run_point(const Point& pt, FILE* json, bool once) {
   return 0;
 }
 
-moekit_dtype_t parse_dtype(const std::string& s) {
-  return s == "fp16" ? MOEKIT_DTYPE_FP16 : MOEKIT_DTYPE_BF16;
+// bf16 | fp16 | fp8_block | fp8_tensor (fp8: bf16 activations).
+Point parse_point(const cli::ModelShape* m, int64_t T, const std::string& s) {
+  if (s == "fp8_block" || s == "fp8-block") return {m, T, MOEKIT_DTYPE_BF16, MOEKIT_QUANT_FP8_BLOCK};
+  if (s == "fp8_tensor" || s == "fp8-tensor") return {m, T, MOEKIT_DTYPE_BF16, MOEKIT_QUANT_FP8_TENSOR};
+  return {m, T, s == "fp16" ? MOEKIT_DTYPE_FP16 : MOEKIT_DTYPE_BF16, MOEKIT_QUANT_NONE};
 }
 
 }  // namespace
@@ -205,7 +260,7 @@ int main(int argc, char** argv) {
   if (argc >= 4 && std::string(argv[1]) == "--once") {
     const cli::ModelShape* m = cli::find_model(argv[2]);
     if (!m) { std::fprintf(stderr, "unknown model %s\n", argv[2]); return 2; }
-    return run_point({m, std::atoll(argv[3]), parse_dtype(argc > 4 ? argv[4] : "bf16")}, nullptr, true);
+    return run_point(parse_point(m, std::atoll(argv[3]), argc > 4 ? argv[4] : "bf16"), nullptr, true);
   }
   FILE* json = argc > 1 ? std::fopen(argv[1], "w") : nullptr;
   std::vector<Point> points;
@@ -214,19 +269,19 @@ int main(int argc, char** argv) {
     const cli::ModelShape* m = cli::find_model(name);
     if (!m) { std::fprintf(stderr, "unknown model %s\n", name.c_str()); return 2; }
     const size_t c1 = s.find(':');
-    if (c1 == std::string::npos) { points.push_back({m, -1, MOEKIT_DTYPE_BF16}); continue; }
+    if (c1 == std::string::npos) { points.push_back(parse_point(m, -1, "bf16")); continue; }
     const size_t c2 = s.find(':', c1 + 1);
-    points.push_back({m, std::atoll(s.substr(c1 + 1, c2 - c1 - 1).c_str()),
-                      parse_dtype(c2 == std::string::npos ? "bf16" : s.substr(c2 + 1))});
+    points.push_back(parse_point(m, std::atoll(s.substr(c1 + 1, c2 - c1 - 1).c_str()),
+                                 c2 == std::string::npos ? "bf16" : s.substr(c2 + 1)));
   }
   if (points.empty())
-    for (const char* name : {"qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3"}) points.push_back({cli::find_model(name), -1, MOEKIT_DTYPE_BF16});
+    for (const char* name : {"qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3"}) points.push_back(parse_point(cli::find_model(name), -1, "bf16"));
   std::vector<Point> sweep;
   for (const Point& p : points) {
     if (p.T > 0) { sweep.push_back(p); continue; }
     const bool deepseek = std::string(p.model->name) == "deepseek-v3";
     for (int64_t T : {1, 8, 64, 256, 257, 1024, 4096, 16384})
-      if (!(deepseek && T > 4096)) sweep.push_back({p.model, T, p.dtype});
+      if (!(deepseek && T > 4096)) sweep.push_back({p.model, T, p.dtype, p.quant});
   }
   std::printf("| shape | T | dtype | moekit µs | TFLOP/s | rel err vs simple GEMM | plan |\n|---|---|---|---|---|---|---|\n");
   for (const Point& p : sweep)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Completes a layer-benchmark run on the GPU machine, in the same call:
-measures the ceilings (1 GiB device copy, bf16 8192^3 matmul), times the
+measures the ceilings (1 GiB device copy, bf16 8192^3 matmul, fp8 8192^3
+torch._scaled_mm), times the
 torch._grouped_mm pipeline peer on every (shape, T) of moekit_layer_bench's
 rows, adds vLLM's Triton figures for the same GPU from bench/peers/, and
 writes bench/results-style JSON, a markdown table and a roofline plot.
@@ -75,9 +76,22 @@ def ceilings():
         e0.record(); x @ y; e1.record(); e1.synchronize()
         t.append(e0.elapsed_time(e1) / 1000.0)
     rate = 2 * m ** 3 / sorted(t)[len(t) // 2]
-    del x, y
+    # fp8 e4m3 x e4m3 -> bf16, unit scales (PEERS.md's fp8 ceiling).
+    xf, yf = x.to(torch.float8_e4m3fn), y.to(torch.float8_e4m3fn)
+    one = torch.ones((), device="cuda", dtype=torch.float32)
+    mm8 = lambda: torch._scaled_mm(xf, yf.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    for _ in range(3):
+        mm8()
+    torch.cuda.synchronize()
+    t = []
+    for _ in range(10):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record(); mm8(); e1.record(); e1.synchronize()
+        t.append(e0.elapsed_time(e1) / 1000.0)
+    fp8_rate = 2 * m ** 3 / sorted(t)[len(t) // 2]
+    del x, y, xf, yf
     torch.cuda.empty_cache()
-    return copy, rate
+    return copy, rate, fp8_rate
 
 
 def torch_peer_us(shape, T, dtype):
@@ -158,7 +172,7 @@ def main():
     rows_path, out_dir = sys.argv[1], sys.argv[2]
     rows = [json.loads(line) for line in open(rows_path) if line.strip()]
     gpu = torch.cuda.get_device_name()
-    copy_bw, bf16_rate = ceilings()
+    copy_bw, bf16_rate, fp8_rate = ceilings()
     vllm = vllm_rows(gpu)
     keys = []  # the peer in bf16, the dtype PEERS.md measured it in
     for r in rows:
@@ -168,15 +182,23 @@ def main():
     peer_cache = torch_peers(keys)
     for r in rows:
         key = (r["shape"], r["T"], r["dtype"])
+        fp8 = r["dtype"].startswith("fp8")
+        rate = fp8_rate if fp8 else bf16_rate  # the dense rate of the operand type
         mem_s = (r["touched_weight_bytes"] + r["activation_bytes"]) / copy_bw
-        cmp_s = r["flops"] / bf16_rate
+        cmp_s = r["flops"] / rate
         r["floor_us"] = max(round(max(mem_s, cmp_s) * 1e6, 2), 1e-3)
         r["floor_bound"] = "memory" if mem_s >= cmp_s else "compute"
         r["x_floor"] = round(r["moekit_us"] / r["floor_us"], 3)
         r["tflops"] = round(r["flops"] / r["moekit_us"] * 1e-6, 1)
         r["frac_bf16_rate"] = round(r["flops"] / (r["moekit_us"] * 1e-6) / bf16_rate, 3)
+        r["frac_dense_rate"] = round(r["flops"] / (r["moekit_us"] * 1e-6) / rate, 3)
         r["weight_TBps"] = round(r["touched_weight_bytes"] / (r["moekit_us"] * 1e-6) / 1e12, 3)
-        v = vllm.get((r["shape"], r["T"])) if r["dtype"] == "bf16" else None
+        v = vllm.get((r["shape"], r["T"])) if r["dtype"] in ("bf16", "fp8_block") else None
+        if fp8:  # vLLM's Triton fp8 block kernel (PEERS.md); no torch fp8 peer is timed here
+            r["peers"] = {"torch_grouped_mm_us": None,
+                          "vllm_triton_us": v.get("fp8_triton_graph_us") if v else None,
+                          "torch_grouped_mm_us_peers_md": None}
+            continue
         r["peers"] = {
             "torch_grouped_mm_us": None if peer_cache.get(key) is None else round(peer_cache[key], 2),
             "vllm_triton_us": v["triton_gemms_graph_us"] if v else None,
@@ -184,23 +206,25 @@ def main():
         }
     date = datetime.date.today().isoformat()
     doc = {"gpu": gpu, "date": date,
-           "ceilings": {"copy_TBps": round(copy_bw / 1e12, 3), "bf16_TFLOPs": round(bf16_rate / 1e12, 1)},
+           "ceilings": {"copy_TBps": round(copy_bw / 1e12, 3), "bf16_TFLOPs": round(bf16_rate / 1e12, 1),
+                        "fp8_TFLOPs": round(fp8_rate / 1e12, 1)},
            "rows": rows}
     name = gpu.replace(" ", "-")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}-{date}.json"), "w") as f:
         json.dump(doc, f, indent=1)
 
-    lines = [f"{gpu}, {date}: copy {copy_bw / 1e12:.2f} TB/s, bf16 matmul {bf16_rate / 1e12:.0f} TFLOP/s",
+    lines = [f"{gpu}, {date}: copy {copy_bw / 1e12:.2f} TB/s, bf16 matmul {bf16_rate / 1e12:.0f} TFLOP/s, "
+             f"fp8 matmul {fp8_rate / 1e12:.0f} TFLOP/s",
              "",
-             "| shape | T | dtype | moekit µs | floor µs | x floor | TFLOP/s | weights TB/s | torch µs | vLLM µs | rel err | gemm1 |",
+             "| shape | T | dtype | moekit µs | floor µs | x floor | TFLOP/s (x rate) | weights TB/s | torch µs | vLLM µs | rel err | gemm1 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["peers"]
         g1 = r["config"].split(" (")[0].replace("gemm1 ", "")
         fmt = lambda v: "-" if v is None else f"{v:.0f}"
         lines.append(f"| {r['shape']} | {r['T']} | {r['dtype']} | {r['moekit_us']:.1f} | {r['floor_us']:.1f} | "
-                     f"{r['x_floor']:.2f} | {r['tflops']:.0f} | {r['weight_TBps']:.2f} | {fmt(p['torch_grouped_mm_us'])} | "
+                     f"{r['x_floor']:.2f} | {r['tflops']:.0f} ({r['frac_dense_rate']:.2f}) | {r['weight_TBps']:.2f} | {fmt(p['torch_grouped_mm_us'])} | "
                      f"{fmt(p['vllm_triton_us'])} | {r['relerr_vs_simple_gemm']:.4f} | {g1} |")
     table = "\n".join(lines)
     open(os.path.join(out_dir, "layer_table.md"), "w").write(table + "\n")
@@ -212,11 +236,16 @@ def main():
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(8, 5.5))
         xs = [10 ** (i / 20) for i in range(-20, 100)]
-        ax.plot(xs, [min(bf16_rate, x * copy_bw) / 1e12 for x in xs], "k-", lw=1, label="roofline (measured)")
-        for label, key, marker in (("moekit", None, "o"), ("torch._grouped_mm", "torch_grouped_mm_us", "s"),
-                                   ("vLLM Triton", "vllm_triton_us", "^")):
+        ax.plot(xs, [min(bf16_rate, x * copy_bw) / 1e12 for x in xs], "k-", lw=1, label="bf16 roofline (measured)")
+        if any(r["dtype"].startswith("fp8") for r in rows):
+            ax.plot(xs, [min(fp8_rate, x * copy_bw) / 1e12 for x in xs], "k--", lw=1, label="fp8 roofline (measured)")
+        for label, key, marker, want_fp8 in (("moekit", None, "o", False), ("torch._grouped_mm", "torch_grouped_mm_us", "s", False),
+                                             ("vLLM Triton", "vllm_triton_us", "^", False),
+                                             ("moekit fp8", None, "D", True), ("vLLM Triton fp8 block", "vllm_triton_us", "v", True)):
             pts = []
             for r in rows:
+                if r["dtype"].startswith("fp8") != want_fp8:
+                    continue
                 us = r["moekit_us"] if key is None else r["peers"][key]
                 if us:
                     ai = r["flops"] / (r["touched_weight_bytes"] + r["activation_bytes"])
@@ -225,7 +254,7 @@ def main():
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label, alpha=0.8)
         ax.set_xscale("log"); ax.set_yscale("log")
         ax.set_xlabel("FLOP per byte (touched weights + activations)"); ax.set_ylabel("TFLOP/s")
-        ax.set_title(f"MoE layer, bf16: {gpu}, {date}")
+        ax.set_title(f"MoE layer, bf16 and fp8: {gpu}, {date}")
         ax.legend(); ax.grid(True, which="both", alpha=0.3)
         fig.savefig(os.path.join(out_dir, f"roofline-{name}-{date}.png"), dpi=110, bbox_inches="tight")
     except Exception as e:

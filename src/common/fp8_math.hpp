@@ -62,9 +62,12 @@ MOEKIT_FP8_HD float e4m3_to_float(uint8_t c) {
 // The scale of a group whose largest magnitude (NaN ignored) is amax.
 MOEKIT_FP8_HD float fp8_scale_of(float amax) { return amax / kFp8Max; }
 
-// x quantized with scale s. s = 0 (an all-zero group) gives exact zeros, and
-// a NaN stays NaN: x * 0 instead of x / 0.
+// x quantized with scale s. s = 0 (an all-zero group) gives exact zeros; a
+// NaN or Inf input becomes NaN (e4m3 has no Inf), so it stays in its row even
+// with a static scale; a finite x beyond 448 * s saturates.
 MOEKIT_FP8_HD uint8_t fp8_quantize(float x, float s) {
+  if ((fp8_float_bits(x) & 0x7fffffffu) == 0x7f800000u)
+    return static_cast<uint8_t>(((fp8_float_bits(x) >> 24) & 0x80u) | 0x7fu);
   return float_to_e4m3(s == 0.0f ? x * 0.0f : x / s);
 }
 

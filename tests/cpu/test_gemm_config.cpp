@@ -72,3 +72,25 @@ TEST(GemmConfig, OverrideNames) {
   EXPECT_EQ(k, GemmKernel::kTile64x256);
   EXPECT_FALSE(moekit::kernels::gemm_kernel_from_name("tile999", &k));
 }
+
+TEST(GemmConfig, Fp8UsesTheBlockScaledFamiliesOnly) {
+  const auto fp8 = MOEKIT_DTYPE_FP8_E4M3;
+  // deepseek-v3 GEMM 1: E = 256, k = 8, N = 4096, K = 7168.
+  EXPECT_EQ(select_config(gemm(1, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Swap128x16);
+  EXPECT_EQ(select_config(gemm(256, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Swap128x16);
+  EXPECT_EQ(select_config(gemm(257, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Pingpong64x128);
+  EXPECT_EQ(select_config(gemm(2048, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Pingpong64x128);
+  EXPECT_EQ(select_config(gemm(2049, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Tile128x128);
+  // Narrow N makes no difference to fp8 (one 128x128 tile family).
+  EXPECT_EQ(select_config(gemm(4096, 8, 128, 768, 2048, fp8)).kernel, GemmKernel::kFp8Tile128x128);
+  // TMA needs 16-byte rows: 16 e4m3 values.
+  EXPECT_EQ(select_config(gemm(4096, 8, 128, 1544, 2048, fp8)).kernel, GemmKernel::kSimple);
+  EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2056, fp8)).kernel, GemmKernel::kSimple);
+  for (int64_t T : {1, 64, 300, 5000}) {
+    const GemmKernel k = select_config(gemm(T, 8, 128, 1536, 2048, fp8)).kernel;
+    EXPECT_TRUE(moekit::kernels::gemm_kernel_runs_fp8(k)) << T;
+    EXPECT_TRUE(k == GemmKernel::kSimple || !moekit::kernels::gemm_kernel_runs_16bit(k)) << T;
+  }
+  for (int64_t T : {1, 64, 300, 5000})
+    EXPECT_TRUE(moekit::kernels::gemm_kernel_runs_16bit(select_config(gemm(T, 8, 128, 1536, 2048)).kernel));
+}

@@ -195,7 +195,8 @@ void check_fp8_family(kernels::GemmKernel kernel, moekit_dtype_t out_dt, const C
 }
 
 const kernels::GemmKernel kFp8Families[] = {kernels::GemmKernel::kFp8Swap128x16,
-                                            kernels::GemmKernel::kFp8Tile128x128};
+                                            kernels::GemmKernel::kFp8Tile128x128,
+                                            kernels::GemmKernel::kFp8Pingpong64x128};
 
 }  // namespace
 

@@ -38,7 +38,9 @@ commands:
 options of run:
   --model NAME          built-in shape (default qwen3-30b-a3b; see `moekit models`)
   --tokens T            batch size (default 64; 0 is valid)
-  --dtype D             bf16 | fp16 | fp32 for input, weights and output (default bf16)
+  --dtype D             bf16 | fp16 | fp32 for input, weights and output (default bf16),
+                        or fp8-block | fp8-tensor: fp8 e4m3 weights with 128x128 block
+                        (DeepSeek-V3 style) or per-expert scales, bf16 input and output
   --device D            auto | cpu | cuda (default auto: cuda when a GPU is usable)
   --seed S              seed of weights, inputs and router logits (default 0)
   --experts E           override the number of experts
@@ -57,6 +59,7 @@ struct Options {
   std::string model = "qwen3-30b-a3b";
   int64_t tokens = 64;
   moekit_dtype_t dtype = MOEKIT_DTYPE_BF16;
+  moekit_quant_t quant = MOEKIT_QUANT_NONE;
   std::string device = "auto";
   uint64_t seed = 0;
   int64_t experts = -1, top_k = -1, hidden = -1, inter = -1, ep_size = 1, ep_rank = 0;
@@ -86,7 +89,9 @@ Options parse(int argc, char** argv) {
          if (v == "bf16") o.dtype = MOEKIT_DTYPE_BF16;
          else if (v == "fp16") o.dtype = MOEKIT_DTYPE_FP16;
          else if (v == "fp32") o.dtype = MOEKIT_DTYPE_FP32;
-         else throw UsageError{"--dtype: expected bf16, fp16 or fp32, got '" + v + "'"};
+         else if (v == "fp8-block") o.quant = MOEKIT_QUANT_FP8_BLOCK;
+         else if (v == "fp8-tensor") o.quant = MOEKIT_QUANT_FP8_TENSOR;
+         else throw UsageError{"--dtype: expected bf16, fp16, fp32, fp8-block or fp8-tensor, got '" + v + "'"};
        }},
       {"--device", [&](const std::string& v) {
          if (v != "auto" && v != "cpu" && v != "cuda")
@@ -179,6 +184,10 @@ std::vector<uint8_t> run_cuda(const moekit::ref::HostLayer& l, int64_t iters,
   a.w2 = to_device(l.w2);
   a.w13_bias = p.has_w13_bias ? to_device(l.w13_bias) : nullptr;
   a.w2_bias = p.has_w2_bias ? to_device(l.w2_bias) : nullptr;
+  a.w13_scale = to_device(l.w13_scale);
+  a.w2_scale = to_device(l.w2_scale);
+  a.a13_scale = to_device(l.a13_scale);
+  a.a2_scale = to_device(l.a2_scale);
   void* out = nullptr;
   if (out_bytes) CLI_CUDA(cudaMalloc(&out, out_bytes));
   a.output = out;
@@ -211,6 +220,8 @@ std::vector<uint8_t> run_cuda(const moekit::ref::HostLayer& l, int64_t iters,
   for (const void* ptr : {a.hidden, static_cast<const void*>(a.topk_ids),
                           static_cast<const void*>(a.topk_weights), a.w13, a.w2, a.w13_bias,
                           a.w2_bias, a.router_logits, static_cast<const void*>(a.router_correction_bias),
+                          static_cast<const void*>(a.w13_scale), static_cast<const void*>(a.w2_scale),
+                          static_cast<const void*>(a.a13_scale), static_cast<const void*>(a.a2_scale),
                           static_cast<const void*>(out), static_cast<const void*>(ws)})
     CLI_CUDA(cudaFree(const_cast<void*>(ptr)));
   CLI_CUDA(cudaStreamDestroy(stream));
@@ -272,6 +283,10 @@ int cmd_run(const Options& o) {
   p.gate_up_order = m->gate_up_order;
   p.has_w13_bias = p.has_w2_bias = m->biases ? 1 : 0;
   p.router = m->router;  // the layer routes from logits with the model's router
+  if (o.quant != MOEKIT_QUANT_NONE) {
+    p.weight_dtype = MOEKIT_DTYPE_FP8_E4M3;
+    p.quant = {o.quant, 0};
+  }
 
   bool cuda = o.device == "cuda" || (o.device == "auto" && moekit::cuda_available());
   if (o.device == "cuda" && !moekit::cuda_available()) {
@@ -290,7 +305,9 @@ int cmd_run(const Options& o) {
   const double io_bytes = static_cast<double>(p.num_tokens) * p.hidden_size *
                           (moekit::ref::dtype_size(p.input_dtype) + moekit::ref::dtype_size(p.output_dtype));
   const double logit_bytes = 4.0 * p.num_tokens * p.num_experts;
-  const double host_need = wbytes + io_bytes + (cuda ? 0.0 : ws_bytes) + logit_bytes;
+  // fp8 layers are made from a bf16 copy (twice the fp8 bytes), kept for the error report.
+  const double dense_bytes = p.quant.kind != MOEKIT_QUANT_NONE ? 2.0 * wbytes : 0.0;
+  const double host_need = wbytes + dense_bytes + io_bytes + (cuda ? 0.0 : ws_bytes) + logit_bytes;
   const double host_have = host_available_bytes();
   double dev_have = 1e18;
   if (cuda) {
@@ -330,7 +347,18 @@ int cmd_run(const Options& o) {
               wbytes / kGiB, ws_bytes / 1048576.0);
   std::fflush(stdout);
 
-  const moekit::ref::HostLayer layer = moekit::ref::make_random_layer(p, o.seed);
+  // fp8: the same random layer in bf16, quantized; its bf16 weights give the
+  // error against the unquantized layer (reported, not part of the check).
+  moekit::ref::HostLayer dense;
+  if (p.quant.kind != MOEKIT_QUANT_NONE) {
+    moekit_problem_t dp = p;
+    dp.quant = {MOEKIT_QUANT_NONE, 0};
+    dp.weight_dtype = moekit::ref::compute_dtype(p);
+    dense = moekit::ref::make_random_layer(dp, o.seed);
+  }
+  const moekit::ref::HostLayer layer = p.quant.kind != MOEKIT_QUANT_NONE
+                                           ? moekit::ref::quantize_layer(dense, p.quant)
+                                           : moekit::ref::make_random_layer(p, o.seed);
   const int64_t iters = o.iters > 0 ? o.iters : (cuda ? 20 : 1);
   std::vector<double> times;
   std::vector<uint8_t> out = cuda ? run_cuda(layer, iters, &times) : run_cpu(layer, iters, &times);
@@ -358,6 +386,13 @@ int cmd_run(const Options& o) {
                 "mismatches, on %lld sampled tokens vs the fp64 oracle\n",
                 pass ? "PASS" : "FAIL", c.rel_frobenius, tol, c.max_abs_error,
                 (long long)c.nonfinite_mismatch, (long long)samples);
+    if (p.quant.kind != MOEKIT_QUANT_NONE) {
+      const auto d = moekit::ref::check_against_oracle(dense.unrouted_arguments(out.data()),
+                                                       out.data(), tokens);
+      std::printf("fp8       relative error %.2e against the unquantized (%s) weights; the check "
+                  "above uses the dequantized weights\n",
+                  d.rel_frobenius, moekit_dtype_name(dense.problem.weight_dtype));
+    }
   } else {
     std::printf("check     PASS: T=0, nothing to compute\n");
   }

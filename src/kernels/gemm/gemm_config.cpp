@@ -15,6 +15,7 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kDecode: return "decode mma.sync 16x8 swap-AB";
     case GemmKernel::kFp8Swap128x16: return "sm90 fp8 block-scaled swap-AB 128x16x128";
     case GemmKernel::kFp8Tile128x128: return "sm90 fp8 block-scaled 128x128x128";
+    case GemmKernel::kFp8Pingpong64x128: return "sm90 fp8 block-scaled 64x128x128 ping-pong";
   }
   return "unknown";
 }
@@ -28,7 +29,8 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
       {"tile64x256", GemmKernel::kTile64x256},
       {"decode", GemmKernel::kDecode},
       {"fp8_swap128x16", GemmKernel::kFp8Swap128x16},
-      {"fp8_tile128x128", GemmKernel::kFp8Tile128x128}};
+      {"fp8_tile128x128", GemmKernel::kFp8Tile128x128},
+      {"fp8_pingpong64x128", GemmKernel::kFp8Pingpong64x128}};
   for (const auto& n : kNames)
     if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
   return false;
@@ -36,10 +38,10 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
 
 bool gemm_kernel_runs_fp8(GemmKernel k) {
   return k == GemmKernel::kSimple || k == GemmKernel::kFp8Swap128x16 ||
-         k == GemmKernel::kFp8Tile128x128;
+         k == GemmKernel::kFp8Tile128x128 || k == GemmKernel::kFp8Pingpong64x128;
 }
 bool gemm_kernel_runs_16bit(GemmKernel k) {
-  return k != GemmKernel::kFp8Swap128x16 && k != GemmKernel::kFp8Tile128x128;
+  return k == GemmKernel::kSimple || !gemm_kernel_runs_fp8(k);
 }
 
 namespace {
@@ -47,12 +49,20 @@ namespace {
 GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
   if (p.n % 16 != 0 || p.k % 16 != 0)
     return {GemmKernel::kSimple, "fp8: N or K not a multiple of 16: TMA needs 16-byte rows"};
+  // H200 layer sweeps, 2026-11-27 (bench/RESULTS.md), fp8 block scaling:
+  // ping-pong 64x128 beat cooperative 128x128 at 16-32 rows per expert
+  // (qwen3 T=256: 223 vs 264 us; deepseek-v3 T=1024: 3187 vs 3751) and lost
+  // above 128 (mixtral T=4096: 4299 vs 3533; qwen3 T=4096: 953 vs 909).
   if (rows_per_expert <= 8)
     return {GemmKernel::kFp8Swap128x16,
             "fp8, <= 8 rows per expert: swap-AB, weight rows on wgmma's M side, one weight "
             "scale per 128x128 tile and one activation scale per token column"};
+  if (rows_per_expert <= 64)
+    return {GemmKernel::kFp8Pingpong64x128,
+            "fp8, 9-64 rows per expert: 64-row tiles, two warpgroups in ping-pong so one's "
+            "scale promotion overlaps the other's wgmmas"};
   return {GemmKernel::kFp8Tile128x128,
-          "fp8, > 8 rows per expert: 128x128x128 tiles, one k-tile per scale block"};
+          "fp8, > 64 rows per expert: 128x128x128 tiles, one k-tile per scale block"};
 }
 
 }  // namespace

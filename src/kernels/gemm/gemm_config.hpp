@@ -25,8 +25,9 @@ enum class GemmKernel : int {
   kDecode = 5,       // mma.sync weight streaming, no set-up (MOEKIT_GEMM=decode only, for now)
   kFp8Swap128x16 = 6,   // fp8 block-scaled, <= 8 rows per expert (decode)
   kFp8Tile128x128 = 7,  // fp8 block-scaled, > 8 rows per expert
+  kFp8Pingpong64x128 = 8,  // fp8 block-scaled, ping-pong
 };
-constexpr int kNumGemmKernels = 8;
+constexpr int kNumGemmKernels = 9;
 
 // Whether kernel k takes e4m3 operands with block scales (the fp8 families and
 // the simple kernel, which has both forms).
