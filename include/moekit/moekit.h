@@ -89,7 +89,8 @@ typedef enum moekit_dtype {
  * of the fp32 sums inside one 128-deep block):
  *   activation group g of a row (128 columns for FP8_BLOCK, the whole row for
  *   dynamic FP8_TENSOR): amax = max |x| (NaN ignored); s = amax / 448;
- *   q = e4m3(x / s), rounded to nearest and saturated to +-448 (a finite x
+ *   q = e4m3(x * (1/s)) (x / s where 1/s overflows fp32, for s below about
+ *   3e-39), rounded to nearest and saturated to +-448 (a finite x
  *   never becomes Inf or NaN; an Inf or NaN x becomes NaN); a group with
  *   amax = 0 gets s = 0 and q = 0 (exact zeros, no 0/0). Static FP8_TENSOR
  *   scales use s = the given scale (values beyond 448 s saturate).

@@ -62,13 +62,26 @@ MOEKIT_FP8_HD float e4m3_to_float(uint8_t c) {
 // The scale of a group whose largest magnitude (NaN ignored) is amax.
 MOEKIT_FP8_HD float fp8_scale_of(float amax) { return amax / kFp8Max; }
 
-// x quantized with scale s. s = 0 (an all-zero group) gives exact zeros; a
-// NaN or Inf input becomes NaN (e4m3 has no Inf), so it stays in its row even
-// with a static scale; a finite x beyond 448 * s saturates.
+// x / s before e4m3 rounding, as x * inv with inv = 1 / s (one multiply per
+// value, as vLLM's quantization kernels do) while 1 / s is finite, else x / s
+// (a group with amax below about 1e-36). s = 0 (an all-zero group) gives
+// x * 0: exact zeros, and a NaN stays NaN.
+MOEKIT_FP8_HD float fp8_inverse(float s) { return 1.0f / s; }
+MOEKIT_FP8_HD float fp8_scaled(float x, float s, float inv) {
+  if (s == 0.0f) return x * 0.0f;
+  return inv <= 3.40282347e38f ? x * inv : x / s;
+}
+
+MOEKIT_FP8_HD bool fp8_is_inf(float x) {
+  return (fp8_float_bits(x) & 0x7fffffffu) == 0x7f800000u;
+}
+
+// x quantized with scale s. A NaN or Inf input becomes NaN (e4m3 has no Inf),
+// so it stays in its row even with a static scale; a finite x beyond 448 * s
+// saturates to +-448.
 MOEKIT_FP8_HD uint8_t fp8_quantize(float x, float s) {
-  if ((fp8_float_bits(x) & 0x7fffffffu) == 0x7f800000u)
-    return static_cast<uint8_t>(((fp8_float_bits(x) >> 24) & 0x80u) | 0x7fu);
-  return float_to_e4m3(s == 0.0f ? x * 0.0f : x / s);
+  if (fp8_is_inf(x)) return static_cast<uint8_t>(((fp8_float_bits(x) >> 24) & 0x80u) | 0x7fu);
+  return float_to_e4m3(fp8_scaled(x, s, fp8_inverse(s)));
 }
 
 // Magnitude for amax: NaN counts as 0 so that one NaN does not poison the

@@ -11,6 +11,7 @@
 #include "common/fp8_cases.hpp"
 #include "common/test_util.hpp"
 #include "gpu_util.hpp"
+#include "kernels/quant/fp8_device.cuh"
 
 using namespace moekit;
 using test::DeviceBuffer;
@@ -201,4 +202,74 @@ TEST(GpuFp8, BatchInvariantRowAtEveryT) {
       EXPECT_EQ(row, first) << sc.name << " T=" << T << ": " << plan;
     }
   }
+}
+
+namespace {
+
+// The kernels' encoding (hardware cvt + the Inf rule) for value i of x with scale s[i].
+__global__ void encode_kernel(const float* x, const float* s, int64_t n, uint8_t* out) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
+  if (i + 8 > n) return;
+  float v[8];
+  for (int j = 0; j < 8; ++j) v[j] = x[i + j];
+  const uint2 q = kernels::quantize8(v, s[i], fp8_inverse(s[i]));
+  for (int j = 0; j < 4; ++j) {
+    out[i + j] = static_cast<uint8_t>(q.x >> (8 * j));
+    out[i + 4 + j] = static_cast<uint8_t>(q.y >> (8 * j));
+  }
+}
+
+}  // namespace
+
+// The GPU's hardware e4m3 conversion gives the bytes of the host's
+// float_to_e4m3 (the CPU reference) on a sweep of float bit patterns, every
+// e4m3 rounding midpoint and its neighbours, and the special values, with
+// scales from 0 through denormal to huge.
+TEST(GpuFp8, DeviceEncodingMatchesTheHostReference) {
+  REQUIRE_GPU();
+  std::vector<float> x, s;
+  auto add8 = [&](const float (&v)[8], float scale) {
+    for (float f : v) { x.push_back(f); s.push_back(scale); }
+  };
+  for (uint64_t b = 0; b < (1ull << 32); b += 4099 * 8) {  // strided bit patterns, 8 per scale
+    float v[8];
+    for (int j = 0; j < 8; ++j) v[j] = ref::bits_float(static_cast<uint32_t>(b + j * 4099));
+    add8(v, 1.0f);
+  }
+  for (int c = 0; c < 126; ++c) {  // midpoints between consecutive positive codes, +-1 ulp
+    const float lo = e4m3_to_float(static_cast<uint8_t>(c)), hi = e4m3_to_float(static_cast<uint8_t>(c + 1));
+    const float mid = 0.5f * (lo + hi);
+    const float v[8] = {mid, -mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f),
+                        -std::nextafter(mid, 0.0f), lo, hi, -hi};
+    add8(v, 1.0f);
+  }
+  const float kInf = std::numeric_limits<float>::infinity(), kNaN = std::numeric_limits<float>::quiet_NaN();
+  const float specials[8] = {kInf, -kInf, kNaN, 0.0f, -0.0f, 449.0f, 3e38f, 1e-45f};
+  for (float scale : {0.0f, 1e-45f, 1e-39f, 1e-30f, 0.0123f, 1.0f, 7.5f, 1e30f}) add8(specials, scale);
+  std::mt19937_64 rng(3);
+  std::uniform_real_distribution<float> u(-500.0f, 500.0f), e(-40.0f, 40.0f);
+  for (int i = 0; i < 1 << 14; ++i) {
+    float v[8];
+    for (float& f : v) f = u(rng);
+    add8(v, std::pow(10.0f, e(rng)));
+  }
+  const int64_t n = static_cast<int64_t>(x.size());
+  DeviceBuffer dx(n * 4), ds(n * 4), dout(n);
+  dx.upload(x.data(), n * 4);
+  ds.upload(s.data(), n * 4);
+  encode_kernel<<<static_cast<unsigned>((n / 8 + 255) / 256), 256>>>(
+      static_cast<const float*>(dx.data()), static_cast<const float*>(ds.data()), n,
+      static_cast<uint8_t*>(dout.data()));
+  CUDA_OK(cudaGetLastError());
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<uint8_t> got = dout.download();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t want = fp8_quantize(x[i], s[i]);
+    const bool both_nan = (got[i] & 0x7f) == 0x7f && (want & 0x7f) == 0x7f;  // NaN's sign is free
+    if (got[i] != want && !both_nan && bad++ < 10)
+      ADD_FAILURE() << "x=" << x[i] << " s=" << s[i] << ": GPU 0x" << std::hex << int(got[i])
+                    << ", host 0x" << int(want) << std::dec;
+  }
+  EXPECT_EQ(bad, 0) << "of " << n << " values";
 }

@@ -14,6 +14,7 @@
 // the same GEMM arithmetic.
 #include "common/fp8_math.hpp"
 #include "kernels/common.cuh"
+#include "kernels/quant/fp8_device.cuh"
 #include "kernels/kernels.hpp"
 
 namespace moekit::kernels {
@@ -99,16 +100,6 @@ __device__ __forceinline__ float amax8(const float (&v)[8]) {
   return a;
 }
 
-__device__ __forceinline__ uint2 quantize8(const float (&v)[8], float s) {
-  uint32_t lo = 0, hi = 0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    lo |= static_cast<uint32_t>(fp8_quantize(v[i], s)) << (8 * i);
-    hi |= static_cast<uint32_t>(fp8_quantize(v[i + 4], s)) << (8 * i);
-  }
-  return make_uint2(lo, hi);
-}
-
 template <class T, class Source>
 __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     Source src, const int32_t* __restrict__ offsets, int num_experts, int64_t k,
@@ -141,25 +132,37 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
         }
         s = fp8_scale_of(lanes_max<32>(amax));
       }
+      const float inv = fp8_inverse(s);
       for (int64_t col = static_cast<int64_t>(lane) * kLaneCols; col < k; col += 32 * kLaneCols) {
         float v[8];
         src.values(in, col, v);
-        *reinterpret_cast<uint2*>(dst + col) = quantize8(v, s);
+        *reinterpret_cast<uint2*>(dst + col) = quantize8(v, s, inv);
       }
       const float row_scale = s * __ldg(w_scale + e);
       for (int64_t g = lane; g < groups; g += 32) sc[g * rows_e] = row_scale;
       continue;
     }
-    // FP8_BLOCK: one scale per 128 columns; two groups per warp step.
-    for (int64_t g0 = 0; g0 < groups; g0 += 2) {
-      const int64_t g = g0 + half;
-      const int64_t col = g * kFp8Block + sub * kLaneCols;
-      float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-      const bool in_row = g < groups && col < k;  // k % 16 == 0: 8 columns all in or all out
-      if (in_row) src.values(in, col, v);
-      const float s = fp8_scale_of(lanes_max<kGroupLanes>(amax8(v)));
-      if (in_row) *reinterpret_cast<uint2*>(dst + col) = quantize8(v, s);
-      if (sub == 0 && g < groups) sc[g * rows_e] = s;
+    // FP8_BLOCK: one scale per 128 columns; two groups per warp step, and
+    // kSteps steps' loads issued before any reduction (memory parallelism).
+    constexpr int kSteps = 4;
+    for (int64_t g0 = 0; g0 < groups; g0 += 2 * kSteps) {
+      float v[kSteps][8];
+      bool in_row[kSteps];
+#pragma unroll
+      for (int j = 0; j < kSteps; ++j) {
+        const int64_t g = g0 + 2 * j + half, col = g * kFp8Block + sub * kLaneCols;
+        in_row[j] = g < groups && col < k;  // k % 16 == 0: 8 columns all in or all out
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[j][i] = 0.0f;
+        if (in_row[j]) src.values(in, col, v[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kSteps; ++j) {
+        const int64_t g = g0 + 2 * j + half, col = g * kFp8Block + sub * kLaneCols;
+        const float s = fp8_scale_of(lanes_max<kGroupLanes>(amax8(v[j])));
+        if (in_row[j]) *reinterpret_cast<uint2*>(dst + col) = quantize8(v[j], s, fp8_inverse(s));
+        if (sub == 0 && g < groups) sc[g * rows_e] = s;
+      }
     }
   }
 }
