@@ -129,6 +129,57 @@ def torch_peer_us(shape, T, dtype):
     return us
 
 
+def torch_fp8_peer_us(shape, T):
+    """The torch pipeline above with fp8 GEMMs: torch._scaled_grouped_mm with
+    e4m3 weights scaled per expert and output column, activations quantized
+    per row in torch (amax / 448) before each GEMM (torchtitan's rowwise fp8
+    MoE; torch has no 128x128 block-scaled grouped GEMM)."""
+    E, k, H, I = MODELS[shape]
+    w_bytes = E * (2 * I * H + H * I)
+    copies = max(1, min(4, int(3e9 / w_bytes)))
+    f8 = torch.float8_e4m3fn
+
+    def quant_weight(n, kk):  # [E, n, kk] -> e4m3 [E, n, kk], scale [E, n]
+        w = torch.empty(E, n, kk, device="cuda", dtype=torch.bfloat16).uniform_(-1, 1) / math.sqrt(kk)
+        s = w.abs().amax(dim=2).float().clamp(min=1e-12) / 448.0
+        return (w.float() / s.unsqueeze(2)).to(f8), s
+
+    def quant_rows(x):  # [rows, K] bf16 -> e4m3, scale [rows]
+        s = x.abs().amax(dim=1).float().clamp(min=1e-12) / 448.0
+        return (x.float() / s.unsqueeze(1)).to(f8), s
+
+    w13 = [quant_weight(2 * I, H) for _ in range(copies)]
+    w2 = [quant_weight(H, I) for _ in range(copies)]
+    x = torch.randn(T, H, device="cuda", dtype=torch.bfloat16)
+    logits = torch.randn(T, E, device="cuda", dtype=torch.float32)
+    wts, ids = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+    wts = wts / wts.sum(-1, keepdim=True)
+    ids = ids.to(torch.int32)
+    ones = torch.ones(T * k, device="cuda", dtype=torch.int32)
+
+    def layer(c):
+        flat = ids.flatten()
+        order = torch.argsort(flat, stable=True)
+        counts = torch.zeros(E, device="cuda", dtype=torch.int32).index_add_(0, flat, ones)
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        tok = order // k
+        q13, s13 = w13[c % copies]
+        q2, s2 = w2[c % copies]
+        xq, xs = quant_rows(x[tok])
+        h = torch._scaled_grouped_mm(xq, q13.transpose(1, 2), xs, s13, offs=offs, out_dtype=torch.bfloat16)
+        a = F.silu(h[:, :I]) * h[:, I:]
+        aq, as_ = quant_rows(a)
+        y = torch._scaled_grouped_mm(aq, q2.transpose(1, 2), as_, s2, offs=offs, out_dtype=torch.bfloat16)
+        y = y.float() * wts.flatten()[order].unsqueeze(1)
+        out = torch.zeros(T, H, device="cuda", dtype=torch.float32).index_add_(0, tok, y)
+        return out.to(torch.bfloat16)
+
+    us = median_graph_us(layer, 2 * copies)
+    del w13, w2
+    torch.cuda.empty_cache()
+    return us
+
+
 def vllm_rows(gpu_name):
     here = os.path.dirname(os.path.abspath(__file__))
     tag = "H200" if "H200" in gpu_name else "H100"
@@ -144,7 +195,8 @@ def peer_worker(points):
     A device-side failure poisons a CUDA context, so the parent restarts a
     child after the failed point instead of losing the rest."""
     for shape, T, dtype in points:
-        print(json.dumps({"key": [shape, T, dtype], "us": torch_peer_us(shape, T, dtype)}), flush=True)
+        us = torch_fp8_peer_us(shape, T) if dtype == "fp8" else torch_peer_us(shape, T, dtype)
+        print(json.dumps({"key": [shape, T, dtype], "us": us}), flush=True)
 
 
 def torch_peers(keys):
@@ -174,14 +226,15 @@ def main():
     gpu = torch.cuda.get_device_name()
     copy_bw, bf16_rate, fp8_rate = ceilings()
     vllm = vllm_rows(gpu)
-    keys = []  # the peer in bf16, the dtype PEERS.md measured it in
+    keys = []  # the peer in bf16 (the dtype PEERS.md measured it in), and its fp8 form
+    peer_key = lambda r: (r["shape"], r["T"], "fp8" if r["dtype"].startswith("fp8") else r["dtype"])
     for r in rows:
-        key = (r["shape"], r["T"], r["dtype"])
-        if key not in keys and r["dtype"] == "bf16":
+        key = peer_key(r)
+        if key not in keys and key[2] in ("bf16", "fp8"):
             keys.append(key)
     peer_cache = torch_peers(keys)
     for r in rows:
-        key = (r["shape"], r["T"], r["dtype"])
+        key = peer_key(r)
         fp8 = r["dtype"].startswith("fp8")
         rate = fp8_rate if fp8 else bf16_rate  # the dense rate of the operand type
         mem_s = (r["touched_weight_bytes"] + r["activation_bytes"]) / copy_bw
@@ -194,8 +247,8 @@ def main():
         r["frac_dense_rate"] = round(r["flops"] / (r["moekit_us"] * 1e-6) / rate, 3)
         r["weight_TBps"] = round(r["touched_weight_bytes"] / (r["moekit_us"] * 1e-6) / 1e12, 3)
         v = vllm.get((r["shape"], r["T"])) if r["dtype"] in ("bf16", "fp8_block") else None
-        if fp8:  # vLLM's Triton fp8 block kernel (PEERS.md); no torch fp8 peer is timed here
-            r["peers"] = {"torch_grouped_mm_us": None,
+        if fp8:  # vLLM's Triton fp8 block kernel (PEERS.md); torch: the rowwise fp8 pipeline
+            r["peers"] = {"torch_grouped_mm_us": None if peer_cache.get(key) is None else round(peer_cache[key], 2),
                           "vllm_triton_us": v.get("fp8_triton_graph_us") if v else None,
                           "torch_grouped_mm_us_peers_md": None}
             continue
