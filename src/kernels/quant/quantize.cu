@@ -123,24 +123,35 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
     const T* in = src.row_ptr(row, k);
     uint8_t* dst = out + row * k;
+    constexpr int kSteps = Source::kSteps;
+    constexpr int64_t kStride = 32 * kLaneCols;  // columns of one warp step
     if (kind == MOEKIT_QUANT_FP8_TENSOR) {
       float s;
       if (static_scale != nullptr) {
         s = __ldg(static_scale);
       } else {
         float amax = 0.0f;
-        for (int64_t col = static_cast<int64_t>(lane) * kLaneCols; col < k; col += 32 * kLaneCols) {
-          float v[8];
-          src.values(in, col, v);
-          amax = fmaxf(amax, amax8(v));
+        for (int64_t c0 = static_cast<int64_t>(lane) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
+          float v[kSteps][8];
+#pragma unroll
+          for (int j = 0; j < kSteps; ++j)
+            if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
+#pragma unroll
+          for (int j = 0; j < kSteps; ++j)
+            if (c0 + j * kStride < k) amax = fmaxf(amax, amax8(v[j]));
         }
         s = fp8_scale_of(lanes_max<32>(amax));
       }
       const float inv = fp8_inverse(s);
-      for (int64_t col = static_cast<int64_t>(lane) * kLaneCols; col < k; col += 32 * kLaneCols) {
-        float v[8];
-        src.values(in, col, v);
-        *reinterpret_cast<uint2*>(dst + col) = quantize8(v, s, inv);
+      for (int64_t c0 = static_cast<int64_t>(lane) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
+        float v[kSteps][8];
+#pragma unroll
+        for (int j = 0; j < kSteps; ++j)
+          if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
+#pragma unroll
+        for (int j = 0; j < kSteps; ++j)
+          if (c0 + j * kStride < k)
+            *reinterpret_cast<uint2*>(dst + c0 + j * kStride) = quantize8(v[j], s, inv);
       }
       const float row_scale = s * __ldg(w_scale + e);
       for (int64_t g = lane; g < groups; g += 32) sc[g * rows_e] = row_scale;
@@ -148,7 +159,6 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     }
     // FP8_BLOCK: one scale per 128 columns; two groups per warp step, and
     // kSteps steps' loads issued before any reduction (memory parallelism).
-    constexpr int kSteps = Source::kSteps;
     for (int64_t g0 = 0; g0 < groups; g0 += 2 * kSteps) {
       float v[kSteps][8];
       bool in_row[kSteps];
