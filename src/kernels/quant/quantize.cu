@@ -1,7 +1,8 @@
 // fp8 activation quantization (moekit.h, moekit_quant_t), fused into the two
 // stages that produce a GEMM's input rows: the gather (GEMM 1) and the
-// activation (GEMM 2). One warp per row; each half-warp takes one 128-column
-// group at a time with 8 columns (one 16-byte load) per lane, so the group's
+// activation (GEMM 2). One warp per row (per 8-group chunk of a row with
+// block scaling); each half-warp takes one 128-column group at a time with
+// 8 columns (one 16-byte load) per lane, so the group's
 // amax is a 16-lane shuffle reduction and each lane writes its 8 e4m3 bytes
 // in one 8-byte store. Dynamic per-tensor scaling needs the whole row's amax
 // first: a warp reduction, then the values are produced again (cheap: the
@@ -12,6 +13,8 @@
 // scales + o_e * ceil(K/128). Per-tensor scaling folds the expert's weight
 // scale into every entry (the GEMM then multiplies by 1), so both schemes run
 // the same GEMM arithmetic.
+#include <algorithm>
+
 #include "common/fp8_math.hpp"
 #include "kernels/common.cuh"
 #include "kernels/quant/fp8_device.cuh"
@@ -25,6 +28,13 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kLaneCols = 8;                          // columns per lane: one 16-byte load
 constexpr int kGroupLanes = kFp8Block / kLaneCols;    // 16 lanes per 128-column group
+// Block scaling splits rows into chunks of 8 groups while there are too few
+// rows to give every warp slot of the GPU a few (decode: mixtral T = 1 went
+// from 227 to 123 us on an H200); with many rows a warp takes a whole row
+// (chunks then cost a re-done expert search each: deepseek-v3 T = 4096's
+// gather went from 289 to 584 us).
+constexpr int64_t kChunkGroups = 8;
+constexpr int64_t kWholeRowsFrom = 8 * kWarps;  // rows per SM
 
 // The last expert whose first row is <= row.
 __device__ __forceinline__ int expert_of_row(const int32_t* offsets, int num_experts, int64_t row) {
@@ -110,14 +120,21 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     moekit_quant_t kind, const float* __restrict__ static_scale,  // or null: dynamic
     const float* __restrict__ w_scale,                            // [E] per tensor, else unused
     uint8_t* __restrict__ out,                                    // [rows, K] e4m3
-    float* __restrict__ scales) {
+    float* __restrict__ scales, int64_t chunk_groups) {
   const int lane = threadIdx.x % 32;
   const int half = lane / kGroupLanes, sub = lane % kGroupLanes;  // group slot, lane in group
   const int64_t valid = offsets[num_experts];
   const int64_t groups = fp8_blocks(k);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; row < valid;
-       row += warps) {
+  // Work items: a whole row (per tensor: one amax over the row), or for block
+  // scaling a row's chunk of chunk_groups groups, so that a few long rows
+  // (decode, I = 14336) still spread over many warps instead of one warp
+  // walking each row group after group.
+  const bool tensor = kind == MOEKIT_QUANT_FP8_TENSOR;
+  const int64_t chunks = tensor ? 1 : (groups + chunk_groups - 1) / chunk_groups;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+       item < valid * chunks; item += warps) {
+    const int64_t row = item / chunks, chunk = item - row * chunks;
     const int e = expert_of_row(offsets, num_experts, row);
     const int64_t first = __ldg(offsets + e), rows_e = __ldg(offsets + e + 1) - first;
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
@@ -159,13 +176,14 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     }
     // FP8_BLOCK: one scale per 128 columns; two groups per warp step, and
     // kSteps steps' loads issued before any reduction (memory parallelism).
-    for (int64_t g0 = 0; g0 < groups; g0 += 2 * kSteps) {
+    const int64_t g_end = std::min(groups, (chunk + 1) * chunk_groups);
+    for (int64_t g0 = chunk * chunk_groups; g0 < g_end; g0 += 2 * kSteps) {
       float v[kSteps][8];
       bool in_row[kSteps];
 #pragma unroll
       for (int j = 0; j < kSteps; ++j) {
         const int64_t g = g0 + 2 * j + half, col = g * kFp8Block + sub * kLaneCols;
-        in_row[j] = g < groups && col < k;  // k % 16 == 0: 8 columns all in or all out
+        in_row[j] = g < g_end && col < k;  // k % 16 == 0: 8 columns all in or all out
 #pragma unroll
         for (int i = 0; i < 8; ++i) v[j][i] = 0.0f;
         if (in_row[j]) src.values(in, col, v[j]);
@@ -175,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
         const int64_t g = g0 + 2 * j + half, col = g * kFp8Block + sub * kLaneCols;
         const float s = fp8_scale_of(lanes_max<kGroupLanes>(amax8(v[j])));
         if (in_row[j]) *reinterpret_cast<uint2*>(dst + col) = quantize8(v[j], s, fp8_inverse(s));
-        if (sub == 0 && g < groups) sc[g * rows_e] = s;
+        if (sub == 0 && g < g_end) sc[g * rows_e] = s;
       }
     }
   }
@@ -190,9 +208,14 @@ __global__ void fill_ones_kernel(float* out, int64_t count) {
 template <class Source, class T>
 cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int64_t k,
                    const DeviceInfo& dev, cudaStream_t stream) {
-  const unsigned grid = grid_for((max_rows + kWarps - 1) / kWarps, dev.sm_count, 16);
+  const int64_t groups = fp8_blocks(k);
+  const bool split = q.kind == MOEKIT_QUANT_FP8_BLOCK && max_rows < kWholeRowsFrom * dev.sm_count;
+  const int64_t chunk_groups = split ? kChunkGroups : groups;
+  const int64_t items = max_rows * ((groups + chunk_groups - 1) / chunk_groups);
+  const unsigned grid = grid_for((items + kWarps - 1) / kWarps, dev.sm_count, 16);
   quantize_rows_kernel<T, Source><<<grid, kThreads, 0, stream>>>(
-      src, q.expert_offsets, q.num_experts, k, q.kind, q.static_scale, q.w_scale, q.out, q.scales);
+      src, q.expert_offsets, q.num_experts, k, q.kind, q.static_scale, q.w_scale, q.out, q.scales,
+      chunk_groups);
   return cudaGetLastError();
 }
 
