@@ -72,6 +72,17 @@ void dispatch_dtype(moekit_dtype_t d, F&& f) {
   }
 }
 
+// The local expert of an expert-ordered row: the last e with offsets[e] <= row
+// (empty experts are skipped). offsets [E + 1] on the device.
+__device__ __forceinline__ int expert_of_row(const int32_t* offsets, int num_experts, int64_t row) {
+  int lo = 0, hi = num_experts - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (__ldg(offsets + mid) <= row) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
 // Grid for grid-stride loops: enough blocks to fill the GPU, no more than the work.
 inline unsigned grid_for(int64_t work_blocks, int sm_count, int blocks_per_sm = 8) {
   int64_t cap = static_cast<int64_t>(sm_count) * blocks_per_sm;

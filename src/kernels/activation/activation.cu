@@ -1,5 +1,6 @@
 // Activation: out [rows, I] from GEMM 1's [rows, N1], eight outputs per thread
-// with 16-byte loads for every gate/up order. Formulas: common/activation_math.hpp.
+// with 16-byte loads for every gate/up order (activation8, activation.cuh).
+#include "kernels/activation/activation.cuh"
 #include "kernels/common.cuh"
 #include "kernels/kernels.hpp"
 
@@ -28,30 +29,8 @@ __global__ void __launch_bounds__(kThreads) activation_kernel(
   for (Index i = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; i < total; i += stride) {
     const Index row_i = i / vecs_per_row;
     const int64_t row = row_i, j0 = static_cast<int64_t>(i - row_i * vecs_per_row) * 8;
-    const T* g = gemm1 + row * n1;
     float r[8];
-    if (!gated) {
-      load8(g + j0, r);
-#pragma unroll
-      for (int q = 0; q < 8; ++q) r[q] = apply_activation(p.kind, r[q]);
-    } else {
-      float gate[8], up[8];
-      if (order == MOEKIT_INTERLEAVED) {  // 16 consecutive values hold 8 (gate, up) pairs
-        float lo[8], hi[8];
-        load8(g + 2 * j0, lo);
-        load8(g + 2 * j0 + 8, hi);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          gate[q] = lo[2 * q]; up[q] = lo[2 * q + 1];
-          gate[q + 4] = hi[2 * q]; up[q + 4] = hi[2 * q + 1];
-        }
-      } else {
-        load8(g + gate_column(order, j0, inter), gate);
-        load8(g + up_column(order, j0, inter), up);
-      }
-#pragma unroll
-      for (int q = 0; q < 8; ++q) r[q] = apply_gated_activation(p, gate[q], up[q]);
-    }
+    activation8(gemm1 + row * n1, j0, inter, p, order, r);
     store8(out + row * inter + j0, r);
   }
 }

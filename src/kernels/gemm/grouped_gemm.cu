@@ -53,13 +53,7 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_nt_kernel(
   for (int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN; n0 < n;
        n0 += static_cast<int64_t>(gridDim.y) * kBN) {
     for (int64_t seg_begin = tile_begin; seg_begin < tile_end;) {
-      // The expert of row seg_begin: the last e with offsets[e] <= seg_begin.
-      int lo = 0, hi = num_experts - 1;
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (offsets[mid] <= seg_begin) lo = mid; else hi = mid - 1;
-      }
-      const int e = lo;
+      const int e = expert_of_row(offsets, num_experts, seg_begin);
       const int64_t seg_end = offsets[e + 1] < tile_end ? offsets[e + 1] : tile_end;
       const TA* we = w + static_cast<int64_t>(e) * n * k;
 

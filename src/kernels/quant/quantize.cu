@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "common/fp8_math.hpp"
+#include "kernels/activation/activation.cuh"
 #include "kernels/common.cuh"
 #include "kernels/quant/fp8_device.cuh"
 #include "kernels/kernels.hpp"
@@ -36,16 +37,6 @@ constexpr int kGroupLanes = kFp8Block / kLaneCols;    // 16 lanes per 128-column
 // gather went from 289 to 584 us).
 constexpr int64_t kChunkGroups = 8;
 constexpr int64_t kWholeRowsFrom = 8 * kWarps;  // rows per SM
-
-// The last expert whose first row is <= row.
-__device__ __forceinline__ int expert_of_row(const int32_t* offsets, int num_experts, int64_t row) {
-  int lo = 0, hi = num_experts - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (__ldg(offsets + mid) <= row) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
 
 // Row values of GEMM 1's input: the token's hidden row (already the compute dtype).
 template <class T>
@@ -75,28 +66,9 @@ struct ActivationSource {
     return gemm1 + row * (activation_is_gated(act.kind) ? 2 * inter : inter);
   }
   __device__ void values(const T* g, int64_t col, float (&v)[8]) const {
-    if (!activation_is_gated(act.kind)) {
-      load8(g + col, v);
+    activation8(g, col, inter, act, order, v);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(apply_activation(act.kind, v[i])));
-      return;
-    }
-    float gate[8], up[8];
-    if (order == MOEKIT_INTERLEAVED) {  // 16 consecutive values hold 8 (gate, up) pairs
-      float lo[8], hi[8];
-      load8(g + 2 * col, lo);
-      load8(g + 2 * col + 8, hi);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        gate[q] = lo[2 * q]; up[q] = lo[2 * q + 1];
-        gate[q + 4] = hi[2 * q]; up[q + 4] = hi[2 * q + 1];
-      }
-    } else {
-      load8(g + gate_column(order, col, inter), gate);
-      load8(g + up_column(order, col, inter), up);
-    }
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(apply_gated_activation(act, gate[i], up[i])));
+    for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(v[i]));
   }
 };
 
@@ -147,11 +119,9 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     constexpr int kSteps = Source::kSteps;
     constexpr int64_t kStride = 32 * kLaneCols;  // columns of one warp step
     if constexpr (kTensor) {
-      float s;
-      if (static_scale != nullptr) {
-        s = __ldg(static_scale);
-      } else {
-        float amax = 0.0f;
+      // Both passes walk the row the same way: kSteps warp steps' loads in
+      // flight, then use(column, values) for each step inside the row.
+      auto walk = [&](auto use) {
         for (int64_t c0 = static_cast<int64_t>(lane) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
           float v[kSteps][8];
 #pragma unroll
@@ -159,21 +129,21 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
             if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
 #pragma unroll
           for (int j = 0; j < kSteps; ++j)
-            if (c0 + j * kStride < k) amax = fmaxf(amax, amax8(v[j]));
+            if (c0 + j * kStride < k) use(c0 + j * kStride, v[j]);
         }
+      };
+      float s;
+      if (static_scale != nullptr) {
+        s = __ldg(static_scale);
+      } else {
+        float amax = 0.0f;
+        walk([&](int64_t, const float(&v)[8]) { amax = fmaxf(amax, amax8(v)); });
         s = fp8_scale_of(lanes_max<32>(amax));
       }
       const float inv = fp8_inverse(s);
-      for (int64_t c0 = static_cast<int64_t>(lane) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
-        float v[kSteps][8];
-#pragma unroll
-        for (int j = 0; j < kSteps; ++j)
-          if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
-#pragma unroll
-        for (int j = 0; j < kSteps; ++j)
-          if (c0 + j * kStride < k)
-            *reinterpret_cast<uint2*>(dst + c0 + j * kStride) = quantize8(v[j], s, inv);
-      }
+      walk([&](int64_t col, const float(&v)[8]) {
+        *reinterpret_cast<uint2*>(dst + col) = quantize8(v, s, inv);
+      });
       const float row_scale = s * __ldg(w_scale + e);
       for (int64_t g = lane; g < groups; g += 32) sc[g * rows_e] = row_scale;
       continue;
