@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "reference/dtype.hpp"
+#include "reference/reference.hpp"
 
 namespace moekit::ref {
 
@@ -60,13 +61,15 @@ void oracle_token(const moekit_arguments_t& a, int64_t t, double* out) {
   std::vector<double> x(H), h1(N1), act(I);
   for (int64_t h = 0; h < H; ++h) x[h] = load_as_float(p.input_dtype, a.hidden, t * H + h);
   for (int64_t s = 0; s < p.top_k; ++s) {
-    const int64_t id = a.topk_ids[t * p.top_k + s];
-    const int64_t first = p.ep_rank * p.num_local_experts;
-    if (id < 0 || id >= p.num_experts || id < first || id >= first + p.num_local_experts) continue;
-    const int64_t e = id - first;
+    const int64_t e = local_expert(routing_of(a), a.topk_ids[t * p.top_k + s]);
+    if (e < 0) continue;
+    // Router weight on the input or on the output (moekit.h).
+    const double w = a.topk_weights[t * p.top_k + s];
+    const double w_in = p.apply_router_weight_on_input ? w : 1.0;
+    const double w_out = p.apply_router_weight_on_input ? 1.0 : w;
     for (int64_t n = 0; n < N1; ++n) {
       double acc = a.w13_bias ? load_as_float(bd, a.w13_bias, e * N1 + n) : 0.0;
-      for (int64_t h = 0; h < H; ++h) acc += x[h] * weight(a.w13, a.w13_scale, N1, H, e, n, h);
+      for (int64_t h = 0; h < H; ++h) acc += w_in * x[h] * weight(a.w13, a.w13_scale, N1, H, e, n, h);
       h1[n] = acc;
     }
     for (int64_t j = 0; j < I; ++j) {
@@ -82,11 +85,10 @@ void oracle_token(const moekit_arguments_t& a, int64_t t, double* out) {
       }
       act[j] = act_fp64(p, gate, up);
     }
-    const double w = a.topk_weights[t * p.top_k + s];
     for (int64_t h = 0; h < H; ++h) {
       double acc = a.w2_bias ? load_as_float(bd, a.w2_bias, e * H + h) : 0.0;
       for (int64_t j = 0; j < I; ++j) acc += act[j] * weight(a.w2, a.w2_scale, H, I, e, h, j);
-      out[h] += w * acc;
+      out[h] += w_out * acc;
     }
   }
 }

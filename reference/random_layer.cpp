@@ -1,6 +1,7 @@
 #include "reference/random_layer.hpp"
 
 #include <algorithm>
+#include <random>
 #include <cmath>
 #include <numeric>
 
@@ -63,6 +64,7 @@ moekit_arguments_t HostLayer::unrouted_arguments(void* output) const {
   a.w2 = w2.data();
   a.w2_bias = problem.has_w2_bias ? w2_bias.data() : nullptr;
   a.output = output;
+  if (problem.has_expert_map) a.expert_map = expert_map.data();
   if (problem.quant.kind != MOEKIT_QUANT_NONE) {
     a.w13_scale = w13_scale.data();
     a.w2_scale = w2_scale.data();
@@ -177,6 +179,16 @@ HostLayer make_random_layer(const moekit_problem_t& p, uint64_t seed) {
   l.topk_weights.resize(T * k);
   route(rp, l.router_logits.data(), l.correction_bias.empty() ? nullptr : l.correction_bias.data(),
         l.topk_ids.data(), l.topk_weights.data());
+  if (p.has_expert_map) {
+    // Scattered placement: the local experts sit at shuffled global ids in
+    // shuffled local order; every other id is another rank's (-1).
+    std::vector<int32_t> globals(p.num_experts);
+    for (int64_t g = 0; g < p.num_experts; ++g) globals[g] = static_cast<int32_t>(g);
+    std::mt19937_64 rng(seed + 8);
+    std::shuffle(globals.begin(), globals.end(), rng);
+    l.expert_map.assign(p.num_experts, -1);
+    for (int64_t e = 0; e < E; ++e) l.expert_map[globals[e]] = static_cast<int32_t>(E - 1 - e);
+  }
   return l;
 }
 

@@ -22,6 +22,9 @@ struct HostLayer {
   std::vector<float> topk_weights;  // [T, k]
   // fp8 weights (problem.quant.kind != NONE): scales as moekit.h lays them out.
   std::vector<float> w13_scale, w2_scale, a13_scale, a2_scale;
+  // [E_total] global -> local expert when problem.has_expert_map (a shuffled
+  // placement of the E_local experts, -1 elsewhere).
+  std::vector<int32_t> expert_map;
 
   // Arguments over these buffers, writing to `output`: routed from the logits
   // when problem.router.kind != NONE, else from topk_ids / topk_weights.

@@ -70,14 +70,16 @@ void sort_pairs(const Routing& r, const int32_t* topk_ids, int32_t* expert_offse
 }
 
 void permute(const void* hidden, moekit_dtype_t input_dtype, const int32_t* sorted_pairs,
-             int64_t n_rows, int64_t top_k, int64_t hidden_size, moekit_dtype_t compute,
-             float* rows) {
+             const float* pair_weights, int64_t n_rows, int64_t top_k, int64_t hidden_size,
+             moekit_dtype_t compute, float* rows) {
   parallel_for(n_rows, [&](int64_t begin, int64_t end, int) {
     for (int64_t row = begin; row < end; ++row) {
-      int64_t token = sorted_pairs[row] / top_k;
+      const int32_t pair = sorted_pairs[row];
+      const int64_t token = pair / top_k;
       for (int64_t h = 0; h < hidden_size; ++h) {
-        rows[row * hidden_size + h] =
-            round_to(compute, load_as_float(input_dtype, hidden, token * hidden_size + h));
+        float x = load_as_float(input_dtype, hidden, token * hidden_size + h);
+        if (pair_weights != nullptr) x *= pair_weights[pair];
+        rows[row * hidden_size + h] = round_to(compute, x);
       }
     }
   });
@@ -187,7 +189,9 @@ void finalize(const float* y, const int32_t* pair_to_row, const float* topk_weig
         float acc = 0.0f;
         for (int64_t s = 0; s < top_k; ++s) {
           int32_t row = pair_to_row[t * top_k + s];
-          if (row >= 0) acc = std::fma(topk_weights[t * top_k + s], y[row * hidden_size + h], acc);
+          if (row >= 0)
+            acc = std::fma(topk_weights != nullptr ? topk_weights[t * top_k + s] : 1.0f,
+                           y[row * hidden_size + h], acc);
         }
         store_from_float(output_dtype, out, t * hidden_size + h, acc);
       }
@@ -253,8 +257,7 @@ void moe_layer(const moekit_arguments_t& args, void* workspace) {
     topk_ids = ids;
     topk_weights = weights;
   }
-  const Routing r{p.num_tokens, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank};
-  sort_pairs(r, topk_ids, offsets, sorted_pairs, pair_to_row, args.diagnostics);
+  sort_pairs(routing_of(args), topk_ids, offsets, sorted_pairs, pair_to_row, args.diagnostics);
   const int64_t n_rows = offsets[p.num_local_experts];
   const int64_t n1 = activation_is_gated(p.activation) ? 2 * p.intermediate_size
                                                         : p.intermediate_size;
@@ -275,13 +278,16 @@ void moe_layer(const moekit_arguments_t& args, void* workspace) {
                      n, k, scratch, c);
   };
 
-  permute(args.hidden, p.input_dtype, sorted_pairs, n_rows, p.top_k, p.hidden_size, cd, rows);
+  // Router weights on the input scale the gathered rows and leave finalize unweighted.
+  const bool on_input = p.apply_router_weight_on_input != 0;
+  permute(args.hidden, p.input_dtype, sorted_pairs, on_input ? topk_weights : nullptr, n_rows,
+          p.top_k, p.hidden_size, cd, rows);
   gemm(rows, p.hidden_size, args.w13, args.w13_scale, args.a13_scale, args.w13_bias, n1, gemm1);
   activation(gemm1, n_rows, p.intermediate_size, ap, p.gate_up_order, cd, act);
   float* y = rows;  // the gathered input is dead after GEMM 1
   gemm(act, p.intermediate_size, args.w2, args.w2_scale, args.a2_scale, args.w2_bias,
        p.hidden_size, y);
-  finalize(y, pair_to_row, topk_weights, p.num_tokens, p.top_k, p.hidden_size, args.output,
+  finalize(y, pair_to_row, on_input ? nullptr : topk_weights, p.num_tokens, p.top_k, p.hidden_size, args.output,
            p.output_dtype);
 }
 

@@ -21,13 +21,22 @@ struct Routing {
   int64_t num_experts;        // E_total
   int64_t num_local_experts;  // E_local
   int64_t ep_rank;
+  const int32_t* expert_map = nullptr;  // [E_total] global -> local, or null (ranges)
 };
 
-// Local expert of a global id, or -1 if the id is out of range or remote.
+// Local expert of a global id, or -1 if the id is out of range or remote
+// (moekit.h: the expert map's entry when there is a map, else the rank's range).
 inline int64_t local_expert(const Routing& r, int32_t id) {
   if (id < 0 || id >= r.num_experts) return -1;
-  int64_t e = static_cast<int64_t>(id) - r.ep_rank * r.num_local_experts;
+  const int64_t e = r.expert_map != nullptr ? static_cast<int64_t>(r.expert_map[id])
+                                            : static_cast<int64_t>(id) - r.ep_rank * r.num_local_experts;
   return (e >= 0 && e < r.num_local_experts) ? e : -1;
+}
+
+inline Routing routing_of(const moekit_arguments_t& a) {
+  const moekit_problem_t& p = a.problem;
+  return {p.num_tokens, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
+          p.has_expert_map ? a.expert_map : nullptr};
 }
 
 // Stage 2. expert_offsets [E_local + 1]: rows of expert e are
@@ -36,10 +45,11 @@ inline int64_t local_expert(const Routing& r, int32_t id) {
 void sort_pairs(const Routing& r, const int32_t* topk_ids, int32_t* expert_offsets,
                 int32_t* sorted_pairs, int32_t* pair_to_row, moekit_diagnostics_t* diagnostics);
 
-// Stage 3. rows [n_rows, H] = hidden[sorted_pairs[row] / k], rounded to `compute`.
+// Stage 3. rows [n_rows, H] = hidden[sorted_pairs[row] / k], times
+// pair_weights[pair] when given (apply_router_weight_on_input), rounded to `compute`.
 void permute(const void* hidden, moekit_dtype_t input_dtype, const int32_t* sorted_pairs,
-             int64_t n_rows, int64_t top_k, int64_t hidden_size, moekit_dtype_t compute,
-             float* rows);
+             const float* pair_weights, int64_t n_rows, int64_t top_k, int64_t hidden_size,
+             moekit_dtype_t compute, float* rows);
 
 // Stages 4 and 6. c [rows, N] = a [rows, K] x w[e]^T (w [E_local, N, K]) + bias[e]
 // for the rows of each expert, fp32 accumulation, rounded to weight_dtype.
@@ -70,7 +80,8 @@ void grouped_gemm_fp8(const float* a, const float* a_scales, const int32_t* expe
 void activation(const float* gemm1, int64_t n_rows, int64_t inter, const ActivationParams& p,
                 moekit_gate_up_order_t order, moekit_dtype_t compute, float* out);
 
-// Stage 7. out [T, H] = sum over valid slots in slot order of w * y[row], fp32.
+// Stage 7. out [T, H] = sum over valid slots in slot order of w * y[row], fp32
+// (w = 1 when topk_weights is null: weights applied on the input).
 void finalize(const float* y, const int32_t* pair_to_row, const float* topk_weights,
               int64_t num_tokens, int64_t top_k, int64_t hidden_size, void* out,
               moekit_dtype_t output_dtype);

@@ -18,6 +18,9 @@
  *   - out[t] = sum over valid slots s, in slot order, of
  *       topk_weights[t, s] * expert_out(ids[t, s], hidden[t])
  *     in fp32, written once. A token with no valid local slot gets zeros.
+ *     With apply_router_weight_on_input the weight scales the input instead:
+ *       out[t] = sum over valid slots s of expert_out(ids[t, s], w[t, s] * hidden[t])
+ *     (vLLM's option of that name, used with top-1 routers such as Llama 4's).
  *     The product uses IEEE math: a weight of 0 times an Inf/NaN expert output
  *     is NaN. A NaN/Inf in one token's input or weights stays in that token's row.
  *   - Intermediates are rounded to the compute dtype (the weight dtype; the
@@ -42,8 +45,16 @@
  *   w13_bias      [E_local, N1]     weight_dtype (input_dtype with fp8 weights), optional
  *   w2            [E_local, H, I]   weight_dtype
  *   w2_bias       [E_local, H]      weight_dtype (input_dtype with fp8 weights), optional
- *   output        [T, H]            output_dtype
- * This rank owns global experts [ep_rank * E_local, (ep_rank + 1) * E_local).
+ *   output        [T, H]            output_dtype; may be exactly hidden (in place,
+ *                                   same dtype), any other overlap is an error
+ *   expert_map    [E_total]         int32, optional (see below)
+ * This rank owns global experts [ep_rank * E_local, (ep_rank + 1) * E_local),
+ * or, with an expert map (vLLM's expert_map), the global ids whose map entry is
+ * a local expert index: id g runs local expert expert_map[g] when that is in
+ * [0, E_local); any other entry (-1 by convention) means another rank owns g,
+ * so it contributes nothing, like a remote id. The map is read on the device,
+ * so a new placement (EPLB) takes effect in a replayed CUDA graph; several ids
+ * may map to one local expert.
  */
 #ifndef MOEKIT_MOEKIT_H_
 #define MOEKIT_MOEKIT_H_
@@ -213,6 +224,14 @@ typedef struct moekit_problem {
    * weights the compute dtype (intermediates, biases) is input_dtype, which
    * must be bf16 or fp16, and H and I must be multiples of 16. */
   moekit_quant_config_t quant;
+  /* 1: scale each (token, slot) input row by its routing weight before GEMM 1
+   * (rounded to the compute dtype after the fp32 product) and sum the expert
+   * outputs unweighted; 0 (default): weight the outputs. */
+  int32_t apply_router_weight_on_input;
+  /* 1: arguments.expert_map gives the placement (then num_local_experts may be
+   * any value in [1, num_experts] and ep_rank / ep_size are not used to place
+   * experts); 0 (default): contiguous ranges by ep_rank. */
+  int32_t has_expert_map;
 } moekit_problem_t;
 
 /* Device-side counters, added to by every run that is given them; the caller
@@ -250,6 +269,9 @@ typedef struct moekit_arguments {
   const float* w2_scale;
   const float* a13_scale;
   const float* a2_scale;
+  /* [E_total] int32 global -> local expert (-1: another rank), when
+   * problem.has_expert_map = 1, else NULL. Same memory space as the rest. */
+  const int32_t* expert_map;
 } moekit_arguments_t;
 
 /* Fills p with defaults: ep_size 1, SwiGLU(1, 0, inf), GATE_UP, bf16, CUDA. */

@@ -190,6 +190,7 @@ Status cuda_check_arguments(const Arguments& a, const void* workspace) {
       {"w2_bias", a.w2_bias}, {"diagnostics", a.diagnostics}, {"output", a.output},
       {"w13_scale", a.w13_scale}, {"w2_scale", a.w2_scale}, {"a13_scale", a.a13_scale},
       {"a2_scale", a.a2_scale},
+      {"expert_map", a.expert_map},
       {"router_logits", a.router_logits}, {"router_correction_bias", a.router_correction_bias},
       {"workspace", workspace}};
   for (const auto& [name, ptr] : ptrs)
@@ -352,7 +353,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     }
     const int32_t* sorted_pairs = nullptr;
     e = kernels::launch_sort(topk_ids, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
-                             sb, a.diagnostics, &sorted_pairs, dev, stream);
+                             a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "sort");
     // fp8: GEMM 1's input rows are quantized as they are gathered, GEMM 2's
     // as the activation produces them (same buffers, one byte per value).
@@ -361,13 +362,17 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                 p.quant.kind, static_scale, w_scale, static_cast<uint8_t*>(out),
                                 scales};
     };
+    // Router weights on the input scale the gathered rows; finalize then sums
+    // the expert outputs unweighted (a null weight pointer).
+    const float* input_weights = p.apply_router_weight_on_input ? topk_weights : nullptr;
+    const float* output_weights = p.apply_router_weight_on_input ? nullptr : topk_weights;
     if (fp8)
-      e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, p.top_k, p.hidden_size,
-                                        quant_rows(a.a13_scale, a.w13_scale, rows), max_rows, dev,
-                                        stream);
+      e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
+                                        p.hidden_size, quant_rows(a.a13_scale, a.w13_scale, rows),
+                                        max_rows, dev, stream);
     else
-      e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, valid_rows, max_rows,
-                                  p.top_k, p.hidden_size, rows, cd, dev, stream);
+      e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
+                                  max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "permute");
     e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
                      gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream);
@@ -384,7 +389,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     e = grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
                      max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
-    e = kernels::launch_finalize(y, cd, sb.pair_to_row, topk_weights, T, p.top_k, p.hidden_size,
+    e = kernels::launch_finalize(y, cd, sb.pair_to_row, output_weights, T, p.top_k, p.hidden_size,
                                  output, p.output_dtype, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "finalize");
   }

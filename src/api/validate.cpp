@@ -89,6 +89,8 @@ std::vector<Region> regions(const Arguments& a) {
       {"w2_scale", a.w2_scale, w2s, 4, quant, !quant},
       {"a13_scale", a.a13_scale, 4, 4, static_act, !static_act},
       {"a2_scale", a.a2_scale, 4, 4, static_act, !static_act},
+      {"expert_map", a.expert_map, static_cast<size_t>(p.num_experts) * 4, 4, p.has_expert_map != 0,
+       p.has_expert_map == 0},
       {"diagnostics", a.diagnostics, sizeof(moekit_diagnostics_t), 8, false, false},
       {"output", a.output, T * H * dtype_size(p.output_dtype), kTensorAlign, true, false},
   };
@@ -112,6 +114,7 @@ const char* forbidden_reason(const std::string& name) {
   if (name == "topk_ids" || name == "topk_weights") return "the layer routes itself: router.kind is not none";
   if (name == "router_logits") return "router.kind is none";
   if (name == "w13_scale" || name == "w2_scale") return "quant.kind is none";
+  if (name == "expert_map") return "has_expert_map is 0";
   if (name == "a13_scale" || name == "a2_scale")
     return "activation scales are dynamic: quant.static_activation_scale is 0";
   return "router.kind is not sigmoid_grouped_topk";
@@ -255,13 +258,25 @@ Status validate_problem(const Problem& p) {
   if (p.ep_rank < 0 || p.ep_rank >= p.ep_size)
     return error(kInvalid, "ep_rank: expected 0 <= ep_rank < ep_size = ", p.ep_size, ", got ",
                  p.ep_rank);
-  if (p.num_experts % p.ep_size != 0)
-    return error(kInvalid, "num_experts: expected a multiple of ep_size = ", p.ep_size, ", got ",
-                 p.num_experts);
-  if (p.num_local_experts != p.num_experts / p.ep_size)
-    return error(kInvalid, "num_local_experts: expected num_experts / ep_size = ", p.num_experts,
-                 " / ", p.ep_size, " = ", p.num_experts / p.ep_size, ", got ",
-                 p.num_local_experts);
+  if (p.has_expert_map != 0 && p.has_expert_map != 1)
+    return error(kInvalid, "has_expert_map: expected 0 or 1, got ", p.has_expert_map);
+  if (p.has_expert_map) {
+    // The map places the experts: any local count up to the global one.
+    if (p.num_local_experts < 1 || p.num_local_experts > p.num_experts)
+      return error(kInvalid, "num_local_experts: expected 1 <= num_local_experts <= num_experts = ",
+                   p.num_experts, " with an expert map, got ", p.num_local_experts);
+  } else {
+    if (p.num_experts % p.ep_size != 0)
+      return error(kInvalid, "num_experts: expected a multiple of ep_size = ", p.ep_size, ", got ",
+                   p.num_experts);
+    if (p.num_local_experts != p.num_experts / p.ep_size)
+      return error(kInvalid, "num_local_experts: expected num_experts / ep_size = ", p.num_experts,
+                   " / ", p.ep_size, " = ", p.num_experts / p.ep_size, ", got ",
+                   p.num_local_experts);
+  }
+  if (p.apply_router_weight_on_input != 0 && p.apply_router_weight_on_input != 1)
+    return error(kInvalid, "apply_router_weight_on_input: expected 0 or 1, got ",
+                 p.apply_router_weight_on_input);
   if (E s = check_top_k_and_pairs(p.num_tokens, p.num_experts, p.top_k); !s) return s;
   if (E s = check_dtype("input_dtype", p.input_dtype); !s) return s;
   if (p.weight_dtype != MOEKIT_DTYPE_FP8_E4M3)
@@ -310,7 +325,10 @@ Status validate_arguments(const Arguments& a) {
   }
   const Region& out = rs.back();
   for (size_t i = 0; i + 1 < rs.size(); ++i) {
-    if (overlaps(out, rs[i]))
+    // In place: every chunk reads its tokens' hidden rows before it writes
+    // their output rows, so exactly the hidden tensor may be the output.
+    const bool in_place = i == 0 && out.ptr == rs[0].ptr && out.bytes == rs[0].bytes;
+    if (!in_place && overlaps(out, rs[i]))
       return error(kInvalid, "output: expected memory disjoint from ", rs[i].name,
                    ", got overlapping ranges");
   }

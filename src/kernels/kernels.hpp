@@ -35,16 +35,22 @@ struct SortBuffers {
 int sort_key_bits(int64_t num_local_experts);
 cudaError_t sort_temp_bytes(int64_t pairs, int64_t num_local_experts, size_t* bytes);
 
-// On success *sorted_pairs points at whichever of pairs[0/1] holds the row->pair map.
+// Local experts: [ep_rank * E_local, +E_local) of the global ids, or
+// expert_map[id] where given (moekit.h). On success *sorted_pairs points at
+// whichever of pairs[0/1] holds the row->pair map.
 cudaError_t launch_sort(const int32_t* topk_ids, int64_t num_tokens, int64_t top_k,
                         int64_t num_experts, int64_t num_local_experts, int64_t ep_rank,
-                        const SortBuffers& b, moekit_diagnostics_t* diagnostics,
-                        const int32_t** sorted_pairs, const DeviceInfo& dev, cudaStream_t stream);
+                        const int32_t* expert_map, const SortBuffers& b,
+                        moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
+                        const DeviceInfo& dev, cudaStream_t stream);
 
 // ---- permute ---------------------------------------------------------------
 // rows [T*k, H] compute dtype <- hidden [T, H] input dtype, for rows < offsets[E_local].
+// pair_weights [T*k] or null: each row is scaled by its pair's weight (fp32
+// product, then rounded: apply_router_weight_on_input).
 cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
-                           const int32_t* sorted_pairs, const int32_t* valid_rows,
+                           const int32_t* sorted_pairs, const float* pair_weights,
+                           const int32_t* valid_rows,
                            int64_t max_rows, int64_t top_k, int64_t hidden_size,
                            void* rows, moekit_dtype_t compute_dtype, const DeviceInfo& dev,
                            cudaStream_t stream);
@@ -67,7 +73,8 @@ struct QuantRows {
 // GEMM 1's input: gather hidden rows into expert order and quantize them.
 // dtype: hidden's (and the compute) dtype, bf16 or fp16.
 cudaError_t launch_permute_quant(const void* hidden, moekit_dtype_t dtype,
-                                 const int32_t* sorted_pairs, int64_t top_k, int64_t hidden_size,
+                                 const int32_t* sorted_pairs, const float* pair_weights,
+                                 int64_t top_k, int64_t hidden_size,
                                  const QuantRows& q, int64_t max_rows, const DeviceInfo& dev,
                                  cudaStream_t stream);
 
@@ -109,6 +116,7 @@ cudaError_t launch_activation(const void* gemm1, void* out, const int32_t* valid
 
 // ---- finalize --------------------------------------------------------------
 // out [T, H] = sum over valid slots, in slot order, of weight * y[row], fp32.
+// topk_weights null: every valid slot has weight 1 (weights applied on the input).
 cudaError_t launch_finalize(const void* y, moekit_dtype_t y_dtype, const int32_t* pair_to_row,
                             const float* topk_weights, int64_t num_tokens, int64_t top_k,
                             int64_t hidden_size, void* out, moekit_dtype_t output_dtype,

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,7 +64,9 @@ struct CpuRun {
   GuardedBuffer workspace;
 };
 
-inline CpuRun run_cpu_layer(const ref::HostLayer& l, moekit_diagnostics_t* diag = nullptr) {
+// edit (optional) changes the arguments before the run (an expert map, say).
+inline CpuRun run_cpu_layer(const ref::HostLayer& l, moekit_diagnostics_t* diag = nullptr,
+                            const std::function<void(moekit_arguments_t&)>& edit = nullptr) {
   const Problem& p = l.problem;
   size_t ws = 0;
   Status s = MoeLayer::workspace_size(p, &ws);
@@ -72,6 +75,7 @@ inline CpuRun run_cpu_layer(const ref::HostLayer& l, moekit_diagnostics_t* diag 
   if (!s) return r;
   moekit_arguments_t a = l.arguments(r.output.data());
   a.diagnostics = diag;
+  if (edit) edit(a);
   r.status = MoeLayer::run(a, r.workspace.data(), ws);
   return r;
 }

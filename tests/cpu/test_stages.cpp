@@ -90,7 +90,7 @@ TEST(Permute, GathersAndRoundsToComputeDtype) {
   for (int64_t i = 0; i < T * H; ++i) hidden[i] = 1.0f + i * (1.0f / 3.0f);
   std::vector<int32_t> sorted_pairs = {9, 0, 4, 5};
   std::vector<float> rows(4 * H, NAN);
-  ref::permute(hidden.data(), MOEKIT_DTYPE_FP32, sorted_pairs.data(), 4, k, H, MOEKIT_DTYPE_BF16,
+  ref::permute(hidden.data(), MOEKIT_DTYPE_FP32, sorted_pairs.data(), nullptr, 4, k, H, MOEKIT_DTYPE_BF16,
                rows.data());
   for (int64_t r = 0; r < 4; ++r)
     for (int64_t h = 0; h < H; ++h)

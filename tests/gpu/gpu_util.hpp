@@ -86,6 +86,7 @@ class DeviceBuffer {
 struct DeviceLayer {
   DeviceBuffer hidden, ids, weights, w13, w13_bias, w2, w2_bias, output, workspace;
   DeviceBuffer w13_scale, w2_scale, a13_scale, a2_scale;  // fp8 layers
+  DeviceBuffer expert_map;                                // has_expert_map
   size_t workspace_bytes = 0;
   moekit_arguments_t args{};
 
@@ -107,6 +108,7 @@ struct DeviceLayer {
     up(w2_scale, l.w2_scale.data(), l.w2_scale.size() * 4);
     up(a13_scale, l.a13_scale.data(), l.a13_scale.size() * 4);
     up(a2_scale, l.a2_scale.data(), l.a2_scale.size() * 4);
+    up(expert_map, l.expert_map.data(), l.expert_map.size() * 4);
     output = DeviceBuffer(p.num_tokens * p.hidden_size * ref::dtype_size(p.output_dtype));
     MoeLayer::workspace_size(p, &workspace_bytes);
     workspace = DeviceBuffer(workspace_bytes);
@@ -119,6 +121,7 @@ struct DeviceLayer {
     args.w13_bias = p.has_w13_bias ? w13_bias.data() : nullptr;
     args.w2_bias = p.has_w2_bias ? w2_bias.data() : nullptr;
     args.output = output.data();
+    if (p.has_expert_map) args.expert_map = static_cast<const int32_t*>(expert_map.data());
     if (p.quant.kind != MOEKIT_QUANT_NONE) {
       args.w13_scale = static_cast<const float*>(w13_scale.data());
       args.w2_scale = static_cast<const float*>(w2_scale.data());
@@ -133,7 +136,7 @@ struct DeviceLayer {
   }
   bool all_canaries_intact() const {
     for (const DeviceBuffer* b : {&hidden, &ids, &weights, &w13, &w13_bias, &w2, &w2_bias, &output,
-                                  &workspace, &w13_scale, &w2_scale, &a13_scale, &a2_scale})
+                                  &workspace, &w13_scale, &w2_scale, &a13_scale, &a2_scale, &expert_map})
       if (b->ok() && !b->canaries_intact()) return false;
     return true;
   }

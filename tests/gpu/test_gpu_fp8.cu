@@ -169,6 +169,15 @@ TEST(GpuFp8, AdversarialRouting) {
     ref::HostLayer r = ref::make_random_layer(q, 78);
     r.topk_ids = l.topk_ids;
     expect_fp8_gpu_matches(r, std::string(sc.name) + " ep rank 1 of 4");
+    // A scattered expert map (6 of the 16 experts here) with the router
+    // weights on the input (vLLM's Llama 4 fp8 path), top-1.
+    Problem m = test::fp8_problem(333, 6, 1, 256, 128, sc.kind, sc.static_scale);
+    m.num_experts = 16;
+    m.has_expert_map = 1;
+    m.apply_router_weight_on_input = 1;
+    ref::HostLayer ml = ref::make_random_layer(m, 79);
+    for (int64_t t = 0; t < m.num_tokens; ++t) ml.topk_ids[t] = l.topk_ids[t * p.top_k];
+    expect_fp8_gpu_matches(ml, std::string(sc.name) + " expert map, weights on the input");
   }
 }
 

@@ -67,8 +67,8 @@ std::vector<uint8_t> expect_gpu_matches(const ref::HostLayer& l, const std::stri
   moekit_diagnostics_t want_diag{}, got_diag{};
   {
     std::vector<int32_t> off(p.num_local_experts + 1), a(p.num_tokens * p.top_k), b(a.size());
-    ref::sort_pairs({p.num_tokens, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank},
-                    l.topk_ids.data(), off.data(), a.data(), b.data(), &want_diag);
+    ref::sort_pairs(ref::routing_of(l.arguments(nullptr)), l.topk_ids.data(), off.data(), a.data(),
+                    b.data(), &want_diag);
   }
   EXPECT_EQ(cudaMemcpy(&got_diag, diag.data(), sizeof(got_diag), cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(got_diag.invalid_ids, want_diag.invalid_ids);
@@ -250,6 +250,75 @@ TEST(GpuLayer, GraphReplayWithNewRoutingEachTime) {
   CUDA_OK(cudaGraphExecDestroy(exec));
   CUDA_OK(cudaGraphDestroy(graph));
   CUDA_OK(cudaStreamDestroy(stream));
+}
+
+TEST(GpuLayer, ExpertMapAndRouterWeightOnInput) {
+  REQUIRE_GPU();
+  // Scattered placements (E_local of E_total global ids), adversarial ids,
+  // both weight placements, decode to prefill sizes (every GEMM family).
+  for (int64_t T : {1, 9, 300, 3000})
+    for (int on_input = 0; on_input < 2; ++on_input) {
+      Problem p = problem(T, 12, on_input ? 1 : 4, 256, 128);
+      p.num_experts = 40;
+      p.has_expert_map = 1;
+      p.apply_router_weight_on_input = on_input;
+      p.has_w13_bias = 1;
+      ref::HostLayer l = ref::make_random_layer(p, T + on_input);
+      make_adversarial(l, T);
+      expect_gpu_matches(l, "T=" + std::to_string(T) + " weights on input " + std::to_string(on_input));
+    }
+}
+
+TEST(GpuLayer, GraphReplayPicksUpANewExpertMap) {
+  REQUIRE_GPU();
+  // EPLB: the placement changes between replays of one captured graph.
+  Problem p = problem(200, 8, 4, 128, 64);
+  p.num_experts = 32;
+  p.has_expert_map = 1;
+  ref::HostLayer l = ref::make_random_layer(p, 41);
+  DeviceLayer d(l);
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  Status s = d.run(stream);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  ASSERT_TRUE(s.ok()) << s.message();
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 3; ++replay) {
+    ref::HostLayer next = l;
+    next.expert_map = ref::make_random_layer(p, 500 + replay).expert_map;
+    d.expert_map.upload(next.expert_map.data(), next.expert_map.size() * 4);
+    CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    EXPECT_TRUE(test::rows_match(d.output.download(), test::cpu_reference(next), 200, 128,
+                                 MOEKIT_DTYPE_BF16, tolerance(p)))
+        << "replay " << replay;
+  }
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+TEST(GpuLayer, InPlaceOutputEqualsOutOfPlace) {
+  REQUIRE_GPU();
+  // Chunked (T * k > 65536 pairs) and unchunked: every chunk reads its rows
+  // before it writes them.
+  for (int64_t T : {77, 9000}) {
+    ref::HostLayer l = ref::make_random_layer(problem(T, 16, 8, 128, 64), 3);
+    DeviceLayer d(l);
+    ASSERT_TRUE(d.run().ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<uint8_t> want = d.output.download();
+    d.args.output = d.hidden.data();
+    Status s = d.run();
+    ASSERT_TRUE(s.ok()) << s.message();
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(d.hidden.download(), want) << "T=" << T;
+    EXPECT_TRUE(d.all_canaries_intact());
+  }
 }
 
 TEST(GpuLayer, TwoStreamsWithTheirOwnWorkspaces) {

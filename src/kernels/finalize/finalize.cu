@@ -14,7 +14,7 @@ template <class TY, class TOut>
 __global__ void __launch_bounds__(kThreads) finalize_kernel(
     const TY* __restrict__ y,                  // [T*k, H] expert order
     const int32_t* __restrict__ pair_to_row,   // [T*k], -1 = no row
-    const float* __restrict__ topk_weights,    // [T, k]
+    const float* __restrict__ topk_weights,    // [T, k], or null: weight 1
     int64_t num_tokens, int64_t top_k, int64_t hidden_size,
     TOut* __restrict__ out) {                  // [T, H]
   // One thread per 8 columns of one token; blocks tile (token, column block),
@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
         const int32_t row = s < top_k ? pair_to_row[t * top_k + s] : -1;
         w[j] = 0.0f;
         if (row < 0) continue;  // invalid or remote id: its weight is never read
-        w[j] = topk_weights[t * top_k + s];
+        w[j] = topk_weights != nullptr ? topk_weights[t * top_k + s] : 1.0f;
         load8(y + static_cast<int64_t>(row) * hidden_size + v * 8, x[j]);
       }
 #pragma unroll

@@ -1,5 +1,6 @@
 // Permute: gather each valid row's token into expert order, converting the
-// input dtype to the compute (weight) dtype. One block per row, 16-byte
+// input dtype to the compute (weight) dtype (times the pair's router weight
+// with apply_router_weight_on_input). One block per row, 16-byte
 // accesses; rows past offsets[E_local] (invalid pairs) are never touched.
 #include "kernels/common.cuh"
 #include "kernels/kernels.hpp"
@@ -14,18 +15,23 @@ template <class TIn, class TOut>
 __global__ void __launch_bounds__(kThreads) permute_kernel(
     const TIn* __restrict__ hidden,            // [T, H]
     const int32_t* __restrict__ sorted_pairs,  // [T*k] row -> pair
+    const float* __restrict__ pair_weights,    // [T*k] or null
     const int32_t* __restrict__ valid_rows,    // offsets[E_local]
     int64_t top_k, int64_t hidden_size,
     TOut* __restrict__ rows) {                 // [T*k, H] expert order
   const int64_t n = *valid_rows;
   const int64_t vecs = hidden_size / 8;
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
-    const int64_t token = sorted_pairs[row] / top_k;
-    const TIn* src = hidden + token * hidden_size;
+    const int32_t pair = sorted_pairs[row];
+    const TIn* src = hidden + pair / top_k * hidden_size;
+    const float w = pair_weights != nullptr ? pair_weights[pair] : 1.0f;
     TOut* dst = rows + row * hidden_size;
     for (int64_t v = threadIdx.x; v < vecs; v += kThreads) {
       float x[8];
       load8(src + v * 8, x);
+      if (pair_weights != nullptr)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] *= w;
       store8(dst + v * 8, x);
     }
   }
@@ -34,7 +40,8 @@ __global__ void __launch_bounds__(kThreads) permute_kernel(
 }  // namespace
 
 cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
-                           const int32_t* sorted_pairs, const int32_t* valid_rows,
+                           const int32_t* sorted_pairs, const float* pair_weights,
+                           const int32_t* valid_rows,
                            int64_t max_rows, int64_t top_k, int64_t hidden_size, void* rows,
                            moekit_dtype_t compute_dtype, const DeviceInfo& dev,
                            cudaStream_t stream) {
@@ -44,7 +51,7 @@ cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
     dispatch_dtype(compute_dtype, [&](auto out) {
       using TOut = decltype(out);
       permute_kernel<TIn, TOut><<<grid, kThreads, 0, stream>>>(
-          static_cast<const TIn*>(hidden), sorted_pairs, valid_rows, top_k, hidden_size,
+          static_cast<const TIn*>(hidden), sorted_pairs, pair_weights, valid_rows, top_k, hidden_size,
           static_cast<TOut*>(rows));
     });
   });

@@ -38,17 +38,31 @@ constexpr int kGroupLanes = kFp8Block / kLaneCols;    // 16 lanes per 128-column
 constexpr int64_t kChunkGroups = 8;
 constexpr int64_t kWholeRowsFrom = 8 * kWarps;  // rows per SM
 
-// Row values of GEMM 1's input: the token's hidden row (already the compute dtype).
+// Row values of GEMM 1's input: the token's hidden row (already the compute
+// dtype), or with router weights on the input its product with the pair's
+// weight, rounded to the compute dtype as in the unquantized layer.
 template <class T>
 struct GatherSource {
   static constexpr int kSteps = 4;  // warp steps whose loads are in flight together
   const T* hidden;             // [T, H]
   const int32_t* sorted_pairs; // row -> pair
+  const float* pair_weights;   // [T*k] or null
   int64_t top_k;
-  __device__ const T* row_ptr(int64_t row, int64_t k) const {
-    return hidden + static_cast<int64_t>(__ldg(sorted_pairs + row) / top_k) * k;
+  struct Row {
+    const T* src;
+    float weight;
+  };
+  __device__ Row row(int64_t row, int64_t k) const {
+    const int32_t pair = __ldg(sorted_pairs + row);
+    return {hidden + static_cast<int64_t>(pair / top_k) * k,
+            pair_weights != nullptr ? __ldg(pair_weights + pair) : 1.0f};
   }
-  __device__ void values(const T* src, int64_t col, float (&v)[8]) const { load8(src + col, v); }
+  __device__ void values(const Row& r, int64_t col, float (&v)[8]) const {
+    load8(r.src + col, v);
+    if (pair_weights != nullptr)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(v[i] * r.weight));
+  }
 };
 
 // Row values of GEMM 2's input: the activation of GEMM 1's row, rounded to
@@ -62,7 +76,8 @@ struct ActivationSource {
   int64_t inter;
   ActivationParams act;
   moekit_gate_up_order_t order;
-  __device__ const T* row_ptr(int64_t row, int64_t) const {
+  using Row = const T*;
+  __device__ Row row(int64_t row, int64_t) const {
     return gemm1 + row * (activation_is_gated(act.kind) ? 2 * inter : inter);
   }
   __device__ void values(const T* g, int64_t col, float (&v)[8]) const {
@@ -114,7 +129,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     const int e = expert_of_row(offsets, num_experts, row);
     const int64_t first = __ldg(offsets + e), rows_e = __ldg(offsets + e + 1) - first;
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
-    const T* in = src.row_ptr(row, k);
+    const typename Source::Row in = src.row(row, k);
     uint8_t* dst = out + row * k;
     constexpr int kSteps = Source::kSteps;
     constexpr int64_t kStride = 32 * kLaneCols;  // columns of one warp step
@@ -210,14 +225,15 @@ cudaError_t fill_ones(float* out, int64_t count, cudaStream_t stream) {
 }
 
 cudaError_t launch_permute_quant(const void* hidden, moekit_dtype_t dtype,
-                                 const int32_t* sorted_pairs, int64_t top_k, int64_t hidden_size,
+                                 const int32_t* sorted_pairs, const float* pair_weights,
+                                 int64_t top_k, int64_t hidden_size,
                                  const QuantRows& q, int64_t max_rows, const DeviceInfo& dev,
                                  cudaStream_t stream) {
   cudaError_t e = cudaErrorNotSupported;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (sizeof(T) == 2) {
-      const GatherSource<T> src{static_cast<const T*>(hidden), sorted_pairs, top_k};
+      const GatherSource<T> src{static_cast<const T*>(hidden), sorted_pairs, pair_weights, top_k};
       e = launch<GatherSource<T>, T>(src, q, max_rows, hidden_size, dev, stream);
     }
   });

@@ -45,27 +45,33 @@ struct CountsSum {
   }
 };
 
-__device__ __forceinline__ uint32_t local_key(int32_t id, int64_t num_experts, int64_t first,
-                                              int64_t num_local) {
-  // int64 arithmetic: id - first cannot overflow, and no id outside
-  // [0, num_experts) ever reaches the subtraction's result.
-  const int64_t e = static_cast<int64_t>(id) - first;
-  const bool ok = id >= 0 && id < num_experts && e >= 0 && e < num_local;
-  return ok ? static_cast<uint32_t>(e) : static_cast<uint32_t>(num_local);
+// Where the global experts live: [first, first + num_local), or the expert
+// map's entry for each global id (anything outside [0, num_local): remote).
+struct Placement {
+  int64_t num_experts, first, num_local;
+  const int32_t* map;  // [num_experts] or null
+};
+
+__device__ __forceinline__ uint32_t local_key(int32_t id, const Placement& pl) {
+  // No id outside [0, num_experts) is ever used as an index or reaches the
+  // subtraction (int64: id - first cannot overflow).
+  if (id < 0 || id >= pl.num_experts) return static_cast<uint32_t>(pl.num_local);
+  const int64_t e = pl.map != nullptr ? static_cast<int64_t>(__ldg(pl.map + id))
+                                      : static_cast<int64_t>(id) - pl.first;
+  return (e >= 0 && e < pl.num_local) ? static_cast<uint32_t>(e) : static_cast<uint32_t>(pl.num_local);
 }
 
 // Per-token counts of this block's tokens (grid-stride), added once per block.
 __device__ void add_diagnostics(const int32_t* __restrict__ ids, int64_t tokens, int64_t top_k,
-                                int64_t num_experts, int64_t first, int64_t num_local,
-                                moekit_diagnostics_t* diagnostics) {
+                                const Placement& pl, moekit_diagnostics_t* diagnostics) {
   Counts c{0, 0, 0};
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t t = blockIdx.x * int64_t{kThreads} + threadIdx.x; t < tokens; t += stride) {
     int64_t invalid = 0, local = 0;
     for (int64_t s = 0; s < top_k; ++s) {
       const int32_t id = ids[t * top_k + s];
-      invalid += (id < 0 || id >= num_experts);
-      local += local_key(id, num_experts, first, num_local) < num_local;
+      invalid += (id < 0 || id >= pl.num_experts);
+      local += local_key(id, pl) < pl.num_local;
     }
     c.invalid_ids += invalid;
     c.no_valid += (invalid == top_k);
@@ -95,8 +101,8 @@ __device__ __forceinline__ int32_t lower_bound_key(const uint32_t* sorted_keys, 
 // block radix sort, then maps and offsets from the sorted keys in shared memory.
 template <int kItems>
 __global__ void __launch_bounds__(kThreads) sort_small_kernel(
-    const int32_t* __restrict__ ids, int64_t pairs, int64_t top_k, int64_t num_experts,
-    int64_t first, int64_t num_local, int bits, int32_t* __restrict__ sorted_pairs,
+    const int32_t* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bits,
+    int32_t* __restrict__ sorted_pairs,
     int32_t* __restrict__ pair_to_row, int32_t* __restrict__ expert_offsets,
     moekit_diagnostics_t* diagnostics) {
   using BlockSort = cub::BlockRadixSort<uint32_t, kThreads, kItems, int32_t>;
@@ -111,7 +117,7 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
     const int p = threadIdx.x * kItems + i;
     // Padding keys have every sorted bit set: they follow all real pairs
     // (after sentinel keys too, by stability, as they come last).
-    keys[i] = p < pairs ? local_key(ids[p], num_experts, first, num_local) : 0xffffffffu;
+    keys[i] = p < pairs ? local_key(ids[p], pl) : 0xffffffffu;
     vals[i] = p;
   }
   BlockSort(smem.sort).Sort(keys, vals, 0, bits);
@@ -122,26 +128,26 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
     if (q < pairs) {
       smem.sorted_keys[q] = keys[i];
       sorted_pairs[q] = vals[i];
-      pair_to_row[vals[i]] = keys[i] < num_local ? q : -1;
+      pair_to_row[vals[i]] = keys[i] < pl.num_local ? q : -1;
     }
   }
   __syncthreads();
-  for (int64_t e = threadIdx.x; e <= num_local; e += kThreads)
+  for (int64_t e = threadIdx.x; e <= pl.num_local; e += kThreads)
     expert_offsets[e] = lower_bound_key(smem.sorted_keys, pairs, e);
-  if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, num_experts, first, num_local, diagnostics);
+  if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, pl, diagnostics);
 }
 
 // keys [T*k], pairs [T*k]; diagnostics per token when requested.
 __global__ void __launch_bounds__(kThreads) make_keys_kernel(
-    const int32_t* __restrict__ ids, int64_t pairs, int64_t top_k, int64_t num_experts,
-    int64_t first, int64_t num_local, uint32_t* __restrict__ keys, int32_t* __restrict__ vals,
+    const int32_t* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl,
+    uint32_t* __restrict__ keys, int32_t* __restrict__ vals,
     moekit_diagnostics_t* diagnostics) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t p = blockIdx.x * int64_t{kThreads} + threadIdx.x; p < pairs; p += stride) {
-    keys[p] = local_key(ids[p], num_experts, first, num_local);
+    keys[p] = local_key(ids[p], pl);
     vals[p] = static_cast<int32_t>(p);
   }
-  if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, num_experts, first, num_local, diagnostics);
+  if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, pl, diagnostics);
 }
 
 // pair_to_row [T*k] and expert_offsets [E_local + 1] from the sorted keys.
@@ -180,23 +186,23 @@ cudaError_t sort_temp_bytes(int64_t pairs, int64_t num_local_experts, size_t* by
 
 cudaError_t launch_sort(const int32_t* topk_ids, int64_t num_tokens, int64_t top_k,
                         int64_t num_experts, int64_t num_local_experts, int64_t ep_rank,
-                        const SortBuffers& b, moekit_diagnostics_t* diagnostics,
-                        const int32_t** sorted_pairs, const DeviceInfo& dev, cudaStream_t stream) {
+                        const int32_t* expert_map, const SortBuffers& b,
+                        moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
+                        const DeviceInfo& dev, cudaStream_t stream) {
   const int64_t pairs = num_tokens * top_k;
-  const int64_t first = ep_rank * num_local_experts;
+  const Placement pl{num_experts, ep_rank * num_local_experts, num_local_experts, expert_map};
   if (pairs <= kSmallPairs) {  // the smallest block that holds every pair
     auto kernel = pairs <= kThreads       ? sort_small_kernel<1>
                   : pairs <= 4 * kThreads ? sort_small_kernel<4>
                                           : sort_small_kernel<kMaxSmallItems>;
-    kernel<<<1, kThreads, 0, stream>>>(topk_ids, pairs, top_k, num_experts, first, num_local_experts,
-                                       sort_key_bits(num_local_experts), b.pairs[0], b.pair_to_row,
+    kernel<<<1, kThreads, 0, stream>>>(topk_ids, pairs, top_k, pl, sort_key_bits(num_local_experts),
+                                       b.pairs[0], b.pair_to_row,
                                        b.expert_offsets, diagnostics);
     *sorted_pairs = b.pairs[0];
     return cudaGetLastError();
   }
   make_keys_kernel<<<grid_for((pairs + kThreads - 1) / kThreads, dev.sm_count), kThreads, 0,
-                     stream>>>(topk_ids, pairs, top_k, num_experts, first, num_local_experts,
-                               b.keys[0], b.pairs[0], diagnostics);
+                     stream>>>(topk_ids, pairs, top_k, pl, b.keys[0], b.pairs[0], diagnostics);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
 
   cub::DoubleBuffer<uint32_t> keys(b.keys[0], b.keys[1]);
