@@ -157,9 +157,9 @@ View view_of(nb::handle h, const char* name, bool writable, std::vector<nb::obje
   v.kind = kind_of(a.dtype());
   v.ndim = static_cast<int>(a.ndim());
   if (v.ndim > 4) fail(name, ": expected at most 4 dimensions, got ", v.ndim);
+  for (int i = 0; i < v.ndim; ++i) v.shape[i] = static_cast<int64_t>(a.shape(i));
   int64_t expect = 1;
-  for (int i = v.ndim - 1; i >= 0; --i) {
-    v.shape[i] = static_cast<int64_t>(a.shape(i));
+  for (int i = v.ndim - 1; i >= 0 && v.numel() > 0; --i) {  // an empty array has no layout
     if (v.shape[i] != 1 && a.stride(i) != expect)
       fail(name, ": expected a contiguous (row-major) array, got a strided one");
     expect *= v.shape[i];
@@ -254,8 +254,13 @@ void run_layer(const Config& cfg, nb::handle hidden_h, nb::handle w13_h, nb::han
   if (hidden.ndim != 2) fail("hidden: expected 2 dimensions [T, H], got ", shape_string(hidden.shape, hidden.ndim));
   if (w13.ndim != 3) fail("w13: expected 3 dimensions [E_local, N1, H], got ", shape_string(w13.shape, w13.ndim));
   if (w2.ndim != 3) fail("w2: expected 3 dimensions [E_local, H, I], got ", shape_string(w2.shape, w2.ndim));
+  const bool gated = p.activation == MOEKIT_ACT_SWIGLU || p.activation == MOEKIT_ACT_GEGLU_ERF ||
+                     p.activation == MOEKIT_ACT_GEGLU_TANH;
+  // I from w13 (N1 = 2I for gated activations); w2 must agree.
   const int64_t T = hidden.shape[0], H = hidden.shape[1], E = w13.shape[0], N1 = w13.shape[1];
-  const int64_t I = w2.shape[2];
+  if (gated && N1 % 2 != 0)
+    fail("w13: expected 2 * I rows per expert (gate and up) for a gated activation, got ", N1);
+  const int64_t I = gated ? N1 / 2 : N1;
   p.num_tokens = T;
   p.hidden_size = H;
   p.intermediate_size = I;
@@ -271,13 +276,10 @@ void run_layer(const Config& cfg, nb::handle hidden_h, nb::handle w13_h, nb::han
     if (float_dtype(w2) != p.weight_dtype)
       fail("w2: expected the dtype of w13 (", kind_name(w13.kind), "), got ", kind_name(w2.kind));
   }
-  const bool gated = p.activation == MOEKIT_ACT_SWIGLU || p.activation == MOEKIT_ACT_GEGLU_ERF ||
-                     p.activation == MOEKIT_ACT_GEGLU_TANH;
   expect_shape(w13, {E, gated ? 2 * I : I, H}, gated ? "[E_local, 2 * I, H]" : "[E_local, I, H]");
   expect_shape(w2, {E, H, I}, "[E_local, H, I]");
   expect_shape(out, {T, H}, "[T, H]");
   p.output_dtype = float_dtype(out);
-  (void)N1;
 
   const bool routed = logits.present;
   p.router.kind = routed ? cfg.problem.router.kind : MOEKIT_ROUTER_NONE;

@@ -1,0 +1,70 @@
+"""Host overhead of moekit's Python call (µs per call, outside CUDA graphs) next to the
+layer's GPU time at T = 1, on qwen3-30b-a3b's shape; prints one JSON line.
+
+Host time: perf_counter around each call while the GPU queue is short (50 calls, then a
+synchronize), median over 2,000 calls. GPU time: CUDA graph replays timed with events,
+median of 200 after warm-up."""
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+import moekit
+import moekit.ops  # noqa: F401
+from moekit.vllm import fused_experts
+
+
+def host_us(fn, calls=2000, burst=50):
+    samples = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+        if i % burst == burst - 1:
+            torch.cuda.synchronize()
+    return statistics.median(samples[200:]) * 1e6
+
+
+def main():
+    T, H, I, E, k = 1, 2048, 768, 128, 8
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(T, H, generator=g, device="cuda").bfloat16()
+    w13 = (torch.randn(E, 2 * I, H, generator=g, device="cuda") / 45).bfloat16()
+    w2 = (torch.randn(E, H, I, generator=g, device="cuda") / 28).bfloat16()
+    w, ids = torch.topk(torch.rand(T, E, generator=g, device="cuda"), k)
+    ids32, ids64 = ids.int(), ids.long()
+    out = torch.empty_like(x)
+    for _ in range(20):
+        moekit.fused_moe(x, w13, w2, w, ids32, out=out)
+    torch.cuda.synchronize()
+    res = {
+        "gpu": torch.cuda.get_device_name(),
+        "shape": "qwen3-30b-a3b", "T": T,
+        "fused_moe_us": host_us(lambda: moekit.fused_moe(x, w13, w2, w, ids32, out=out)),
+        "fused_moe_alloc_out_us": host_us(lambda: moekit.fused_moe(x, w13, w2, w, ids32)),
+        "vllm_fused_experts_int64_ids_us": host_us(lambda: fused_experts(x, w13, w2, w, ids64)),
+        "torch_ops_moekit_fused_moe_us": host_us(lambda: torch.ops.moekit.fused_moe(x, w13, w2, w, ids32)),
+        "torch_empty_like_us": host_us(lambda: torch.empty_like(x)),
+    }
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        moekit.fused_moe(x, w13, w2, w, ids32, out=out)
+    for _ in range(20):
+        graph.replay()
+    times = []
+    for _ in range(200):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    res["layer_gpu_us_graph_replay"] = statistics.median(times)
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
