@@ -6,10 +6,13 @@
 //   moekit_layer_bench out.jsonl [model[:T[:dtype]] ...]     (default: the sweep)
 //     dtype: bf16 | fp16 | fp8_block | fp8_tensor (fp8 weights, bf16 activations)
 //   moekit_layer_bench --once model T [dtype]                (one call, for ncu)
+//   moekit_layer_bench --host model T [dtype]                (host µs per call, idle GPU)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -81,7 +84,8 @@ const char* point_dtype_name(const Point& p) {
   return moekit_dtype_name(p.dtype);
 }
 
-int run_point(const Point& pt, FILE* json, bool once) {
+// host: time the host side of one call (the GPU idle before each), not the GPU.
+int run_point(const Point& pt, FILE* json, bool once, bool host = false) {
   const cli::ModelShape& m = *pt.model;
   const int64_t T = pt.T, E = m.num_experts, k = m.top_k, H = m.hidden, I = m.inter;
   const int64_t N1 = 2 * I;
@@ -161,6 +165,26 @@ int run_point(const Point& pt, FILE* json, bool once) {
     if (Status s = MoeLayer::run(a, ws, ws_bytes, stream); !s) { std::fprintf(stderr, "%s\n", s.message().c_str()); return 1; }
     CHECK(cudaStreamSynchronize(stream));
     std::printf("%s T=%lld: one layer call done (%s)\n", m.name, (long long)T, plan.c_str());
+    if (!host) return 0;
+    // Median host µs of each entry point, issued to an idle GPU.
+    auto host_us = [&](auto&& call) {
+      std::vector<double> t;
+      for (int i = 0; i < 600; ++i) {
+        cudaStreamSynchronize(stream);
+        const auto t0 = std::chrono::steady_clock::now();
+        call();
+        t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(t.begin() + 100, t.end());
+      return t[100 + (t.size() - 100) / 2];  // after 100 warm-up calls
+    };
+    size_t bytes = 0;
+    const double ci = host_us([&] { (void)MoeLayer::can_implement(a); });
+    const double wsz = host_us([&] { (void)MoeLayer::workspace_size(p, &bytes); });
+    const double run = host_us([&] { (void)MoeLayer::run(a, ws, ws_bytes, stream); });
+    CHECK(cudaStreamSynchronize(stream));
+    std::printf("host us %s T=%lld: can_implement %.2f workspace_size %.2f run %.2f\n", m.name,
+                (long long)T, ci, wsz, run);
     return 0;
   }
 
@@ -257,10 +281,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moekit_layer_bench: no CUDA GPU of compute capability 9.0; nothing to time\n");
     return 0;
   }
-  if (argc >= 4 && std::string(argv[1]) == "--once") {
+  if (argc >= 4 && (std::string(argv[1]) == "--once" || std::string(argv[1]) == "--host")) {
     const cli::ModelShape* m = cli::find_model(argv[2]);
     if (!m) { std::fprintf(stderr, "unknown model %s\n", argv[2]); return 2; }
-    return run_point(parse_point(m, std::atoll(argv[3]), argc > 4 ? argv[4] : "bf16"), nullptr, true);
+    return run_point(parse_point(m, std::atoll(argv[3]), argc > 4 ? argv[4] : "bf16"), nullptr, true,
+                     std::string(argv[1]) == "--host");
   }
   FILE* json = argc > 1 ? std::fopen(argv[1], "w") : nullptr;
   std::vector<Point> points;

@@ -1,8 +1,10 @@
 """Host overhead of moekit's Python call (µs per call, outside CUDA graphs) next to the
 layer's GPU time at T = 1, on qwen3-30b-a3b's shape; prints one JSON line.
 
-Host time: perf_counter around each call while the GPU queue is short (50 calls, then a
-synchronize), median over 2,000 calls. GPU time: CUDA graph replays timed with events,
+Host time: perf_counter around one call issued to an idle GPU (synchronize before each),
+median of 500 after warm-up, for each entry point and for the binding alone. A last
+check issues the call behind 2 ms of queued GPU work: it must return long before that
+work ends, or the call synchronizes. GPU time: CUDA graph replays timed with events,
 median of 200 after warm-up."""
 
 import json
@@ -13,19 +15,19 @@ import time
 import torch
 
 import moekit
+import moekit._api as api
 import moekit.ops  # noqa: F401
 from moekit.vllm import fused_experts
 
 
-def host_us(fn, calls=2000, burst=50):
+def host_us(fn, calls=600):
     samples = []
-    for i in range(calls):
+    for _ in range(calls):
+        torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-        if i % burst == burst - 1:
-            torch.cuda.synchronize()
-    return statistics.median(samples[200:]) * 1e6
+    return statistics.median(samples[100:]) * 1e6
 
 
 def main():
@@ -40,15 +42,30 @@ def main():
     for _ in range(20):
         moekit.fused_moe(x, w13, w2, w, ids32, out=out)
     torch.cuda.synchronize()
+    cfg = api._config(("swiglu", "gate_up", 1.0, 0.0, float("inf"), None or 0, 0, 1, None, False,
+                       None, 0, True, 1, 1, 1.0))
+    ws = torch.empty(moekit.workspace_size(T, H, I, E, k), dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
     res = {
         "gpu": torch.cuda.get_device_name(),
         "shape": "qwen3-30b-a3b", "T": T,
+        "binding_only_us": host_us(lambda: moekit._C.run_layer(
+            cfg, x, w13, w2, w, ids32, out, ws, stream, None, None, None, None, None, None,
+            None, None, None, None)),
         "fused_moe_us": host_us(lambda: moekit.fused_moe(x, w13, w2, w, ids32, out=out)),
         "fused_moe_alloc_out_us": host_us(lambda: moekit.fused_moe(x, w13, w2, w, ids32)),
         "vllm_fused_experts_int64_ids_us": host_us(lambda: fused_experts(x, w13, w2, w, ids64)),
-        "torch_ops_moekit_fused_moe_us": host_us(lambda: torch.ops.moekit.fused_moe(x, w13, w2, w, ids32)),
+        "torch_ops_moekit_fused_moe_us": host_us(
+            lambda: torch.ops.moekit.fused_moe(x, w13, w2, w, ids32)),
         "torch_empty_like_us": host_us(lambda: torch.empty_like(x)),
     }
+    # No host synchronization: the call returns while 2 ms of earlier GPU work still runs.
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000)
+    t0 = time.perf_counter()
+    moekit.fused_moe(x, w13, w2, w, ids32, out=out)
+    res["call_behind_2ms_of_gpu_work_us"] = (time.perf_counter() - t0) * 1e6
+    torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         moekit.fused_moe(x, w13, w2, w, ids32, out=out)

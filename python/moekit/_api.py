@@ -6,6 +6,7 @@ layer (moekit.h documents the contract).
 
 from __future__ import annotations
 
+import atexit
 import math
 import threading
 
@@ -44,12 +45,15 @@ def _config(key):
         c = _C.Config(
             activation=_choice(ACTIVATIONS, activation, "activation"),
             gate_up_order=_choice(GATE_UP_ORDERS, order, "gate_up_order"),
-            alpha=alpha, beta=beta, limit=limit, num_experts=num_experts, ep_rank=ep_rank,
-            ep_size=ep_size, quant_kind=_choice(QUANTS, quant, "quant"),
-            weight_on_input=on_input,
+            alpha=float(alpha), beta=float(beta), limit=float(limit),
+            num_experts=int(num_experts), ep_rank=int(ep_rank), ep_size=int(ep_size),
+            quant_kind=_choice(QUANTS, quant, "quant"), weight_on_input=bool(on_input),
             router_kind=0 if router is None else _choice(ROUTERS, router, "router"),
-            router_top_k=router_top_k, renormalize=renormalize, num_groups=num_groups,
-            topk_groups=topk_groups, routed_scaling_factor=scaling)
+            router_top_k=int(router_top_k), renormalize=bool(renormalize),
+            num_groups=int(num_groups), topk_groups=int(topk_groups),
+            routed_scaling_factor=float(scaling))
+        if len(_configs) >= 4096:  # bounded, whatever the callers vary (NaN keys never match)
+            _configs.clear()
         _configs[key] = c
     return c
 
@@ -162,6 +166,11 @@ def _to_jax(x):
 def _as_int32_ids(x, fw, bound):
     """int64 ids as int32 without wrapping: anything outside [-1, bound] becomes -1 or bound,
     which the layer treats as the invalid id it was."""
+    if fw == "torch":
+        torch = _torch()
+        if x.dtype is torch.int64:
+            return torch.clamp(x, -1, bound).to(torch.int32)
+        return x  # int32, or a dtype the library names as wrong
     name = _dtype_name(x, fw)
     if name == "int32" or name == "None":
         return x
@@ -174,7 +183,12 @@ def _as_int32_ids(x, fw, bound):
 
 
 def _as_float32(x, fw):
-    if x is None or _dtype_name(x, fw) == "float32":
+    if x is None:
+        return x
+    if fw == "torch":
+        torch = _torch()
+        return x.float() if x.dtype in (torch.bfloat16, torch.float16, torch.float64) else x
+    if _dtype_name(x, fw) == "float32":
         return x
     if _dtype_name(x, fw) not in ("bfloat16", "float16", "float64"):
         return x  # the library names the wrong dtype
@@ -218,21 +232,26 @@ def _new_workspace(fw, like, nbytes, device):
 def _capturing(fw, device):
     if fw != "torch" or device < 0:
         return False
-    return _torch().cuda.is_current_stream_capturing()
+    return _torch()._C._cuda_isCurrentStreamCapturing()
 
 
 def _workspace_provider(fw, like, device, stream):
-    """get(nbytes) for the library: one cached buffer per (device, stream),
-    grown (never shrunk) when a larger batch needs more. While a CUDA graph is
-    being captured a call gets a buffer of its own from the graph's pool
-    instead, so captured graphs never share the eager cache."""
+    """get(nbytes, allocate) for the library: one cached buffer per (device, stream),
+    grown (never shrunk) when a larger batch needs more; without allocate it
+    returns None rather than allocate (the binding asks again once the call is
+    known to be valid). While a CUDA graph is being captured a call gets a
+    buffer of its own from the graph's pool instead, so captured graphs never
+    share the eager cache."""
     if _capturing(fw, device):
-        return lambda nbytes: _new_workspace(fw, like, nbytes, device)
+        return lambda nbytes, allocate: (_new_workspace(fw, like, nbytes, device)
+                                         if allocate else None)
     key = (fw if fw != "jax" else "cupy", device, stream)
 
-    def get(nbytes):
+    def get(nbytes, allocate):
         ws = _workspaces.get(key)
         if ws is None or _nbytes(ws) < nbytes:
+            if not allocate:
+                return None
             with _lock:
                 # Grow by at least 1.5x so a slowly growing batch does not reallocate each time.
                 old = 0 if ws is None else _nbytes(ws)
@@ -250,6 +269,10 @@ def _nbytes(buf):
 def release_workspaces():
     """Drops every cached workspace (the memory goes back to its framework)."""
     _workspaces.clear()
+
+
+# Cached configs and buffers go before the interpreter tears the extension down.
+atexit.register(lambda: (_workspaces.clear(), _configs.clear()))
 
 
 # ---- the layer --------------------------------------------------------------
@@ -294,10 +317,9 @@ def fused_moe(hidden, w13, w2, topk_weights=None, topk_ids=None, *, activation="
     if expert_map is not None:
         expert_map = _as_int32_ids(expert_map, _framework(expert_map), w13.shape[0])
     topk_weights = _as_float32(topk_weights, fw)
-    key = (activation, gate_up_order, float(swiglu_alpha), float(swiglu_beta), float(swiglu_limit),
-           int(global_num_experts), int(ep_rank), int(ep_size), quant,
-           bool(apply_router_weight_on_input), router, int(top_k or 0), bool(renormalize),
-           int(num_groups), int(topk_groups), float(routed_scaling_factor))
+    key = (activation, gate_up_order, swiglu_alpha, swiglu_beta, swiglu_limit,
+           global_num_experts, ep_rank, ep_size, quant, apply_router_weight_on_input, router,
+           top_k or 0, renormalize, num_groups, topk_groups, routed_scaling_factor)
     cfg = _config(key)
     jax_out = False
     if out is None:

@@ -207,11 +207,22 @@ struct Workspace {
   size_t bytes = 0;
 };
 
-Workspace workspace_of(nb::handle ws, size_t need, int device, std::vector<nb::object>& keep) {
+// A workspace argument: an array, or a provider get(nbytes, allocate) -> array
+// (or None when it has no buffer that large and allocate is false). The
+// provider is asked to allocate only after the library accepted the call, so
+// a rejected call allocates nothing; a call that fits the cached buffer is
+// validated once, by moekit_run.
+Workspace workspace_of(nb::handle ws, size_t need, int device, const moekit_arguments_t& a,
+                       std::vector<nb::object>& keep) {
   if (need == 0) return {};
   nb::object arr = nb::borrow(ws);
-  // A callable provides (and may grow) a cached buffer: get(nbytes) -> array.
-  if (!ws.is_none() && PyCallable_Check(ws.ptr()) && !is_torch_tensor(ws)) arr = ws(need);
+  if (!ws.is_none() && PyCallable_Check(ws.ptr()) && !is_torch_tensor(ws)) {
+    arr = ws(need, false);
+    if (arr.is_none()) {
+      check(moekit_can_implement(&a));
+      arr = ws(need, true);
+    }
+  }
   View v = view_of(arr, "workspace", true, keep);
   if (!v.present) fail("workspace: expected a buffer of at least ", need, " bytes, got None");
   if (v.device != device)
@@ -365,10 +376,9 @@ void run_layer(const Config& cfg, nb::handle hidden_h, nb::handle w13_h, nb::han
   a.a13_scale = static_cast<const float*>(sa13.ptr);
   a.a2_scale = static_cast<const float*>(sa2.ptr);
   a.expert_map = static_cast<const int32_t*>(map.ptr);
-  check(moekit_can_implement(&a));
   size_t need = 0;
   check(moekit_workspace_size(&p, &need));
-  const Workspace ws = workspace_of(workspace_h, need, hidden.device, keep);
+  const Workspace ws = workspace_of(workspace_h, need, hidden.device, a, keep);
   check(moekit_run(&a, ws.ptr, ws.bytes, reinterpret_cast<void*>(stream)));
 }
 

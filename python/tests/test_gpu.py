@@ -97,9 +97,13 @@ def torch_ref(x, w13, w2, w, ids, *, activation="swiglu", order="gate_up", alpha
 
 
 def rel(got, want):
+    """Relative Frobenius error over want's finite entries (absolute where want is all zero:
+    e.g. a token none of whose experts is on this rank)."""
     got = got.float()
     ok = torch.isfinite(want)
-    return (torch.linalg.norm(got[ok] - want[ok]) / torch.linalg.norm(want[ok])).item()
+    err = torch.linalg.norm(got[ok] - want[ok]).item()
+    norm = torch.linalg.norm(want[ok]).item()
+    return err / norm if norm > 0 else err
 
 
 # Built-in model shapes (moekit run --model), fewer experts where memory needs it.

@@ -168,6 +168,7 @@ def _rejections(hidden, w13, w2, w, ids):
 def test_every_rejection_names_the_argument_and_writes_nothing(rng):
     hidden, w13, w2, w, ids = random_layer(rng, 6, 32, 16, 4, 2)
     base = dict(hidden=hidden, w13=w13, w2=w2, topk_weights=w, topk_ids=ids)
+    moekit.release_workspaces()
     for name, change, message in _rejections(hidden, w13, w2, w, ids):
         args = dict(base)
         kwargs = {key: change.pop(key) for key in list(change) if key not in base}
@@ -178,6 +179,7 @@ def test_every_rejection_names_the_argument_and_writes_nothing(rng):
                              **args, **kwargs)
         assert message in str(err.value), f"{name}: {err.value}"
         assert np.isnan(out).all(), name
+        assert not moekit._api._workspaces, f"{name}: a rejected call allocated a workspace"
         # The next good call works.
     np.testing.assert_array_equal(moekit.fused_moe(hidden, w13, w2, w, ids),
                                   moekit.fused_moe(hidden, w13, w2, w, ids))
