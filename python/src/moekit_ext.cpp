@@ -153,6 +153,10 @@ View view_of(nb::handle h, const char* name, bool writable, std::vector<nb::obje
   if (!nb::try_cast(h, a))
     fail(name, ": expected a tensor or array (DLPack, the buffer protocol or a torch.Tensor), got ",
          nb::cast<std::string>(nb::str(nb::handle(reinterpret_cast<PyObject*>(Py_TYPE(h.ptr()))))));
+  if (writable) {  // out, workspace, diagnostics: a read-only export (JAX, NumPy views) is refused
+    nb::ndarray<> w;
+    if (!nb::try_cast(h, w)) fail(name, ": expected a writable array, got a read-only one");
+  }
   keep.push_back(nb::cast(a));
   v.kind = kind_of(a.dtype());
   v.ndim = static_cast<int>(a.ndim());
@@ -169,7 +173,6 @@ View view_of(nb::handle h, const char* name, bool writable, std::vector<nb::obje
   if (type == nb::device::cpu::value || type == nb::device::cuda_host::value) v.device = -1;
   else if (type == nb::device::cuda::value || type == nb::device::cuda_managed::value) v.device = a.device_id();
   else fail(name, ": expected host or CUDA memory, got DLPack device type ", type);
-  (void)writable;
   return v;
 }
 

@@ -124,6 +124,17 @@ def test_explicit_workspace_and_its_size(rng):
     assert np.isnan(poisoned).all()
 
 
+def test_read_only_output_is_refused(rng):
+    hidden, w13, w2, w, ids = random_layer(rng, 5, 32, 16, 4, 2)
+    out = np.full_like(hidden, np.nan)
+    out.flags.writeable = False
+    with pytest.raises(moekit.MoekitError, match="out: expected a writable array"):
+        moekit.fused_moe(hidden, w13, w2, w, ids, out=out)
+    assert np.isnan(out).all()
+    hidden.flags.writeable = False  # inputs may be read-only
+    assert np.isfinite(moekit.fused_moe(hidden, w13, w2, w, ids)).all()
+
+
 def test_zero_tokens(rng):
     hidden, w13, w2, w, ids = random_layer(rng, 0, 32, 16, 4, 2)
     out = moekit.fused_moe(hidden, w13, w2, w, ids)
