@@ -7,7 +7,6 @@ w1 [E, 2I, H] with the gate rows first (w13 = [w1; w3]), w2 [E, H, I], topk_ids 
 int64, topk_weights float32, activation strings, expert_map (global -> local index, -1 for
 other ranks' experts), router weights on the input, in place. Differences, all deliberate:
 - ids that are -1, out of range or mapped to -1 contribute nothing (never an index);
-- apply_router_weight_on_input also works with top-k > 1 (vLLM asserts top-1);
 - per-tensor fp8 with dynamic activation scales quantizes each token on its own (vLLM:
   one scale for the whole batch), which keeps a token's output independent of the batch.
 Options moekit cannot honour raise MoekitError; none is ignored.
@@ -86,6 +85,11 @@ def fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, inplace=False, 
     """vLLM's fused_experts on moekit; returns the [T, H] output (hidden_states when inplace).
     allow_* select vLLM backends and have no effect here."""
     act, order, alpha, beta, limit = _activation(activation)
+    if apply_router_weight_on_input and topk_ids.shape[-1] != 1:
+        # As vLLM: the weight scales the input only for top-1 routing (moekit.fused_moe
+        # itself allows any k).
+        raise MoekitError("moekit: apply_router_weight_on_input: expected top-k 1, got top-k "
+                          f"{topk_ids.shape[-1]}")
     kind, w1_scale, w2_scale, a1_scale, a2_scale, w1_bias, w2_bias = _quant(quant_config, w1)
     if expert_map is not None:
         num_experts = expert_map.numel() if global_num_experts in (-1, None) else global_num_experts

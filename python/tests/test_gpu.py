@@ -294,6 +294,8 @@ def test_vllm_fused_experts_semantics_on_adversarial_routing(T):
     w1_, ids1 = w[:, :1].contiguous(), ids[:, :1].contiguous()
     got = fused_experts(x, w1, w2, w1_, ids1, apply_router_weight_on_input=True)
     assert rel(got, torch_ref(x, w1, w2, w1_, ids1, on_input=True)) < 0.02
+    with pytest.raises(moekit.MoekitError, match="apply_router_weight_on_input: expected top-k 1"):
+        fused_experts(x, w1, w2, w, ids, apply_router_weight_on_input=True)
     with pytest.raises(moekit.MoekitError, match="activation: expected one of"):
         fused_experts(x, w1, w2, w, ids, activation="tanh")
 
