@@ -2,7 +2,8 @@
 layer's GPU time at T = 1, on qwen3-30b-a3b's shape; prints one JSON line.
 
 Host time: perf_counter around one call issued to an idle GPU (synchronize before each),
-median of 500 after warm-up, for each entry point and for the binding alone. A last
+median of 500 after warm-up, for each entry point and for the binding alone, the entry
+points interleaved call by call. A last
 check issues the call behind 2 ms of queued GPU work: it must return long before that
 work ends, or the call synchronizes. GPU time: CUDA graph replays timed with events,
 median of 200 after warm-up."""
@@ -20,14 +21,18 @@ import moekit.ops  # noqa: F401
 from moekit.vllm import fused_experts
 
 
-def host_us(fn, calls=600):
-    samples = []
-    for _ in range(calls):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples[100:]) * 1e6
+def host_us(fns, rounds=600):
+    """Median host µs of each fn, interleaved round by round so that drift of a
+    noisy host affects every entry point alike."""
+    samples = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if r >= 100:
+                samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) * 1e6 for name, v in samples.items()}
 
 
 def main():
@@ -46,19 +51,19 @@ def main():
                        None, 0, True, 1, 1, 1.0))
     ws = torch.empty(moekit.workspace_size(T, H, I, E, k), dtype=torch.uint8, device="cuda")
     stream = torch.cuda.current_stream().cuda_stream
-    res = {
-        "gpu": torch.cuda.get_device_name(),
-        "shape": "qwen3-30b-a3b", "T": T,
-        "binding_only_us": host_us(lambda: moekit._C.run_layer(
+    res = {"gpu": torch.cuda.get_device_name(), "shape": "qwen3-30b-a3b", "T": T}
+    res.update(host_us({
+        "binding_only_us": lambda: moekit._C.run_layer(
             cfg, x, w13, w2, w, ids32, out, ws, stream, None, None, None, None, None, None,
-            None, None, None, None)),
-        "fused_moe_us": host_us(lambda: moekit.fused_moe(x, w13, w2, w, ids32, out=out)),
-        "fused_moe_alloc_out_us": host_us(lambda: moekit.fused_moe(x, w13, w2, w, ids32)),
-        "vllm_fused_experts_int64_ids_us": host_us(lambda: fused_experts(x, w13, w2, w, ids64)),
-        "torch_ops_moekit_fused_moe_us": host_us(
-            lambda: torch.ops.moekit.fused_moe(x, w13, w2, w, ids32)),
-        "torch_empty_like_us": host_us(lambda: torch.empty_like(x)),
-    }
+            None, None, None, None),
+        "fused_moe_us": lambda: moekit.fused_moe(x, w13, w2, w, ids32, out=out),
+        "fused_moe_alloc_out_us": lambda: moekit.fused_moe(x, w13, w2, w, ids32),
+        "vllm_fused_experts_int32_ids_us": lambda: fused_experts(x, w13, w2, w, ids32),
+        "vllm_fused_experts_int64_ids_us": lambda: fused_experts(x, w13, w2, w, ids64),
+        "torch_ops_moekit_fused_moe_us": lambda: torch.ops.moekit.fused_moe(x, w13, w2, w, ids32),
+        "torch_empty_like_us": lambda: torch.empty_like(x),
+        "torch_clamp_to_int32_us": lambda: torch.clamp(ids64, -1, E).to(torch.int32),
+    }))
     # No host synchronization: the call returns while 2 ms of earlier GPU work still runs.
     torch.cuda.synchronize()
     torch.cuda._sleep(2_000_000)
