@@ -135,6 +135,21 @@ def test_read_only_output_is_refused(rng):
     assert np.isfinite(moekit.fused_moe(hidden, w13, w2, w, ids)).all()
 
 
+def test_managed_workspace_grows_once_and_reserve_presizes(rng):
+    moekit.release_workspaces()
+    hidden, w13, w2, w, ids = random_layer(rng, 300, 32, 16, 4, 2)
+    moekit.reserve_workspace(300, 32, 16, 4, 2, like=hidden, dtype="float32")
+    (buf,) = moekit._api._workspaces.values()
+    for T in (1, 77, 300):  # smaller and equal batches reuse the reserved buffer
+        moekit.fused_moe(hidden[:T].copy(), w13, w2, w[:T].copy(), ids[:T].copy())
+        assert next(iter(moekit._api._workspaces.values())) is buf
+    big = random_layer(rng, 900, 32, 16, 4, 2)
+    want = moe(*big)
+    assert rel_error(moekit.fused_moe(*big), want) < 1e-5  # grows for a larger batch
+    assert next(iter(moekit._api._workspaces.values())) is not buf
+    assert len(moekit._api._workspaces) == 1
+
+
 def test_zero_tokens(rng):
     hidden, w13, w2, w, ids = random_layer(rng, 0, 32, 16, 4, 2)
     out = moekit.fused_moe(hidden, w13, w2, w, ids)
