@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
       const int32_t* sorted = nullptr;
       cudaGraph_t graph;
       CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-      CHECK(moekit::kernels::launch_sort(d_ids, T, k, E, E, 0, nullptr, b, nullptr, &sorted, {device, sms}, stream));
+      CHECK(moekit::kernels::launch_sort(d_ids, nullptr, T, k, E, E, 0, nullptr, b, nullptr, &sorted, {device, sms}, stream));
       CHECK(cudaStreamEndCapture(stream, &graph));
       const float median = moekit::bench::median_replay_us(graph, stream);
       if (median < 0) { std::fprintf(stderr, "timing failed\n"); return 1; }

@@ -61,7 +61,7 @@ void oracle_token(const moekit_arguments_t& a, int64_t t, double* out) {
   std::vector<double> x(H), h1(N1), act(I);
   for (int64_t h = 0; h < H; ++h) x[h] = load_as_float(p.input_dtype, a.hidden, t * H + h);
   for (int64_t s = 0; s < p.top_k; ++s) {
-    const int64_t e = local_expert(routing_of(a), a.topk_ids[t * p.top_k + s]);
+    const int64_t e = local_expert(routing_of(a), ids_of(a)[t * p.top_k + s]);
     if (e < 0) continue;
     // Router weight on the input or on the output (moekit.h).
     const double w = a.topk_weights[t * p.top_k + s];

@@ -31,7 +31,7 @@ float dot16(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
-void sort_pairs(const Routing& r, const int32_t* topk_ids, int32_t* expert_offsets,
+void sort_pairs(const Routing& r, Ids topk_ids, int32_t* expert_offsets,
                 int32_t* sorted_pairs, int32_t* pair_to_row, moekit_diagnostics_t* diagnostics) {
   const int64_t pairs = r.num_tokens * r.top_k;
   // Counting sort: histogram, exclusive scan, stable scatter.
@@ -58,7 +58,7 @@ void sort_pairs(const Routing& r, const int32_t* topk_ids, int32_t* expert_offse
     for (int64_t t = 0; t < r.num_tokens; ++t) {
       int64_t invalid = 0, local = 0;
       for (int64_t s = 0; s < r.top_k; ++s) {
-        int32_t id = topk_ids[t * r.top_k + s];
+        const int64_t id = topk_ids[t * r.top_k + s];
         invalid += (id < 0 || id >= r.num_experts);
         local += local_expert(r, id) >= 0;
       }
@@ -248,7 +248,7 @@ void moe_layer(const moekit_arguments_t& args, void* workspace) {
   auto* act = reinterpret_cast<float*>(ws + l.act);                      // [T*k, I]
   auto* scratch = reinterpret_cast<float*>(ws + l.scratch);              // [threads, max(H, I)]
 
-  const int32_t* topk_ids = args.topk_ids;        // [T, k]
+  Ids topk_ids = ids_of(args);                    // [T, k]
   const float* topk_weights = args.topk_weights;  // [T, k]
   if (p.router.kind != MOEKIT_ROUTER_NONE) {
     auto* ids = reinterpret_cast<int32_t*>(ws + l.routed_ids);

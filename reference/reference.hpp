@@ -24,12 +24,23 @@ struct Routing {
   const int32_t* expert_map = nullptr;  // [E_total] global -> local, or null (ranges)
 };
 
+// The layer's ids: int32 (topk_ids) or int64 (topk_ids64), read as int64.
+struct Ids {
+  const int32_t* i32 = nullptr;
+  const int64_t* i64 = nullptr;
+  Ids(const int32_t* p) : i32(p) {}  // NOLINT: int32 ids convert implicitly
+  Ids(const int32_t* p32, const int64_t* p64) : i32(p32), i64(p64) {}
+  int64_t operator[](int64_t i) const { return i64 != nullptr ? i64[i] : i32[i]; }
+};
+
+inline Ids ids_of(const moekit_arguments_t& a) { return {a.topk_ids, a.topk_ids64}; }
+
 // Local expert of a global id, or -1 if the id is out of range or remote
 // (moekit.h: the expert map's entry when there is a map, else the rank's range).
-inline int64_t local_expert(const Routing& r, int32_t id) {
+inline int64_t local_expert(const Routing& r, int64_t id) {
   if (id < 0 || id >= r.num_experts) return -1;
   const int64_t e = r.expert_map != nullptr ? static_cast<int64_t>(r.expert_map[id])
-                                            : static_cast<int64_t>(id) - r.ep_rank * r.num_local_experts;
+                                            : id - r.ep_rank * r.num_local_experts;
   return (e >= 0 && e < r.num_local_experts) ? e : -1;
 }
 
@@ -42,7 +53,7 @@ inline Routing routing_of(const moekit_arguments_t& a) {
 // Stage 2. expert_offsets [E_local + 1]: rows of expert e are
 // [offsets[e], offsets[e+1]); offsets[E_local] = number of valid rows.
 // sorted_pairs [T*k]: row -> pair. pair_to_row [T*k]: pair -> row, -1 if invalid.
-void sort_pairs(const Routing& r, const int32_t* topk_ids, int32_t* expert_offsets,
+void sort_pairs(const Routing& r, Ids topk_ids, int32_t* expert_offsets,
                 int32_t* sorted_pairs, int32_t* pair_to_row, moekit_diagnostics_t* diagnostics);
 
 // Stage 3. rows [n_rows, H] = hidden[sorted_pairs[row] / k], times

@@ -38,7 +38,7 @@
  *
  * Layouts (all row-major and contiguous):
  *   hidden        [T, H]            input_dtype
- *   topk_ids      [T, k]            int32, global expert ids
+ *   topk_ids      [T, k]            int32, global expert ids (or topk_ids64: int64)
  *   topk_weights  [T, k]            fp32
  *   w13           [E_local, N1, H]  weight_dtype; N1 = 2I for gated activations
  *                                   (SwiGLU, GeGLU), I otherwise
@@ -272,6 +272,10 @@ typedef struct moekit_arguments {
   /* [E_total] int32 global -> local expert (-1: another rank), when
    * problem.has_expert_map = 1, else NULL. Same memory space as the rest. */
   const int32_t* expert_map;
+  /* [T, k] int64 ids instead of topk_ids (PyTorch's default index type):
+   * give exactly one of the two when the layer does not route itself. Any id
+   * outside [0, num_experts), those beyond int32 included, contributes nothing. */
+  const int64_t* topk_ids64;
 } moekit_arguments_t;
 
 /* Fills p with defaults: ep_size 1, SwiGLU(1, 0, inf), GATE_UP, bf16, CUDA. */

@@ -164,8 +164,8 @@ def _to_jax(x):
 
 
 def _as_int32_ids(x, fw, bound):
-    """int64 ids as int32 without wrapping: anything outside [-1, bound] becomes -1 or bound,
-    which the layer treats as the invalid id it was."""
+    """An int64 expert map as int32 without wrapping: anything outside [-1, bound] becomes
+    -1 or bound, which the layer treats as "not local", as it was."""
     if fw == "torch":
         torch = _torch()
         if x.dtype is torch.int64:
@@ -288,7 +288,7 @@ def fused_moe(hidden, w13, w2, topk_weights=None, topk_ids=None, *, activation="
     """One MoE layer: out[t] = sum over t's valid slots of w[t, s] * expert(ids[t, s], hidden[t]).
 
     hidden [T, H]; w13 [E_local, 2I, H] (I for non-gated activations); w2 [E_local, H, I];
-    topk_weights [T, k] and topk_ids [T, k] (int32, or int64: ids outside int32 stay invalid),
+    topk_weights [T, k] and topk_ids [T, k] (int32 or int64, read as given),
     or router_logits [T, E] with router= "softmax_topk" | "topk_softmax" |
     "sigmoid_grouped_topk" and top_k. Options mirror moekit.h: activation "swiglu",
     "geglu", "geglu_tanh", "silu", "gelu", "gelu_tanh", "relu", "relu2", "identity";
@@ -310,10 +310,6 @@ def fused_moe(hidden, w13, w2, topk_weights=None, topk_ids=None, *, activation="
     device = _device(hidden, fw)
     if global_num_experts is None:
         global_num_experts = 0
-    if topk_ids is not None:
-        bound = (global_num_experts or (len(expert_map) if expert_map is not None else
-                                        w13.shape[0] * ep_size))
-        topk_ids = _as_int32_ids(topk_ids, fw, bound)
     if expert_map is not None:
         expert_map = _as_int32_ids(expert_map, _framework(expert_map), w13.shape[0])
     topk_weights = _as_float32(topk_weights, fw)

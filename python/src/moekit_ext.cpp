@@ -317,7 +317,7 @@ void run_layer(const Config& cfg, nb::handle hidden_h, nb::handle w13_h, nb::han
     }
   } else {
     if (!ids.present || !weights.present) fail("topk_ids and topk_weights are required without router_logits");
-    expect_kind(ids, {Kind::kInt32});
+    expect_kind(ids, {Kind::kInt32, Kind::kInt64});  // int64: topk_ids64, no conversion
     expect_kind(weights, {Kind::kFp32});
     if (ids.ndim != 2) fail("topk_ids: expected 2 dimensions [T, k], got ", shape_string(ids.shape, ids.ndim));
     p.top_k = ids.shape[1];
@@ -364,7 +364,8 @@ void run_layer(const Config& cfg, nb::handle hidden_h, nb::handle w13_h, nb::han
   moekit_arguments_t a{};
   a.problem = p;
   a.hidden = hidden.ptr;
-  a.topk_ids = static_cast<const int32_t*>(ids.ptr);
+  if (ids.kind == Kind::kInt64) a.topk_ids64 = static_cast<const int64_t*>(ids.ptr);
+  else a.topk_ids = static_cast<const int32_t*>(ids.ptr);
   a.topk_weights = static_cast<const float*>(weights.ptr);
   a.w13 = w13.ptr;
   a.w13_bias = b13.ptr;

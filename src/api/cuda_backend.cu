@@ -185,7 +185,8 @@ Status cuda_check_arguments(const Arguments& a, const void* workspace) {
   kernels::DeviceInfo info{};
   if (Status s = current_device(&info); !s) return s;  // cached after the first call
   const std::pair<const char*, const void*> ptrs[] = {
-      {"hidden", a.hidden},   {"topk_ids", a.topk_ids}, {"topk_weights", a.topk_weights},
+      {"hidden", a.hidden},   {"topk_ids", a.topk_ids}, {"topk_ids64", a.topk_ids64},
+      {"topk_weights", a.topk_weights},
       {"w13", a.w13},         {"w13_bias", a.w13_bias}, {"w2", a.w2},
       {"w2_bias", a.w2_bias}, {"diagnostics", a.diagnostics}, {"output", a.output},
       {"w13_scale", a.w13_scale}, {"w2_scale", a.w2_scale}, {"a13_scale", a.a13_scale},
@@ -339,6 +340,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     const void* hidden = static_cast<const char*>(a.hidden) + t0 * p.hidden_size * in_bytes;  // [T, H]
     void* output = static_cast<char*>(a.output) + t0 * p.hidden_size * out_bytes;             // [T, H]
     const int32_t* topk_ids = a.topk_ids ? a.topk_ids + t0 * p.top_k : nullptr;               // [T, k]
+    const int64_t* topk_ids64 = a.topk_ids64 ? a.topk_ids64 + t0 * p.top_k : nullptr;         // [T, k]
     const float* topk_weights = a.topk_weights ? a.topk_weights + t0 * p.top_k : nullptr;     // [T, k]
     cudaError_t e = cudaSuccess;
     if (p.router.kind != MOEKIT_ROUTER_NONE) {
@@ -349,10 +351,11 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                  p.router, ids, weights, dev, stream);
       if (e != cudaSuccess) return cuda_status(e, "router");
       topk_ids = ids;
+      topk_ids64 = nullptr;
       topk_weights = weights;
     }
     const int32_t* sorted_pairs = nullptr;
-    e = kernels::launch_sort(topk_ids, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
+    e = kernels::launch_sort(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
                              a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "sort");
     // fp8: GEMM 1's input rows are quantized as they are gathered, GEMM 2's

@@ -74,7 +74,8 @@ std::vector<Region> regions(const Arguments& a) {
   const size_t w13s = ref::weight_scale_count(p, N1, H) * 4, w2s = ref::weight_scale_count(p, H, I) * 4;
   return {
       {"hidden", a.hidden, T * H * dtype_size(p.input_dtype), kTensorAlign, true, false},
-      {"topk_ids", a.topk_ids, T * k * 4, 4, !routed, routed},
+      {"topk_ids", a.topk_ids, T * k * 4, 4, !routed && a.topk_ids64 == nullptr, routed},
+      {"topk_ids64", a.topk_ids64, T * k * 8, 8, false, routed},
       {"topk_weights", a.topk_weights, T * k * 4, 4, !routed, routed},
       {"router_logits", a.router_logits, T * static_cast<size_t>(p.num_experts) * dtype_size(p.router.logits_dtype),
        dtype_size(p.router.logits_dtype), routed, !routed},
@@ -111,7 +112,8 @@ Status check_top_k_and_pairs(int64_t num_tokens, int64_t num_experts, int64_t to
 const char* forbidden_reason(const std::string& name) {
   if (name == "w13_bias") return "has_w13_bias is 0";
   if (name == "w2_bias") return "has_w2_bias is 0";
-  if (name == "topk_ids" || name == "topk_weights") return "the layer routes itself: router.kind is not none";
+  if (name == "topk_ids" || name == "topk_ids64" || name == "topk_weights")
+    return "the layer routes itself: router.kind is not none";
   if (name == "router_logits") return "router.kind is none";
   if (name == "w13_scale" || name == "w2_scale") return "quant.kind is none";
   if (name == "expert_map") return "has_expert_map is 0";
@@ -314,6 +316,8 @@ Status validate_arguments(const Arguments& a) {
   if (p.num_tokens == 0) return Status();  // nothing is read or written
   const auto kInvalid = MOEKIT_ERROR_INVALID_ARGUMENT;
   const std::vector<Region> rs = regions(a);
+  if (a.topk_ids != nullptr && a.topk_ids64 != nullptr && p.router.kind == MOEKIT_ROUTER_NONE)
+    return error(kInvalid, "topk_ids64: expected NULL when topk_ids (int32) is given: pass the ids once");
   for (const Region& r : rs) {
     if (r.required && r.ptr == nullptr)
       return error(kInvalid, r.name, ": expected a pointer to ", r.bytes, " bytes, got NULL");

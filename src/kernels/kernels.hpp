@@ -38,7 +38,8 @@ cudaError_t sort_temp_bytes(int64_t pairs, int64_t num_local_experts, size_t* by
 // Local experts: [ep_rank * E_local, +E_local) of the global ids, or
 // expert_map[id] where given (moekit.h). On success *sorted_pairs points at
 // whichever of pairs[0/1] holds the row->pair map.
-cudaError_t launch_sort(const int32_t* topk_ids, int64_t num_tokens, int64_t top_k,
+// Ids are int32 (topk_ids) or int64 (topk_ids64, when not null).
+cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int64_t num_tokens, int64_t top_k,
                         int64_t num_experts, int64_t num_local_experts, int64_t ep_rank,
                         const int32_t* expert_map, const SortBuffers& b,
                         moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,

@@ -250,7 +250,13 @@ TEST(Fp8Validation, EveryRejectionNamesTheArgumentAndTouchesNothing) {
       {"misaligned w2_scale", false,
        [](auto& a, auto&) { a.w2_scale = reinterpret_cast<const float*>(reinterpret_cast<const char*>(a.w2_scale) + 2); },
        "w2_scale: expected a 4-byte aligned pointer"},
-      {"output aliases w13_scale", false, [](auto& a, auto&) { a.output = const_cast<float*>(a.w13_scale); },
+      // w13_scale moved into a buffer that also holds the whole output, so the
+      // output overlaps w13_scale and nothing else, whatever the heap layout.
+      {"output aliases w13_scale", false, [](auto& a, auto& s) {
+         s.assign(a.problem.num_tokens * a.problem.hidden_size + 4096, 1.0f);
+         a.w13_scale = s.data();
+         a.output = s.data();
+       },
        "output: expected memory disjoint from w13_scale"},
       {"NaN weight scale", false,
        [](auto& a, auto& s) { s.assign(a.w13_scale, a.w13_scale + 8); s[5] = kNaN; a.w13_scale = s.data(); },

@@ -229,3 +229,51 @@ TEST(InPlace, OutputMayBeExactlyTheInput) {
   s = MoeLayer::run(a, workspace.data(), ws);
   EXPECT_EQ(s.code(), MOEKIT_ERROR_INVALID_ARGUMENT);
 }
+
+TEST(Int64Ids, EqualInt32IdsWithOutOfRangeValuesInvalid) {
+  Problem p = small_problem(45, 6, 3, 32, 16, MOEKIT_DTYPE_BF16);
+  ref::HostLayer l = ref::make_random_layer(p, 13);
+  std::vector<int64_t> ids64(l.topk_ids.begin(), l.topk_ids.end());
+  // Values an int32 cast would wrap onto valid experts, and other garbage.
+  ids64[0] = (int64_t{1} << 32) + 1;
+  ids64[4] = -(int64_t{1} << 40);
+  ids64[7] = int64_t{1} << 62;
+  ids64[9] = -1;
+  ids64[10] = ids64[11];  // a duplicate
+  ref::HostLayer l32 = l;
+  for (size_t i = 0; i < ids64.size(); ++i)
+    l32.topk_ids[i] = (ids64[i] >= 0 && ids64[i] < p.num_experts) ? static_cast<int32_t>(ids64[i]) : -1;
+  moekit_diagnostics_t d64{}, d32{};
+  test::CpuRun got = test::run_cpu_layer(l, &d64, [&](moekit_arguments_t& a) {
+    a.topk_ids = nullptr;
+    a.topk_ids64 = ids64.data();
+  });
+  ASSERT_TRUE(got.status.ok()) << got.status.message();
+  test::CpuRun want = test::run_cpu_layer(l32, &d32);
+  ASSERT_TRUE(want.status.ok());
+  expect_bitwise_equal(got, want);
+  EXPECT_EQ(d64.invalid_ids, d32.invalid_ids);
+  EXPECT_EQ(d64.tokens_without_valid_expert, d32.tokens_without_valid_expert);
+
+  // Both kinds at once, a misaligned int64 pointer, int64 ids with a router: named errors.
+  const struct {
+    const char* what;
+    std::function<void(moekit_arguments_t&)> edit;
+    const char* message;
+  } cases[] = {
+      {"both", [&](moekit_arguments_t& a) { a.topk_ids64 = ids64.data(); },
+       "topk_ids64: expected NULL when topk_ids (int32) is given"},
+      {"misaligned", [&](moekit_arguments_t& a) {
+         a.topk_ids = nullptr;
+         a.topk_ids64 = reinterpret_cast<const int64_t*>(reinterpret_cast<const char*>(ids64.data()) + 4);
+       }, "topk_ids64: expected a 8-byte aligned pointer"},
+      {"neither", [&](moekit_arguments_t& a) { a.topk_ids = nullptr; }, "topk_ids: expected a pointer"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    test::CpuRun r = test::run_cpu_layer(l, nullptr, c.edit);
+    EXPECT_EQ(r.status.code(), MOEKIT_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(r.status.message().find(c.message), std::string::npos) << r.status.message();
+    for (size_t i = 0; i < r.output.size(); ++i) ASSERT_EQ(r.output.data()[i], 0xFF);
+  }
+}

@@ -302,6 +302,34 @@ TEST(GpuLayer, GraphReplayPicksUpANewExpertMap) {
   CUDA_OK(cudaStreamDestroy(stream));
 }
 
+TEST(GpuLayer, Int64IdsEqualInt32Ids) {
+  REQUIRE_GPU();
+  // Both sort paths (one block, and the device radix sort), values an int32
+  // cast would wrap onto valid experts, and garbage.
+  for (int64_t T : {37, 5000}) {
+    ref::HostLayer l = ref::make_random_layer(problem(T, 16, 4, 128, 64), 17);
+    make_adversarial(l, T);
+    std::vector<int64_t> ids64(l.topk_ids.begin(), l.topk_ids.end());
+    for (size_t i = 0; i < ids64.size(); i += 13) ids64[i] = (int64_t{1} << 32) + static_cast<int64_t>(i % 16);
+    for (size_t i = 5; i < ids64.size(); i += 29) ids64[i] = -(int64_t{1} << 35);
+    ref::HostLayer l32 = l;
+    for (size_t i = 0; i < ids64.size(); ++i)
+      l32.topk_ids[i] = (ids64[i] >= 0 && ids64[i] < 16) ? static_cast<int32_t>(ids64[i]) : -1;
+    DeviceLayer want(l32);
+    ASSERT_TRUE(want.run().ok());
+    DeviceLayer got(l);
+    DeviceBuffer d_ids64(ids64.size() * 8);
+    d_ids64.upload(ids64.data(), ids64.size() * 8);
+    got.args.topk_ids = nullptr;
+    got.args.topk_ids64 = static_cast<const int64_t*>(d_ids64.data());
+    Status s = got.run();
+    ASSERT_TRUE(s.ok()) << s.message();
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(got.output.download(), want.output.download()) << "T=" << T;
+    EXPECT_TRUE(got.all_canaries_intact() && d_ids64.canaries_intact());
+  }
+}
+
 TEST(GpuLayer, InPlaceOutputEqualsOutOfPlace) {
   REQUIRE_GPU();
   // Chunked (T * k > 65536 pairs) and unchunked: every chunk reads its rows

@@ -43,7 +43,7 @@ void check_sort(const Case& c, const std::vector<int32_t>& ids) {
   CUDA_OK(cudaGetDevice(&device));
   CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int32_t* d_sorted = nullptr;
-  CUDA_OK(kernels::launch_sort(static_cast<const int32_t*>(d_ids.data()), c.T, c.k, c.E, el,
+  CUDA_OK(kernels::launch_sort(static_cast<const int32_t*>(d_ids.data()), nullptr, c.T, c.k, c.E, el,
                                c.ep_rank, nullptr, b, static_cast<moekit_diagnostics_t*>(d_diag.data()),
                                &d_sorted, {device, sms}, nullptr));
   CUDA_OK(cudaDeviceSynchronize());

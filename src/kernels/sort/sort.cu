@@ -1,7 +1,7 @@
 // Sort: group the T*k (token, slot) pairs by local expert.
 //
-// One algorithm at every T, a stable sort of the pairs by key: the key of a
-// pair is its local expert, or E_local for an invalid or remote id (so garbage
+// One algorithm at every T (int32 or int64 ids), a stable sort of the pairs by
+// key: the key of a pair is its local expert, or E_local for an invalid or remote id (so garbage
 // never becomes an index); only the ceil(log2(E_local + 1)) key bits are
 // sorted. Then the inverse map and the per-expert offsets are written.
 // Two implementations of it, by size, both stable and so both giving the one
@@ -52,24 +52,24 @@ struct Placement {
   const int32_t* map;  // [num_experts] or null
 };
 
-__device__ __forceinline__ uint32_t local_key(int32_t id, const Placement& pl) {
+__device__ __forceinline__ uint32_t local_key(int64_t id, const Placement& pl) {
   // No id outside [0, num_experts) is ever used as an index or reaches the
   // subtraction (int64: id - first cannot overflow).
   if (id < 0 || id >= pl.num_experts) return static_cast<uint32_t>(pl.num_local);
-  const int64_t e = pl.map != nullptr ? static_cast<int64_t>(__ldg(pl.map + id))
-                                      : static_cast<int64_t>(id) - pl.first;
+  const int64_t e = pl.map != nullptr ? static_cast<int64_t>(__ldg(pl.map + id)) : id - pl.first;
   return (e >= 0 && e < pl.num_local) ? static_cast<uint32_t>(e) : static_cast<uint32_t>(pl.num_local);
 }
 
 // Per-token counts of this block's tokens (grid-stride), added once per block.
-__device__ void add_diagnostics(const int32_t* __restrict__ ids, int64_t tokens, int64_t top_k,
+template <class IdT>
+__device__ void add_diagnostics(const IdT* __restrict__ ids, int64_t tokens, int64_t top_k,
                                 const Placement& pl, moekit_diagnostics_t* diagnostics) {
   Counts c{0, 0, 0};
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t t = blockIdx.x * int64_t{kThreads} + threadIdx.x; t < tokens; t += stride) {
     int64_t invalid = 0, local = 0;
     for (int64_t s = 0; s < top_k; ++s) {
-      const int32_t id = ids[t * top_k + s];
+      const int64_t id = ids[t * top_k + s];
       invalid += (id < 0 || id >= pl.num_experts);
       local += local_key(id, pl) < pl.num_local;
     }
@@ -99,9 +99,9 @@ __device__ __forceinline__ int32_t lower_bound_key(const uint32_t* sorted_keys, 
 
 // The whole sort in one block for pairs <= kThreads * kItems: keys, a stable
 // block radix sort, then maps and offsets from the sorted keys in shared memory.
-template <int kItems>
+template <int kItems, class IdT>
 __global__ void __launch_bounds__(kThreads) sort_small_kernel(
-    const int32_t* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bits,
+    const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bits,
     int32_t* __restrict__ sorted_pairs,
     int32_t* __restrict__ pair_to_row, int32_t* __restrict__ expert_offsets,
     moekit_diagnostics_t* diagnostics) {
@@ -138,8 +138,9 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
 }
 
 // keys [T*k], pairs [T*k]; diagnostics per token when requested.
+template <class IdT>
 __global__ void __launch_bounds__(kThreads) make_keys_kernel(
-    const int32_t* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl,
+    const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl,
     uint32_t* __restrict__ keys, int32_t* __restrict__ vals,
     moekit_diagnostics_t* diagnostics) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
@@ -184,24 +185,26 @@ cudaError_t sort_temp_bytes(int64_t pairs, int64_t num_local_experts, size_t* by
                                          sort_key_bits(num_local_experts));
 }
 
-cudaError_t launch_sort(const int32_t* topk_ids, int64_t num_tokens, int64_t top_k,
-                        int64_t num_experts, int64_t num_local_experts, int64_t ep_rank,
-                        const int32_t* expert_map, const SortBuffers& b,
-                        moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
-                        const DeviceInfo& dev, cudaStream_t stream) {
+namespace {
+
+template <class IdT>
+cudaError_t sort_ids(const IdT* topk_ids, int64_t num_tokens, int64_t top_k, int64_t num_experts,
+                     int64_t num_local_experts, int64_t ep_rank, const int32_t* expert_map,
+                     const SortBuffers& b, moekit_diagnostics_t* diagnostics,
+                     const int32_t** sorted_pairs, const DeviceInfo& dev, cudaStream_t stream) {
   const int64_t pairs = num_tokens * top_k;
   const Placement pl{num_experts, ep_rank * num_local_experts, num_local_experts, expert_map};
   if (pairs <= kSmallPairs) {  // the smallest block that holds every pair
-    auto kernel = pairs <= kThreads       ? sort_small_kernel<1>
-                  : pairs <= 4 * kThreads ? sort_small_kernel<4>
-                                          : sort_small_kernel<kMaxSmallItems>;
+    auto kernel = pairs <= kThreads       ? sort_small_kernel<1, IdT>
+                  : pairs <= 4 * kThreads ? sort_small_kernel<4, IdT>
+                                          : sort_small_kernel<kMaxSmallItems, IdT>;
     kernel<<<1, kThreads, 0, stream>>>(topk_ids, pairs, top_k, pl, sort_key_bits(num_local_experts),
                                        b.pairs[0], b.pair_to_row,
                                        b.expert_offsets, diagnostics);
     *sorted_pairs = b.pairs[0];
     return cudaGetLastError();
   }
-  make_keys_kernel<<<grid_for((pairs + kThreads - 1) / kThreads, dev.sm_count), kThreads, 0,
+  make_keys_kernel<IdT><<<grid_for((pairs + kThreads - 1) / kThreads, dev.sm_count), kThreads, 0,
                      stream>>>(topk_ids, pairs, top_k, pl, b.keys[0], b.pairs[0], diagnostics);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
 
@@ -221,6 +224,20 @@ cudaError_t launch_sort(const int32_t* topk_ids, int64_t num_tokens, int64_t top
                                 b.pair_to_row, b.expert_offsets);
   *sorted_pairs = vals.Current();
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int64_t num_tokens,
+                        int64_t top_k, int64_t num_experts, int64_t num_local_experts, int64_t ep_rank,
+                        const int32_t* expert_map, const SortBuffers& b,
+                        moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
+                        const DeviceInfo& dev, cudaStream_t stream) {
+  if (topk_ids64 != nullptr)
+    return sort_ids(topk_ids64, num_tokens, top_k, num_experts, num_local_experts, ep_rank,
+                    expert_map, b, diagnostics, sorted_pairs, dev, stream);
+  return sort_ids(topk_ids, num_tokens, top_k, num_experts, num_local_experts, ep_rank, expert_map,
+                  b, diagnostics, sorted_pairs, dev, stream);
 }
 
 }  // namespace moekit::kernels
