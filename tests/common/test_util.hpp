@@ -28,6 +28,13 @@ inline Problem small_problem(int64_t T = 16, int64_t E = 8, int64_t k = 2, int64
   return p;
 }
 
+// 0, 1, ..., T - 1: every token, for oracle checks.
+inline std::vector<int64_t> all_tokens(int64_t T) {
+  std::vector<int64_t> t(T);
+  for (int64_t i = 0; i < T; ++i) t[i] = i;
+  return t;
+}
+
 // Host buffer with a 256-byte aligned body and canary bytes on both sides.
 class GuardedBuffer {
  public:

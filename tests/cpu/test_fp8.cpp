@@ -18,17 +18,12 @@
 #include "reference/oracle.hpp"
 
 using namespace moekit;
+using test::all_tokens;
 
 namespace {
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 const float kInf = std::numeric_limits<float>::infinity();
-
-std::vector<int64_t> all_tokens(int64_t T) {
-  std::vector<int64_t> t(T);
-  for (int64_t i = 0; i < T; ++i) t[i] = i;
-  return t;
-}
 
 // Value of e4m3 code c from its definition (sign, 4-bit exponent bias 7, 3-bit mantissa).
 double e4m3_by_definition(int c) {

@@ -9,15 +9,10 @@
 #include "reference/oracle.hpp"
 
 using namespace moekit;
+using test::all_tokens;
 using test::small_problem;
 
 namespace {
-
-std::vector<int64_t> all_tokens(int64_t T) {
-  std::vector<int64_t> t(T);
-  for (int64_t i = 0; i < T; ++i) t[i] = i;
-  return t;
-}
 
 // Runs l on the CPU and checks every token against the oracle, the canaries and
 // that the status is success.

@@ -11,15 +11,10 @@
 #include "reference/oracle.hpp"
 
 using namespace moekit;
+using test::all_tokens;
 using test::small_problem;
 
 namespace {
-
-std::vector<int64_t> all_tokens(int64_t T) {
-  std::vector<int64_t> t(T);
-  for (int64_t i = 0; i < T; ++i) t[i] = i;
-  return t;
-}
 
 void expect_bitwise_equal(const test::CpuRun& a, const test::CpuRun& b) {
   ASSERT_EQ(a.output.size(), b.output.size());

@@ -217,21 +217,46 @@ TEST(GpuLayer, BitwiseDeterministic) {
   }
 }
 
-TEST(GpuLayer, GraphReplayWithNewRoutingEachTime) {
-  REQUIRE_GPU();
-  ref::HostLayer l = ref::make_random_layer(problem(257, 64, 8, 128, 64), 9);
-  DeviceLayer d(l);
+namespace {
+
+// Captures one run of d (global mode: any allocation or synchronization inside
+// run breaks the capture), then for each replay lets change(replay) upload new
+// inputs to d and return the layer they make, replays into a poisoned output
+// and compares it with the CPU reference of that layer.
+void expect_graph_replays_match(DeviceLayer& d, int replays,
+                                const std::function<ref::HostLayer(int)>& change) {
+  const Problem& p = d.args.problem;
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaGraph_t graph;
-  // Global mode: any allocation or synchronization inside run breaks the capture.
   CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
   Status s = d.run(stream);
   CUDA_OK(cudaStreamEndCapture(stream, &graph));
   ASSERT_TRUE(s.ok()) << s.message();
   cudaGraphExec_t exec;
   CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-  for (int replay = 0; replay < 4; ++replay) {
+  for (int replay = 0; replay < replays; ++replay) {
+    const ref::HostLayer next = change(replay);
+    CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    EXPECT_TRUE(test::rows_match(d.output.download(), test::cpu_reference(next), p.num_tokens,
+                                 p.hidden_size, p.output_dtype, tolerance(p)))
+        << "replay " << replay;
+  }
+  EXPECT_TRUE(d.all_canaries_intact());
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+}  // namespace
+
+TEST(GpuLayer, GraphReplayWithNewRoutingEachTime) {
+  REQUIRE_GPU();
+  ref::HostLayer l = ref::make_random_layer(problem(257, 64, 8, 128, 64), 9);
+  DeviceLayer d(l);
+  expect_graph_replays_match(d, 4, [&](int replay) {
     ref::HostLayer next = ref::make_random_layer(l.problem, 100 + replay);
     if (replay % 2) make_adversarial(next, replay);
     next.w13 = l.w13;  // weights stay; routing and inputs change
@@ -239,17 +264,8 @@ TEST(GpuLayer, GraphReplayWithNewRoutingEachTime) {
     d.hidden.upload(next.hidden.data(), next.hidden.size());
     d.ids.upload(next.topk_ids.data(), next.topk_ids.size() * 4);
     d.weights.upload(next.topk_weights.data(), next.topk_weights.size() * 4);
-    CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
-    CUDA_OK(cudaGraphLaunch(exec, stream));
-    CUDA_OK(cudaStreamSynchronize(stream));
-    EXPECT_TRUE(test::rows_match(d.output.download(), test::cpu_reference(next), 257, 128,
-                                 MOEKIT_DTYPE_BF16, tolerance(l.problem)))
-        << "replay " << replay;
-  }
-  EXPECT_TRUE(d.all_canaries_intact());
-  CUDA_OK(cudaGraphExecDestroy(exec));
-  CUDA_OK(cudaGraphDestroy(graph));
-  CUDA_OK(cudaStreamDestroy(stream));
+    return next;
+  });
 }
 
 TEST(GpuLayer, ExpertMapAndRouterWeightOnInput) {
@@ -277,29 +293,12 @@ TEST(GpuLayer, GraphReplayPicksUpANewExpertMap) {
   p.has_expert_map = 1;
   ref::HostLayer l = ref::make_random_layer(p, 41);
   DeviceLayer d(l);
-  cudaStream_t stream;
-  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaGraph_t graph;
-  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  Status s = d.run(stream);
-  CUDA_OK(cudaStreamEndCapture(stream, &graph));
-  ASSERT_TRUE(s.ok()) << s.message();
-  cudaGraphExec_t exec;
-  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-  for (int replay = 0; replay < 3; ++replay) {
+  expect_graph_replays_match(d, 3, [&](int replay) {
     ref::HostLayer next = l;
     next.expert_map = ref::make_random_layer(p, 500 + replay).expert_map;
     d.expert_map.upload(next.expert_map.data(), next.expert_map.size() * 4);
-    CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
-    CUDA_OK(cudaGraphLaunch(exec, stream));
-    CUDA_OK(cudaStreamSynchronize(stream));
-    EXPECT_TRUE(test::rows_match(d.output.download(), test::cpu_reference(next), 200, 128,
-                                 MOEKIT_DTYPE_BF16, tolerance(p)))
-        << "replay " << replay;
-  }
-  CUDA_OK(cudaGraphExecDestroy(exec));
-  CUDA_OK(cudaGraphDestroy(graph));
-  CUDA_OK(cudaStreamDestroy(stream));
+    return next;
+  });
 }
 
 TEST(GpuLayer, Int64IdsEqualInt32Ids) {
