@@ -259,7 +259,9 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                                         c,     n,       k,    dtype,  scratch,
                                         dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
                                         sc.ones ? sc.ones_count : 0};
-    const cudaError_t e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
+    const cudaError_t e = cfg.kernel == kernels::GemmKernel::kDecode
+                              ? kernels::decode_grouped_gemm(gp, max_rows, stream)
+                              : kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
     if (e != cudaErrorNotSupported) return e;  // else declined: the simple kernel takes it
   }
   if (sc.a == nullptr)

@@ -83,6 +83,35 @@ __device__ __forceinline__ int expert_of_row(const int32_t* offsets, int num_exp
   return lo;
 }
 
+// Programmatic dependent launch (PDL). A kernel launched with launch_pdl may
+// start while the kernel before it on the stream is still running, so it
+// calls pdl_wait() before its first global memory access (read or write):
+// that returns once the previous kernel has finished and its writes are
+// visible, and, since that kernel waited in turn, so are all earlier ones.
+// pdl_launch_dependents() lets the next kernel be scheduled early (its
+// pre-wait prologue then overlaps this kernel); it changes no result.
+// Both are no-ops for kernels launched the ordinary way.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+template <class... Params, class... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                       cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}
+
 // Grid for grid-stride loops: enough blocks to fill the GPU, no more than the work.
 inline unsigned grid_for(int64_t work_blocks, int sm_count, int blocks_per_sm = 8) {
   int64_t cap = static_cast<int64_t>(sm_count) * blocks_per_sm;

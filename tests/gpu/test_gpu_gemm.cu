@@ -76,7 +76,9 @@ void check_family(kernels::GemmKernel kernel, moekit_dtype_t dt, const Case& c, 
                                        want.data(), c.rows, c.n, c.k, dt, {dev, sms}, nullptr));
   const kernels::GroupedGemmParams p{da.data(), offsets, static_cast<int>(c.experts), dw.data(),
                                      bias_ptr, got.data(), c.n, c.k, dt, scratch.data(), sms};
-  CUDA_OK(kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
+  CUDA_OK(kernel == kernels::GemmKernel::kDecode
+              ? kernels::decode_grouped_gemm(p, c.rows, nullptr)
+              : kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
 
   const std::vector<uint8_t> g = got.download(), r = want.download();
@@ -178,7 +180,9 @@ void check_fp8_family(kernels::GemmKernel kernel, moekit_dtype_t out_dt, const C
                                      dbias.data(), got.data(), c.n, c.k, out_dt, scratch.data(), sms,
                                      sa, per_tensor ? ones_ptr : sw, stride,
                                      per_tensor ? ones_ptr : nullptr, per_tensor ? nb * kb : 0};
-  CUDA_OK(kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
+  CUDA_OK(kernel == kernels::GemmKernel::kDecode
+              ? kernels::decode_grouped_gemm(p, c.rows, nullptr)
+              : kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
 
   const std::vector<uint8_t> g = got.download(), r = want.download();
@@ -229,7 +233,6 @@ TEST(GpuGemm, Fp8FamiliesDeclineSixteenBitOperandsAndTheOtherWayRound) {
   p.w_scale = static_cast<const float*>(buf.data());
   EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kTile128x128, p, nullptr),
             cudaErrorNotSupported);
-  EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kDecode, p, nullptr),
-            cudaErrorNotSupported);
+  EXPECT_EQ(kernels::decode_grouped_gemm(p, 64, nullptr), cudaErrorNotSupported);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }

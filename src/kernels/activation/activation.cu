@@ -21,6 +21,8 @@ __global__ void __launch_bounds__(kThreads) activation_kernel(
     T* __restrict__ out,                      // [rows, I]
     const int32_t* __restrict__ valid_rows,   // offsets[E_local]
     int64_t inter, ActivationParams p, moekit_gate_up_order_t order) {
+  pdl_wait();  // GEMM 1's output
+  pdl_launch_dependents();
   const bool gated = activation_is_gated(p.kind);
   const int64_t n1 = gated ? 2 * inter : inter;
   const Index vecs_per_row = static_cast<Index>(inter / 8);
@@ -43,16 +45,19 @@ cudaError_t launch_activation(const void* gemm1, void* out, const int32_t* valid
                               const DeviceInfo& dev, cudaStream_t stream) {
   const int64_t work = max_rows * (inter / 8);
   const unsigned grid = grid_for((work + kThreads - 1) / kThreads, dev.sm_count);
+  cudaError_t e = cudaSuccess;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto* in = static_cast<const T*>(gemm1);
     auto* o = static_cast<T*>(out);
     if (work < (int64_t{1} << 31))  // i + stride then stays below 2^32
-      activation_kernel<T, uint32_t><<<grid, kThreads, 0, stream>>>(in, o, valid_rows, inter, p, order);
+      e = launch_pdl(activation_kernel<T, uint32_t>, grid, kThreads, 0, stream, in, o, valid_rows,
+                     inter, p, order);
     else
-      activation_kernel<T, int64_t><<<grid, kThreads, 0, stream>>>(in, o, valid_rows, inter, p, order);
+      e = launch_pdl(activation_kernel<T, int64_t>, grid, kThreads, 0, stream, in, o, valid_rows,
+                     inter, p, order);
   });
-  return cudaGetLastError();
+  return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 }  // namespace moekit::kernels

@@ -19,6 +19,8 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
     TOut* __restrict__ out) {                  // [T, H]
   // One thread per 8 columns of one token; blocks tile (token, column block),
   // so a single decode token still spreads over H / 1024 blocks.
+  pdl_wait();  // GEMM 2's output
+  pdl_launch_dependents();
   const int64_t vecs = hidden_size / 8;
   const int64_t col_blocks = (vecs + kThreads - 1) / kThreads;
   for (int64_t work = blockIdx.x; work < num_tokens * col_blocks; work += gridDim.x) {
@@ -62,16 +64,17 @@ cudaError_t launch_finalize(const void* y, moekit_dtype_t y_dtype, const int32_t
                             const DeviceInfo& dev, cudaStream_t stream) {
   const int64_t col_blocks = (hidden_size / 8 + kThreads - 1) / kThreads;
   const unsigned grid = grid_for(num_tokens * col_blocks, dev.sm_count, 16);
+  cudaError_t e = cudaSuccess;
   dispatch_dtype(y_dtype, [&](auto ytag) {
     using TY = decltype(ytag);
     dispatch_dtype(output_dtype, [&](auto otag) {
       using TOut = decltype(otag);
-      finalize_kernel<TY, TOut><<<grid, kThreads, 0, stream>>>(
-          static_cast<const TY*>(y), pair_to_row, topk_weights, num_tokens, top_k, hidden_size,
-          static_cast<TOut*>(out));
+      e = launch_pdl(finalize_kernel<TY, TOut>, grid, kThreads, 0, stream, static_cast<const TY*>(y),
+                     pair_to_row, topk_weights, num_tokens, top_k, hidden_size,
+                     static_cast<TOut*>(out));
     });
   });
-  return cudaGetLastError();
+  return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 }  // namespace moekit::kernels

@@ -1,24 +1,41 @@
 // Grouped GEMM for decode batches (a few rows per expert), written by hand
 // because no library kernel fits: the CUTLASS ptr-array kernels spend about
-// 9 µs per launch on set-up (tensor-map rewrites, pipeline fill, epilogue
-// store) before and after streaming the weights, which is most of a T = 1
-// layer (bench/RESULTS.md). Here each warp streams 16 weight rows of one
-// expert, with its token rows, through its own cp.async pipeline in shared
-// memory (kStages x 64 k, 16-byte copies) into mma.sync m16n8k16 via ldmatrix
-// (weights on the M side, up to 8 token rows on N: swap-AB), and writes D^T
-// back as row-major D. No global load sits between two mma's.
+// 9 µs per launch on set-up (per-group tensor-map rewrites, pipeline fill,
+// epilogue store) and cannot overlap it with the kernel before them
+// (CUTLASS 4.2's sm90 array kernels issue no griddepcontrol), which is most
+// of a T = 1 layer (bench/RESULTS.md).
+//
+// Shape of the kernel:
+//  - One tensor map over all experts' weights, [E, N, K] with the expert as
+//    the third coordinate, and one over the expert-ordered rows [rows, K]:
+//    encoded on the host once per call, never rewritten on the device.
+//  - A persistent grid, two CTAs per SM. Work items are (expert, 16-token
+//    pass, 64-row weight slice); each CTA walks items blockIdx.x, +gridDim.x,
+//    ... . Only experts with rows have items, found from expert_offsets by a
+//    block scan after griddepcontrol.wait (programmatic dependent launch: the
+//    launch, barrier set-up and descriptor prefetch overlap the previous
+//    kernel).
+//  - One producer thread streams (64 weight rows x 64 k) and (16 token rows x
+//    64 k) tiles with TMA (128-byte swizzle) into a ring of kStages shared
+//    slots; four consumer warps take 16 weight rows each through ldmatrix
+//    into mma.sync m16n8k16 (weights on M, tokens on N: swap-AB) and write
+//    D^T back as row-major D. Weights are loaded evict-first: read once.
 //
 // Arithmetic is that of the wgmma kernels: one fp32 accumulator per output,
 // K in ascending chunks of 16 in natural order (a partial last chunk is
-// zero-filled, as TMA does), bias added in fp32, one rounding. The GPU suite
-// checks that a token's row is bitwise the same whichever kernel ran.
-//
-// Status (H200, 2026-11-27): correct and bitwise equal to the wgmma kernels,
-// but slower than CUTLASS swap-AB at every decode point (qwen3 T = 1: 66 vs
-// 45 µs per layer), so select_config does not pick it; MOEKIT_GEMM=decode
-// runs it. bench/RESULTS.md has its versions and what ncu showed.
+// zero-filled, as TMA does for them), bias added in fp32, one rounding. The
+// GPU suite checks that a token's row is bitwise the same whichever kernel
+// ran, so choosing this kernel by batch size keeps batch invariance.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cub/block/block_scan.cuh>
+
+#include "cute/arch/copy_sm90_desc.hpp"
+#include "cute/arch/copy_sm90_tma.hpp"
+#include "cutlass/arch/barrier.h"
 
 #include "kernels/common.cuh"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
@@ -27,51 +44,47 @@ namespace moekit::kernels {
 
 namespace {
 
-constexpr int kWarps = 4;              // warps per block, independent of each other
-constexpr int kRowsPerWarp = 16;       // mma M: weight rows (output columns)
-constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
-constexpr int kTokens = 8;             // mma N: token rows per pass
-constexpr int kStageK = 64;            // K per pipeline stage: 16 weight + 8 token rows x 128 B
-constexpr int kStages = 6;             // 12 KB of weights in flight per warp
-constexpr int kSmemRow = kStageK + 8;  // +16 B a row: ldmatrix's 8 rows hit distinct banks
-constexpr int kStageRows = kRowsPerWarp + kTokens;  // weights, then the token rows
-constexpr int kStageElems = kStageRows * kSmemRow;
-constexpr int kSmemBytes = kWarps * kStages * kStageElems * 2;  // 82,944
+constexpr int kConsumerWarps = 4;
+constexpr int kThreads = 32 * (kConsumerWarps + 1);  // + one producer warp
+constexpr int kRowsPerWarp = 16;                      // mma M: weight rows (output columns)
+constexpr int kSliceRows = kConsumerWarps * kRowsPerWarp;  // 64 weight rows per item
+constexpr int kTokens = 16;                           // token rows per pass: two mma n8 blocks
+constexpr int kStageK = 64;                           // 64 x 2 B = one 128-byte swizzle row
+constexpr int kWeightTileBytes = kSliceRows * kStageK * 2;  // 8 KB
+constexpr int kTokenTileBytes = kTokens * kStageK * 2;      // 2 KB
+constexpr int kStageBytes = kWeightTileBytes + kTokenTileBytes;
+// 9 stages (90 KB) a CTA and two CTAs an SM keep about 140 KB of weights in
+// flight per SM, enough to cover DRAM latency at the full copy rate.
+constexpr int kStages = 9;
+constexpr int kCtasPerSm = 2;
+constexpr int kSwizzleAlign = 1024;  // a 128-byte swizzle atom is 8 rows x 128 B
 
-template <class T> struct MmaType;
-template <> struct MmaType<__nv_bfloat16> { static constexpr bool kBf16 = true; };
-template <> struct MmaType<__half> { static constexpr bool kBf16 = false; };
+using Barrier = cutlass::arch::ClusterTransactionBarrier;
+using cute::TMA::CacheHintSm90;
+
+// Shared memory after the stages: the barriers, then expert_offsets and each
+// expert's first work unit (both [E + 1]).
+size_t smem_bytes(int num_experts) {
+  return kSwizzleAlign + static_cast<size_t>(kStages) * kStageBytes + 2 * kStages * sizeof(uint64_t) +
+         2 * (static_cast<size_t>(num_experts) + 1) * sizeof(int32_t);
+}
 
 template <class T>
-__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4],
-                                            const uint32_t (&b)[2]) {
-  if constexpr (MmaType<T>::kBf16) {
+__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                            uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   } else {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-}
-
-__device__ __forceinline__ void cp_async_16(uint32_t smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem));
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem) {
@@ -80,113 +93,226 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem) {
                : "r"(smem));
 }
 
+// Byte offset of 16-byte chunk `chunk` of row `row` in a tile TMA wrote with
+// the 128-byte swizzle (rows of 128 B, tile 1024-byte aligned).
+__device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
+  return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
+}
+
+// The expert, first token row and rows of work unit `unit` (one 16-token
+// pass of one expert): first_unit is the exclusive scan of passes per expert,
+// so the expert is the last e with first_unit[e] <= unit (never an empty one).
+struct Unit {
+  int expert, begin, token0, rows;
+};
+__device__ __forceinline__ Unit find_unit(const int32_t* first_unit, const int32_t* offs,
+                                          int num_experts, int unit) {
+  int lo = 0, hi = num_experts - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first_unit[mid] <= unit) lo = mid; else hi = mid - 1;
+  }
+  return {lo, offs[lo], (unit - first_unit[lo]) * kTokens, offs[lo + 1] - offs[lo]};
+}
+
 template <class T>
-__global__ void __launch_bounds__(32 * kWarps) decode_gemm_kernel(
-    const T* __restrict__ a,                // [rows, K] expert order
-    const int32_t* __restrict__ offsets,    // [E + 1]
-    const T* __restrict__ w,                // [E, N, K]
-    const T* __restrict__ bias,             // [E, N] or null
-    T* __restrict__ c,                      // [rows, N]
-    int n, int k, int row_blocks) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int e = blockIdx.x / row_blocks;
-  const int begin = offsets[e], end = offsets[e + 1];
-  if (begin >= end) return;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  const int row0 = (blockIdx.x % row_blocks) * kRowsPerBlock + warp * kRowsPerWarp;
-  if (row0 >= n) return;
-  const T* we = w + static_cast<int64_t>(e) * n * k;  // [N, K]
-  const T* bias_e = bias ? bias + static_cast<int64_t>(e) * n : nullptr;
-  // (kStages, 16 rows, kSmemRow) for this warp.
-  const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) +
-                        warp * kStages * kStageElems * 2;
-  const int stages_k = (k + kStageK - 1) / kStageK;
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
+    const __grid_constant__ CUtensorMap w_map,  // [E, N, K] weights, box (64 k, 64 rows, 1)
+    const __grid_constant__ CUtensorMap a_map,  // [rows, K] expert-ordered rows, box (64 k, 16 rows)
+    const int32_t* __restrict__ offsets,        // [E + 1]
+    int num_experts,
+    const T* __restrict__ bias,                 // [E, N] or null
+    T* __restrict__ c,                          // [rows, N]
+    int n, int k) {
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
+  const uint32_t stages = static_cast<uint32_t>(__cvta_generic_to_shared(base));  // kStages x kStageBytes
+  auto* full = reinterpret_cast<uint64_t*>(base + kStages * kStageBytes);        // [kStages]
+  uint64_t* empty = full + kStages;                                               // [kStages]
+  auto* offs = reinterpret_cast<int32_t*>(empty + kStages);                       // [E + 1]
+  int32_t* first_unit = offs + num_experts + 1;                                   // [E + 1]
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
 
-  int t0 = begin;  // first token row of the current pass
-  // Stage s <- weight rows row0..row0+15 and token rows t0..t0+7, k in
-  // [kb * 64, kb * 64 + 64): 192 16-byte pieces, 6 a lane. Pieces past K are
-  // zero-filled; rows past N or past the expert's tokens repeat the last one
-  // (their results are never stored).
-  auto load_stage = [&](int s, int kb) {
-#pragma unroll
-    for (int i = 0; i < kStageRows * 8 / 32; ++i) {
-      const int piece = lane + 32 * i, r = piece / 8, kk = kb * kStageK + (piece % 8) * 8;
-      const T* row_ptr;
-      if (r < kRowsPerWarp) {
-        row_ptr = we + static_cast<int64_t>(row0 + r < n ? row0 + r : n - 1) * k;
-      } else {
-        const int t = t0 + r - kRowsPerWarp;
-        row_ptr = a + static_cast<int64_t>(t < end ? t : end - 1) * k;
-      }
-      cp_async_16(smem + (s * kStageElems + r * kSmemRow + (piece % 8) * 8) * 2,
-                  row_ptr + (kk < k ? kk : 0), kk < k ? 16 : 0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      Barrier::init(&full[s], 1);
+      Barrier::init(&empty[s], kConsumerWarps);
     }
-  };
+    cutlass::arch::fence_barrier_init();
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&w_map));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&a_map));
+  }
+  // Everything above overlaps the previous kernel; expert_offsets and the
+  // rows are its (or its predecessors') output.
+  pdl_wait();
+  for (int e = threadIdx.x; e <= num_experts; e += kThreads) offs[e] = offsets[e];
+  __syncthreads();
+  int carry = 0;
+  for (int e0 = 0; e0 <= num_experts; e0 += kThreads) {
+    const int e = e0 + threadIdx.x;
+    const int passes = e < num_experts ? (offs[e + 1] - offs[e] + kTokens - 1) / kTokens : 0;
+    int before = 0, chunk_total = 0;
+    Scan(scan_storage).ExclusiveSum(passes, before, chunk_total);
+    if (e <= num_experts) first_unit[e] = carry + before;
+    carry += chunk_total;
+    __syncthreads();  // scan_storage is reused by the next chunk
+  }
+  const int slices = (n + kSliceRows - 1) / kSliceRows;
+  const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * slices;
+  const int k_stages = (k + kStageK - 1) / kStageK;
 
-  for (; t0 < end; t0 += kTokens) {
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-      if (s < stages_k) load_stage(s, s);
-      cp_async_commit();
-    }
-    for (int kb = 0; kb < stages_k; ++kb) {
-      const int next = kb + kStages - 1;
-      if (next < stages_k) load_stage(next % kStages, next);
-      cp_async_commit();
-      cp_async_wait<kStages - 1>();
-      __syncwarp();
-      const uint32_t stage = smem + (kb % kStages) * kStageElems * 2;
-#pragma unroll
-      for (int kk = 0; kk < kStageK; kk += 16) {
-        const int k0 = kb * kStageK + kk;
-        if (k0 >= k) break;
-        uint32_t af[4], bf[2];
-        // A: weight rows 0-15 at k and k + 8; B: token rows 0-7 at k and k + 8.
-        ldmatrix_x4(af, stage + ((lane % 16) * kSmemRow + kk + (lane / 16) * 8) * 2);
-        ldmatrix_x2(bf, stage + ((kRowsPerWarp + lane % 8) * kSmemRow + kk + (lane / 8 % 2) * 8) * 2);
-        mma_16x8x16<T>(acc, af, bf);
+  if (warp == kConsumerWarps) {
+    // Producer: one thread walks the same items as the consumers, kStages ahead.
+    if (lane == 0) {
+      int slot = 0;
+      uint32_t phase = 0;
+      for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+        const Unit u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
+        const int row0 = static_cast<int>(item % slices) * kSliceRows;
+        for (int kb = 0; kb < k_stages; ++kb) {
+          Barrier::wait(&empty[slot], phase ^ 1);
+          Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
+          unsigned char* dst = base + slot * kStageBytes;
+          cute::SM90_TMA_LOAD_3D::copy(&w_map, &full[slot],
+                                       static_cast<uint64_t>(CacheHintSm90::EVICT_FIRST), dst,
+                                       kb * kStageK, row0, u.expert);
+          cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot],
+                                       static_cast<uint64_t>(CacheHintSm90::EVICT_LAST),
+                                       dst + kWeightTileBytes, kb * kStageK, u.begin + u.token0);
+          if (++slot == kStages) { slot = 0; phase ^= 1; }
+        }
       }
-      __syncwarp();  // every lane is done with this stage before it is refilled
     }
-    cp_async_wait<0>();
-    __syncwarp();
-    // D^T fragment: acc[0..1] at weight row row0 + g, tokens t0 + 2q, +1; acc[2..3] at row + 8.
+  } else {
+    const int g = lane / 4, q = lane % 4;
+    // ldmatrix addresses: A rows (this warp's 16 weight rows) and B rows
+    // (tokens 0-15), each at its first 16-byte chunk of a k16 step.
+    const int a_row = warp * kRowsPerWarp + lane % 16, a_chunk = lane / 16;
+    const int b_row = (lane / 16) * 8 + lane % 8, b_chunk = (lane / 8) % 2;
+    int slot = 0;
+    uint32_t phase = 0;
+    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+      const Unit u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
+      const int row0 = static_cast<int>(item % slices) * kSliceRows + warp * kRowsPerWarp;
+      const bool two_blocks = u.rows - u.token0 > 8;  // warp-uniform: tokens 8-15 exist
+      float acc[2][4] = {};
+      for (int kb = 0; kb < k_stages; ++kb) {
+        Barrier::wait(&full[slot], phase);
+        const uint32_t w_tile = stages + slot * kStageBytes;
+        const uint32_t a_tile = w_tile + kWeightTileBytes;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int r = row0 + g + (i < 2 ? 0 : 8);
-      const int t = t0 + 2 * q + (i & 1);
-      if (r >= n || t >= end) continue;
-      const float b = bias_e ? to_float(bias_e[r]) : 0.0f;
-      c[static_cast<int64_t>(t) * n + r] = from_float<T>(acc[i] + b);
+        for (int kk = 0; kk < kStageK / 16; ++kk) {
+          uint32_t af[4], bf[4];
+          ldmatrix_x4(af, w_tile + swizzled(a_row, 2 * kk + a_chunk));
+          ldmatrix_x4(bf, a_tile + swizzled(b_row, 2 * kk + b_chunk));
+          mma_16x8x16<T>(acc[0], af, bf[0], bf[1]);
+          if (two_blocks) mma_16x8x16<T>(acc[1], af, bf[2], bf[3]);
+        }
+        __syncwarp();  // every lane's ldmatrix of this slot is done
+        if (lane == 0) Barrier::arrive(&empty[slot]);
+        if (++slot == kStages) { slot = 0; phase ^= 1; }
+      }
+      // D^T fragment of block j: acc[j][0..1] at weight row row0 + g, tokens
+      // token0 + 8j + 2q, +1; acc[j][2..3] at weight row + 8.
+      const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = row0 + g + (i < 2 ? 0 : 8);
+          const int t = u.token0 + 8 * j + 2 * q + (i & 1);
+          if (r >= n || t >= u.rows) continue;
+          const float b = bias_e ? to_float(bias_e[r]) : 0.0f;
+          c[static_cast<int64_t>(u.begin + t) * n + r] = from_float<T>(acc[j][i] + b);
+        }
     }
   }
+  pdl_launch_dependents();
+}
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point, so the
+// library links no libcuda (the CUDA path runs on machines with only a driver).
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+            cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A 16-bit row-major tensor of `rank` dims (dims[0] contiguous) tiled in
+// boxes of box[] with the 128-byte swizzle; out-of-bounds elements read as 0.
+bool encode(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, int rank,
+            const cuuint64_t* dims, const cuuint64_t* strides_bytes, const cuuint32_t* box) {
+  const PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
+  if (fn == nullptr) return false;
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  return fn(map, type, static_cast<cuuint32_t>(rank), const_cast<void*>(ptr), dims, strides_bytes, box,
+            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 }  // namespace
 
-cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, cudaStream_t stream) {
+cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity,
+                                cudaStream_t stream) {
   if (p.a_scale != nullptr) return cudaErrorNotSupported;  // 16-bit operands only
-  if (p.n % 8 != 0 || p.k % 8 != 0 || p.n > (1 << 30) || p.k > (1 << 30)) return cudaErrorNotSupported;
-  const int row_blocks = static_cast<int>((p.n + kRowsPerBlock - 1) / kRowsPerBlock);
-  const int64_t blocks = static_cast<int64_t>(p.num_experts) * row_blocks;
-  if (blocks > 0x7fffffff) return cudaErrorNotSupported;
+  if (p.dtype != MOEKIT_DTYPE_BF16 && p.dtype != MOEKIT_DTYPE_FP16) return cudaErrorNotSupported;
+  if (p.num_experts < 1 || p.num_experts > kDecodeMaxExperts || rows_capacity < 1 ||
+      rows_capacity > (int64_t{1} << 31) - 1)
+    return cudaErrorNotSupported;
+  if (p.n % 8 != 0 || p.k % 8 != 0 || p.n < 1 || p.k < 1 || p.n > (1 << 30) || p.k > (1 << 30))
+    return cudaErrorNotSupported;
+  // TMA: 16-byte aligned bases (row strides are multiples of 16 bytes above).
+  if (reinterpret_cast<uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<uintptr_t>(p.w) % 16 != 0)
+    return cudaErrorNotSupported;
+  const CUtensorMapDataType type =
+      p.dtype == MOEKIT_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  CUtensorMap w_map{}, a_map{};
+  const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.n),
+                                static_cast<cuuint64_t>(p.num_experts)};
+  const cuuint64_t w_strides[2] = {static_cast<cuuint64_t>(p.k) * 2,
+                                   static_cast<cuuint64_t>(p.n) * p.k * 2};
+  const cuuint32_t w_box[3] = {kStageK, kSliceRows, 1};
+  const cuuint64_t a_dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(rows_capacity)};
+  const cuuint64_t a_strides[1] = {static_cast<cuuint64_t>(p.k) * 2};
+  const cuuint32_t a_box[2] = {kStageK, kTokens};
+  if (!encode(&w_map, type, p.w, 3, w_dims, w_strides, w_box) ||
+      !encode(&a_map, type, p.a, 2, a_dims, a_strides, a_box))
+    return cudaErrorNotSupported;
+
+  // Items: at most min(E, rows) experts with rows, rows / 16 more passes, times the slices.
+  const int64_t slices = (p.n + kSliceRows - 1) / kSliceRows;
+  const int64_t units = std::min<int64_t>(p.num_experts, rows_capacity) + rows_capacity / kTokens;
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(int64_t{kCtasPerSm} * p.sm_count, units * slices));
+  const size_t smem = smem_bytes(p.num_experts);
+
   auto launch = [&](auto tag) {
     using T = decltype(tag);
-    // Above 48 KB of shared memory needs an opt-in, once per kernel.
+    // Above 48 KB of shared memory needs an opt-in, once per kernel (for the
+    // largest expert count, so one setting serves every call).
     static const cudaError_t opt_in = cudaFuncSetAttribute(
-        decode_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+        decode_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(smem_bytes(kDecodeMaxExperts)));
     if (opt_in != cudaSuccess) return opt_in;
-    decode_gemm_kernel<T><<<static_cast<unsigned>(blocks), 32 * kWarps, kSmemBytes, stream>>>(
-        static_cast<const T*>(p.a), p.expert_offsets, static_cast<const T*>(p.w),
-        static_cast<const T*>(p.bias), static_cast<T*>(p.c), static_cast<int>(p.n),
-        static_cast<int>(p.k), row_blocks);
-    return cudaGetLastError();
+    return launch_pdl(decode_gemm_kernel<T>, dim3(static_cast<unsigned>(grid)), dim3(kThreads), smem,
+                      stream, w_map, a_map, p.expert_offsets, p.num_experts,
+                      static_cast<const T*>(p.bias), static_cast<T*>(p.c),
+                      static_cast<int>(p.n), static_cast<int>(p.k));
   };
   switch (p.dtype) {
     case MOEKIT_DTYPE_BF16: return launch(__nv_bfloat16{});
-    case MOEKIT_DTYPE_FP16: return launch(__half{});
-    default: return cudaErrorNotSupported;
+    default: return launch(__half{});
   }
 }
 

@@ -22,12 +22,16 @@ enum class GemmKernel : int {
   kTile128x128 = 2,  // > 8 rows per expert, N < 1024
   kTile128x256 = 3,  // > 64 rows per expert, N >= 1024
   kTile64x256 = 4,   // 9-64 rows per expert, N >= 1024 (ping-pong)
-  kDecode = 5,       // mma.sync weight streaming, no set-up (MOEKIT_GEMM=decode only, for now)
+  kDecode = 5,       // TMA + mma.sync weight streaming, no set-up, PDL (decode_gemm.cu)
   kFp8Swap128x16 = 6,   // fp8 block-scaled, <= 8 rows per expert (decode)
   kFp8Tile128x128 = 7,  // fp8 block-scaled, > 8 rows per expert
   kFp8Pingpong64x128 = 8,  // fp8 block-scaled, ping-pong
 };
 constexpr int kNumGemmKernels = 9;
+
+// The decode kernel keeps every expert's offsets and first work unit in
+// shared memory (8 bytes an expert) beside its 90 KB pipeline, two CTAs an SM.
+constexpr int64_t kDecodeMaxExperts = 1024;
 
 // Whether kernel k takes e4m3 operands with block scales (the fp8 families and
 // the simple kernel, which has both forms).

@@ -23,11 +23,11 @@ cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams&
     case GemmKernel::kTile128x128: return sm90_grouped_gemm_tile128x128(p, stream);
     case GemmKernel::kTile128x256: return sm90_grouped_gemm_tile128x256(p, stream);
     case GemmKernel::kTile64x256: return sm90_grouped_gemm_tile64x256(p, stream);
-    case GemmKernel::kDecode: return decode_grouped_gemm(p, stream);
     case GemmKernel::kFp8Swap128x16: return sm90_grouped_gemm_fp8_swap128x16(p, stream);
     case GemmKernel::kFp8Tile128x128: return sm90_grouped_gemm_fp8_tile128x128(p, stream);
     case GemmKernel::kFp8Pingpong64x128: return sm90_grouped_gemm_fp8_pingpong64x128(p, stream);
-    case GemmKernel::kSimple: break;
+    case GemmKernel::kSimple:
+    case GemmKernel::kDecode: break;  // not a CUTLASS family: decode_grouped_gemm
   }
   return cudaErrorNotSupported;
 }

@@ -18,13 +18,19 @@ namespace moekit::kernels {
 // (per-SM TMA descriptors). Independent of T and of the kernel chosen.
 size_t grouped_gemm_scratch_bytes(int64_t num_experts, int sm_count);
 
-// Launches config.kernel (never kSimple). cudaErrorNotSupported if the kernel
-// cannot take the problem (caller falls back to the simple GEMM).
+// Launches config.kernel (a CUTLASS family: never kSimple or kDecode).
+// cudaErrorNotSupported if the kernel cannot take the problem (caller falls
+// back to the simple GEMM).
 cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams& p,
                                      cudaStream_t stream);
 
-// The hand-written decode kernel (decode_gemm.cu): mma.sync, no set-up cost,
-// for experts with a few rows. Needs no scratch.
-cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, cudaStream_t stream);
+// The hand-written decode kernel (decode_gemm.cu): TMA-fed mma.sync swap-AB
+// for experts with a few rows, no per-group set-up, launched with
+// programmatic dependent launch. Needs no scratch. rows_capacity: the rows
+// p.a and p.c hold (T*k), the bound of its loads. cudaErrorNotSupported if
+// it cannot take the problem (more than kDecodeMaxExperts experts, N or K
+// not a multiple of 8, fp8, misaligned operands).
+cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity,
+                                cudaStream_t stream);
 
 }  // namespace moekit::kernels

@@ -19,6 +19,8 @@ __global__ void __launch_bounds__(kThreads) permute_kernel(
     const int32_t* __restrict__ valid_rows,    // offsets[E_local]
     int64_t top_k, int64_t hidden_size,
     TOut* __restrict__ rows) {                 // [T*k, H] expert order
+  pdl_wait();  // the sort's maps
+  pdl_launch_dependents();
   const int64_t n = *valid_rows;
   const int64_t vecs = hidden_size / 8;
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
@@ -46,16 +48,17 @@ cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
                            moekit_dtype_t compute_dtype, const DeviceInfo& dev,
                            cudaStream_t stream) {
   const unsigned grid = grid_for(max_rows, dev.sm_count, 16);
+  cudaError_t e = cudaSuccess;
   dispatch_dtype(input_dtype, [&](auto in) {
     using TIn = decltype(in);
     dispatch_dtype(compute_dtype, [&](auto out) {
       using TOut = decltype(out);
-      permute_kernel<TIn, TOut><<<grid, kThreads, 0, stream>>>(
-          static_cast<const TIn*>(hidden), sorted_pairs, pair_weights, valid_rows, top_k, hidden_size,
-          static_cast<TOut*>(rows));
+      e = launch_pdl(permute_kernel<TIn, TOut>, grid, kThreads, 0, stream,
+                     static_cast<const TIn*>(hidden), sorted_pairs, pair_weights, valid_rows, top_k,
+                     hidden_size, static_cast<TOut*>(rows));
     });
   });
-  return cudaGetLastError();
+  return e != cudaSuccess ? e : cudaGetLastError();
 }
 
 }  // namespace moekit::kernels
