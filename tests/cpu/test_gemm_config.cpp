@@ -17,17 +17,17 @@ GemmProblem gemm(int64_t tokens, int64_t k, int64_t experts, int64_t n, int64_t 
 }
 }  // namespace
 
-TEST(GemmConfig, DecodeSwapsOperandsAndLargerBatchesUseTiles) {
+TEST(GemmConfig, DecodeStreamsWeightsAndLargerBatchesUseTiles) {
   // qwen3-30b-a3b GEMM 1: E = 128, k = 8, N = 1536, K = 2048.
-  EXPECT_EQ(select_config(gemm(1, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
-  EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
-  EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048)).kernel, GemmKernel::kSwap128x16);
+  EXPECT_EQ(select_config(gemm(1, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(129, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
   EXPECT_EQ(select_config(gemm(1024, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
   EXPECT_EQ(select_config(gemm(1025, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   // mixtral-8x7b: E = 8, k = 2: 2 rows per expert at T = 8, 16 at T = 64.
-  EXPECT_EQ(select_config(gemm(8, 2, 8, 28672, 4096)).kernel, GemmKernel::kSwap128x16);
+  EXPECT_EQ(select_config(gemm(8, 2, 8, 28672, 4096)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(64, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile64x256);
   EXPECT_EQ(select_config(gemm(16384, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile128x256);
   // A narrow N keeps 128x128 tiles.
@@ -35,18 +35,22 @@ TEST(GemmConfig, DecodeSwapsOperandsAndLargerBatchesUseTiles) {
 }
 
 TEST(GemmConfig, BoundariesOfRowsPerExpertAndN) {
-  for (int64_t rows : {0, 1, 8}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 64, 64)).kernel, GemmKernel::kSwap128x16) << rows;
+  for (int64_t rows : {0, 1, 8}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 64, 64)).kernel, GemmKernel::kDecode) << rows;
+  // More experts than the decode kernel keeps in shared memory: swap-AB.
+  const int64_t e = moekit::kernels::kDecodeMaxExperts;
+  EXPECT_EQ(select_config(gemm(8 * e, 1, e, 64, 64)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(8 * e, 1, e + 1, 64, 64)).kernel, GemmKernel::kSwap128x16);
   for (int64_t rows : {9, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
   for (int64_t rows : {9, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
   for (int64_t rows : {65, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
   // Rounded up: 17 rows over 2 experts is 9 per expert.
-  EXPECT_EQ(select_config(gemm(16, 1, 2, 64, 64)).kernel, GemmKernel::kSwap128x16);
+  EXPECT_EQ(select_config(gemm(16, 1, 2, 64, 64)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(17, 1, 2, 64, 64)).kernel, GemmKernel::kTile128x128);
 }
 
 TEST(GemmConfig, SimplePathForFp32AndUnalignedShapes) {
   EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP32)).kernel, GemmKernel::kSimple);
-  EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP16)).kernel, GemmKernel::kSwap128x16);
+  EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP16)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(64, 8, 128, 1532, 2048)).kernel, GemmKernel::kSimple);
   EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2044)).kernel, GemmKernel::kSimple);
 }

@@ -446,9 +446,9 @@ TEST(GpuLayer, HundredsOfRandomConfigurationsSharingOneWorkspace) {
 }
 
 // moekit.h: "The result does not depend on T." One token's row is bitwise the
-// same at every batch size, whichever GEMM kernel each T selects (swap-AB at
-// small T, 64x256 and 128x256 tiles from 9 rows per expert up, and the
-// mma.sync decode kernel at T = 1 and 7) and across chunks
+// same at every batch size, whichever GEMM kernel each T selects (the TMA +
+// mma.sync decode kernel at small T, 64x256 and 128x256 tiles from 9 rows
+// per expert up, and CUTLASS swap-AB 128x16, forced at T = 1 and 7) and across chunks
 // (T = 20000 at top-4 runs as two chunks of 16384 and 3616 tokens).
 TEST(GpuLayer, BatchInvariantRowAtEveryT) {
   REQUIRE_GPU();
@@ -480,8 +480,8 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
                                      1, H, dt, tolerance(l.problem)));
       }
       EXPECT_EQ(row, first) << moekit_dtype_name(dt) << " T=" << T << ": " << plan;
-      if (T <= 7) {  // the hand-written mma.sync decode kernel gives the same bits
-        setenv("MOEKIT_GEMM", "decode", 1);
+      if (T <= 7) {  // CUTLASS's wgmma swap-AB kernel gives the same bits as mma.sync
+        setenv("MOEKIT_GEMM", "swap128x16", 1);
         CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
         s = d.run();
         unsetenv("MOEKIT_GEMM");
@@ -490,7 +490,7 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
         const std::vector<uint8_t> again = d.output.download();
         EXPECT_TRUE(std::equal(again.begin() + pos * H * b, again.begin() + (pos + 1) * H * b,
                                first.begin()))
-            << moekit_dtype_name(dt) << " T=" << T << " on the decode kernel";
+            << moekit_dtype_name(dt) << " T=" << T << " on swap-AB 128x16";
       }
     }
   }

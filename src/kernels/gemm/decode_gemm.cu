@@ -49,18 +49,21 @@ constexpr int kThreads = 32 * (kConsumerWarps + 1);  // + one producer warp
 constexpr int kRowsPerWarp = 16;                      // mma M: weight rows (output columns)
 constexpr int kSliceRows = kConsumerWarps * kRowsPerWarp;  // 64 weight rows per item
 constexpr int kTokens = 16;                           // token rows per pass: two mma n8 blocks
-constexpr int kStageK = 64;                           // 64 x 2 B = one 128-byte swizzle row
-constexpr int kWeightTileBytes = kSliceRows * kStageK * 2;  // 8 KB
-constexpr int kTokenTileBytes = kTokens * kStageK * 2;      // 2 KB
-constexpr int kStageBytes = kWeightTileBytes + kTokenTileBytes;
-// 9 stages (90 KB) a CTA and two CTAs an SM keep about 140 KB of weights in
-// flight per SM, enough to cover DRAM latency at the full copy rate.
-constexpr int kStages = 9;
+constexpr int kBoxK = 64;                             // 64 x 2 B = one 128-byte swizzle row
+constexpr int kWeightBoxBytes = kSliceRows * kBoxK * 2;  // 8 KB
+constexpr int kTokenBoxBytes = kTokens * kBoxK * 2;      // 2 KB
 constexpr int kCtasPerSm = 2;
 constexpr int kSwizzleAlign = 1024;  // a 128-byte swizzle atom is 8 rows x 128 B
 
-using Barrier = cutlass::arch::ClusterTransactionBarrier;
-using cute::TMA::CacheHintSm90;
+// One pipeline stage: a 64-deep box of the weight tile and of the token tile.
+// Measured on an H200 (bench/RESULTS.md, 2026-12-01): two boxes a stage (256
+// contiguous bytes of each weight row at a time), fewer stages, or weights
+// loaded evict-normal all ran the decode layer 0-4% slower than this.
+constexpr int kStageK = kBoxK;
+constexpr int kStageBytes = kWeightBoxBytes + kTokenBoxBytes;
+constexpr int kStages = 9;  // 90 KB a CTA: about 140 KB of weights in flight per SM
+constexpr uint64_t kWeightHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST);
+constexpr uint64_t kTokenHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_LAST);
 
 // Shared memory after the stages: the barriers, then expert_offsets and each
 // expert's first work unit (both [E + 1]).
@@ -69,6 +72,7 @@ size_t smem_bytes(int num_experts) {
          2 * (static_cast<size_t>(num_experts) + 1) * sizeof(int32_t);
 }
 
+using Barrier = cutlass::arch::ClusterTransactionBarrier;
 template <class T>
 __device__ __forceinline__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                             uint32_t b1) {
@@ -145,9 +149,13 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&w_map));
     cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&a_map));
   }
-  // Everything above overlaps the previous kernel; expert_offsets and the
-  // rows are its (or its predecessors') output.
-  pdl_wait();
+  // Everything up to pdl_wait() may overlap the previous kernel on the
+  // stream. expert_offsets come from the sort, two or more kernels back: the
+  // layer's kernels call pdl_launch_dependents() only after their own
+  // pdl_wait(), so when this kernel starts, every kernel before the previous
+  // one has finished. The weights are the caller's inputs. So the offsets
+  // and the first stages' weights are read before the wait; the token rows
+  // (the previous kernel's output) and every store come after it.
   for (int e = threadIdx.x; e <= num_experts; e += kThreads) offs[e] = offsets[e];
   __syncthreads();
   int carry = 0;
@@ -165,25 +173,51 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
   const int k_stages = (k + kStageK - 1) / kStageK;
 
   if (warp == kConsumerWarps) {
-    // Producer: one thread walks the same items as the consumers, kStages ahead.
+    // Producer: one thread walks the same (item, k-stage) sequence as the
+    // consumers, kStages ahead.
     if (lane == 0) {
-      int slot = 0;
-      uint32_t phase = 0;
-      for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-        const Unit u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
-        const int row0 = static_cast<int>(item % slices) * kSliceRows;
-        for (int kb = 0; kb < k_stages; ++kb) {
-          Barrier::wait(&empty[slot], phase ^ 1);
-          Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
-          unsigned char* dst = base + slot * kStageBytes;
-          cute::SM90_TMA_LOAD_3D::copy(&w_map, &full[slot],
-                                       static_cast<uint64_t>(CacheHintSm90::EVICT_FIRST), dst,
-                                       kb * kStageK, row0, u.expert);
-          cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot],
-                                       static_cast<uint64_t>(CacheHintSm90::EVICT_LAST),
-                                       dst + kWeightTileBytes, kb * kStageK, u.begin + u.token0);
-          if (++slot == kStages) { slot = 0; phase ^= 1; }
+      struct Cursor {
+        int64_t item;
+        int kb;
+        Unit u;
+        int row0;
+      };
+      auto at_item = [&](int64_t item) {
+        Cursor cur{item, 0, {}, 0};
+        if (item < items) {
+          cur.u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
+          cur.row0 = static_cast<int>(item % slices) * kSliceRows;
         }
+        return cur;
+      };
+      auto advance = [&](Cursor& cur) {
+        if (++cur.kb == k_stages) cur = at_item(cur.item + gridDim.x);
+      };
+      auto load_weights = [&](int slot, const Cursor& cur) {
+        Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
+        cute::SM90_TMA_LOAD_3D::copy(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
+                                     cur.kb * kStageK, cur.row0, cur.u.expert);
+      };
+      auto load_tokens = [&](int slot, const Cursor& cur) {
+        cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint,
+                                     base + slot * kStageBytes + kWeightBoxBytes, cur.kb * kStageK,
+                                     cur.u.begin + cur.u.token0);
+      };
+      // The first kStages stages' weights stream while the previous kernel
+      // finishes; their token tiles follow the wait (the same barriers
+      // expect both).
+      Cursor cur = at_item(blockIdx.x), pre = cur;
+      int ahead = 0;
+      for (; ahead < kStages && cur.item < items; ++ahead, advance(cur)) load_weights(ahead, cur);
+      pdl_wait();
+      for (int s = 0; s < ahead; ++s, advance(pre)) load_tokens(s, pre);
+      int slot = 0;
+      uint32_t phase = 1;  // every slot has been filled once
+      for (; cur.item < items; advance(cur)) {
+        Barrier::wait(&empty[slot], phase ^ 1);
+        load_weights(slot, cur);
+        load_tokens(slot, cur);
+        if (++slot == kStages) { slot = 0; phase ^= 1; }
       }
     }
   } else {
@@ -192,6 +226,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     // (tokens 0-15), each at its first 16-byte chunk of a k16 step.
     const int a_row = warp * kRowsPerWarp + lane % 16, a_chunk = lane / 16;
     const int b_row = (lane / 16) * 8 + lane % 8, b_chunk = (lane / 8) % 2;
+    pdl_wait();  // before the first store
     int slot = 0;
     uint32_t phase = 0;
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
@@ -202,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
       for (int kb = 0; kb < k_stages; ++kb) {
         Barrier::wait(&full[slot], phase);
         const uint32_t w_tile = stages + slot * kStageBytes;
-        const uint32_t a_tile = w_tile + kWeightTileBytes;
+        const uint32_t a_tile = w_tile + kWeightBoxBytes;
 #pragma unroll
         for (int kk = 0; kk < kStageK / 16; ++kk) {
           uint32_t af[4], bf[4];
@@ -283,10 +318,10 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
                                 static_cast<cuuint64_t>(p.num_experts)};
   const cuuint64_t w_strides[2] = {static_cast<cuuint64_t>(p.k) * 2,
                                    static_cast<cuuint64_t>(p.n) * p.k * 2};
-  const cuuint32_t w_box[3] = {kStageK, kSliceRows, 1};
+  const cuuint32_t w_box[3] = {kBoxK, kSliceRows, 1};
   const cuuint64_t a_dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(rows_capacity)};
   const cuuint64_t a_strides[1] = {static_cast<cuuint64_t>(p.k) * 2};
-  const cuuint32_t a_box[2] = {kStageK, kTokens};
+  const cuuint32_t a_box[2] = {kBoxK, kTokens};
   if (!encode(&w_map, type, p.w, 3, w_dims, w_strides, w_box) ||
       !encode(&a_map, type, p.a, 2, a_dims, a_strides, a_box))
     return cudaErrorNotSupported;
@@ -295,7 +330,6 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
   const int64_t slices = (p.n + kSliceRows - 1) / kSliceRows;
   const int64_t units = std::min<int64_t>(p.num_experts, rows_capacity) + rows_capacity / kTokens;
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(int64_t{kCtasPerSm} * p.sm_count, units * slices));
-  const size_t smem = smem_bytes(p.num_experts);
 
   auto launch = [&](auto tag) {
     using T = decltype(tag);
@@ -305,9 +339,9 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
         decode_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
         static_cast<int>(smem_bytes(kDecodeMaxExperts)));
     if (opt_in != cudaSuccess) return opt_in;
-    return launch_pdl(decode_gemm_kernel<T>, dim3(static_cast<unsigned>(grid)), dim3(kThreads), smem,
-                      stream, w_map, a_map, p.expert_offsets, p.num_experts,
-                      static_cast<const T*>(p.bias), static_cast<T*>(p.c),
+    return launch_pdl(decode_gemm_kernel<T>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
+                      smem_bytes(p.num_experts), stream, w_map, a_map, p.expert_offsets,
+                      p.num_experts, static_cast<const T*>(p.bias), static_cast<T*>(p.c),
                       static_cast<int>(p.n), static_cast<int>(p.k));
   };
   switch (p.dtype) {

@@ -12,7 +12,7 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kTile128x128: return "sm90 128x128x64";
     case GemmKernel::kTile128x256: return "sm90 128x256x64";
     case GemmKernel::kTile64x256: return "sm90 64x256x64 ping-pong";
-    case GemmKernel::kDecode: return "decode mma.sync 16x8 swap-AB";
+    case GemmKernel::kDecode: return "decode TMA + mma.sync swap-AB 64x16x64";
     case GemmKernel::kFp8Swap128x16: return "sm90 fp8 block-scaled swap-AB 128x16x128";
     case GemmKernel::kFp8Tile128x128: return "sm90 fp8 block-scaled 128x128x128";
     case GemmKernel::kFp8Pingpong64x128: return "sm90 fp8 block-scaled 64x128x128 ping-pong";
@@ -84,12 +84,21 @@ GemmConfig select_config(const GemmProblem& p) {
   // T=64: 308 vs 310); 64x256 won from 16 to 64 rows (H200 mixtral T=64:
   // 689 vs 768 for 128x256; qwen3 T=1024: 409 vs 415) and 128x256 above
   // (H100 mixtral T=4096: 590 vs 529 TFLOP/s for 256x128).
-  // kDecode (mma.sync, no set-up) is not chosen yet: it ran the layer slower
-  // than swap-AB at every decode point (H200 qwen3 T=1: 66 vs 45 us).
+  // The decode kernel (TMA + mma.sync, no per-group set-up, weights streamed
+  // before the previous kernel ends) replaced swap-AB 128x16 there (H200,
+  // 2026-12-01, layer us, decode vs swap-AB, same call: qwen3 T=1 35.0 vs
+  // 43.8, T=8 145.3 vs 153.6, T=64 298.0 vs 312.0, mixtral T=1 181.0 vs
+  // 209.8, deepseek-v3 T=1 185.3 vs 192.7; deepseek-v3 T=64 and 256, at the
+  // copy floor either way, within 1.2%). Above 8 rows it re-streams weights
+  // per 16 tokens and loses (mixtral T=64: 898 vs 689 for 64x256).
+  if (rows_per_expert <= 8 && experts <= kDecodeMaxExperts)
+    return {GemmKernel::kDecode,
+            "<= 8 rows per expert: weight streaming, weight rows on the MMA's M side and tokens "
+            "on its N side, no per-group set-up, weights prefetched under the previous kernel"};
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,
-            "<= 8 rows per expert: swap-AB, weight rows on wgmma's M side and tokens on its "
-            "16-wide N side; each CTA streams its own 128-row weight slice"};
+            "<= 8 rows per expert, more experts than the decode kernel holds: swap-AB, weight "
+            "rows on wgmma's M side and tokens on its 16-wide N side"};
   if (p.n < 1024)
     return {GemmKernel::kTile128x128,
             "> 8 rows per expert, N < 1024: 128x128 tiles keep enough CTAs busy on a narrow N"};

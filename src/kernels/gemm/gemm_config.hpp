@@ -18,7 +18,7 @@ namespace moekit::kernels {
 // 64x16 ping-pong, and 256x128 (128x256 beat it by 10-70%).
 enum class GemmKernel : int {
   kSimple = 0,       // CUDA-core fallback (fp32, or no sm90 kernel fits)
-  kSwap128x16 = 1,   // <= 8 rows per expert: weight streaming (decode)
+  kSwap128x16 = 1,   // <= 8 rows per expert when E > kDecodeMaxExperts
   kTile128x128 = 2,  // > 8 rows per expert, N < 1024
   kTile128x256 = 3,  // > 64 rows per expert, N >= 1024
   kTile64x256 = 4,   // 9-64 rows per expert, N >= 1024 (ping-pong)
