@@ -379,11 +379,27 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
       e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
                                   max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "permute");
-    e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
-                     gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream);
-    if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
-    if (fp8)
+    // The decode kernel runs the activation in its epilogue and writes act
+    // directly (one launch and GEMM 1's [rows, N1] round trip fewer).
+    bool activated = false;
+    if (!fp8 && plan.gemm1.kernel == kernels::GemmKernel::kDecode) {
+      const kernels::GroupedGemmParams gp{rows, sb.expert_offsets, static_cast<int>(p.num_local_experts),
+                                          a.w13, a.w13_bias, act, n1, p.hidden_size, cd, scratch,
+                                          dev.sm_count, nullptr, nullptr, 0, nullptr, 0};
+      const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
+      e = kernels::decode_grouped_gemm(gp, max_rows, stream, &fuse);
+      if (e != cudaSuccess && e != cudaErrorNotSupported) return cuda_status(e, "grouped GEMM 1");
+      activated = e == cudaSuccess;
+    }
+    if (!activated) {
+      e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
+                       gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
+    }
+    if (activated)
+      e = cudaSuccess;
+    else if (fp8)
       e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
                                            quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
                                            stream);

@@ -98,14 +98,68 @@ TEST(GpuLayer, EveryActivationOrderAndBias) {
     for (int order = 0; order < 3; ++order)
       for (int bias = 0; bias < 2; ++bias) {
         if (order > 0 && !activation_is_gated(static_cast<moekit_activation_t>(act))) continue;
-        Problem p = problem(29, 8, 3, 64, 48);
-        p.activation = static_cast<moekit_activation_t>(act);
-        p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
-        p.has_w13_bias = p.has_w2_bias = bias;
-        if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
-        expect_gpu_matches(ref::make_random_layer(p, act * 10 + order),
-                           std::string(moekit_activation_name(p.activation)) + " order " +
-                               std::to_string(order) + " bias " + std::to_string(bias));
+        // T = 29: 11 rows per expert (tiles, activation stage); T = 9: 3.4
+        // (the decode kernel, activation in its epilogue). I = 48 leaves a
+        // partial 32- and 64-column slice.
+        for (int64_t T : {29, 9}) {
+          Problem p = problem(T, 8, 3, 64, 48);
+          p.activation = static_cast<moekit_activation_t>(act);
+          p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
+          p.has_w13_bias = p.has_w2_bias = bias;
+          if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
+          expect_gpu_matches(ref::make_random_layer(p, act * 10 + order),
+                             std::string(moekit_activation_name(p.activation)) + " order " +
+                                 std::to_string(order) + " bias " + std::to_string(bias) +
+                                 " T=" + std::to_string(T));
+        }
+      }
+}
+
+// The decode kernel's fused activation writes what GEMM 1 followed by the
+// activation stage writes, bit for bit: every kind and gate/up order, with
+// and without biases, against CUTLASS swap-AB (the same MMA arithmetic)
+// followed by the activation kernel. Partial slices (I = 80) and, at T = 20,
+// an expert with 30 rows (two 16-token passes) beside one with 10.
+TEST(GpuLayer, DecodeEpilogueActivationEqualsTheActivationStage) {
+  REQUIRE_GPU();
+  for (int act = MOEKIT_ACT_SWIGLU; act <= MOEKIT_ACT_IDENTITY; ++act)
+    for (int order = 0; order < 3; ++order)
+      for (int bias = 0; bias < 2; ++bias) {
+        if (order > 0 && !activation_is_gated(static_cast<moekit_activation_t>(act))) continue;
+        for (int64_t T : {1, 20}) {
+          Problem p = problem(T, 8, 2, 128, 80);
+          p.activation = static_cast<moekit_activation_t>(act);
+          p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
+          p.has_w13_bias = p.has_w2_bias = bias;
+          if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
+          ref::HostLayer l = ref::make_random_layer(p, 100 + act * 10 + order);
+          if (T == 20)
+            for (size_t i = 0; i < l.topk_ids.size(); ++i) l.topk_ids[i] = i % 4 == 3 ? 5 : 0;
+          const std::string what = std::string(moekit_activation_name(p.activation)) + " order " +
+                                   std::to_string(order) + " bias " + std::to_string(bias) +
+                                   " T=" + std::to_string(T);
+          DeviceLayer d(l);
+          std::string plan;
+          MoeLayer::describe_plan(d.args.problem, &plan);
+          ASSERT_NE(plan.find("decode"), std::string::npos) << what << ": " << plan;
+          Status s = d.run();
+          ASSERT_TRUE(s.ok()) << s.message();
+          CUDA_OK(cudaDeviceSynchronize());
+          const std::vector<uint8_t> fused = d.output.download();
+          setenv("MOEKIT_GEMM", "swap128x16", 1);
+          CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
+          s = d.run();
+          unsetenv("MOEKIT_GEMM");
+          ASSERT_TRUE(s.ok()) << s.message();
+          CUDA_OK(cudaDeviceSynchronize());
+          const std::vector<uint8_t> staged = d.output.download();
+          size_t first = 0;
+          while (first < fused.size() && fused[first] == staged[first]) ++first;
+          EXPECT_EQ(first, fused.size()) << what << ": first differing byte " << first;
+          EXPECT_TRUE(test::rows_match(fused, test::cpu_reference(l), T, 128, p.output_dtype,
+                                       tolerance(p)))
+              << what;
+        }
       }
 }
 

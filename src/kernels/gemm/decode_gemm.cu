@@ -37,6 +37,7 @@
 #include "cute/arch/copy_sm90_tma.hpp"
 #include "cutlass/arch/barrier.h"
 
+#include "common/activation_math.hpp"
 #include "kernels/common.cuh"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
 
@@ -119,6 +120,28 @@ __device__ __forceinline__ Unit find_unit(const int32_t* first_unit, const int32
   return {lo, offs[lo], (unit - first_unit[lo]) * kTokens, offs[lo + 1] - offs[lo]};
 }
 
+// What the consumers do with an item's accumulators. Unfused: store
+// acc + bias as D (64 weight rows = 64 output columns). Fused (GEMM 1 only):
+// round acc + bias as GEMM 1 would store it, stage the tile in shared memory
+// and store the activation instead: 32 output columns an item for the gated
+// kinds (32 gate and 32 up weight rows; split_halves: w13 seen as
+// [E, 2, I, K], so one 4-D box holds rows j.. of both halves), 64 otherwise.
+// The staged tile is laid out like a GEMM 1 row of an intermediate size of
+// 32, so gate_column / up_column and the activation formulas are the
+// activation stage's own, and the result is bitwise the same.
+struct Epilogue {
+  int fused;
+  int split_halves;
+  ActivationParams act;
+  moekit_gate_up_order_t order;
+  int inter;
+};
+constexpr int kGatedCols = kSliceRows / 2;
+
+__device__ __forceinline__ void consumer_barrier() {
+  asm volatile("bar.sync 1, %0;" ::"n"(32 * kConsumerWarps) : "memory");
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     const __grid_constant__ CUtensorMap w_map,  // [E, N, K] weights, box (64 k, 64 rows, 1)
@@ -126,8 +149,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     const int32_t* __restrict__ offsets,        // [E + 1]
     int num_experts,
     const T* __restrict__ bias,                 // [E, N] or null
-    T* __restrict__ c,                          // [rows, N]
-    int n, int k) {
+    T* __restrict__ c,                          // [rows, N], or fused: [rows, inter]
+    int n, int k, Epilogue ep) {
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
@@ -138,6 +161,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
   int32_t* first_unit = offs + num_experts + 1;                                   // [E + 1]
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ alignas(16) uint16_t staged_raw[kTokens * kSliceRows];  // fused: [16 tokens, 64 rows]
+  T* staged = reinterpret_cast<T*>(staged_raw);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
@@ -168,7 +193,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     carry += chunk_total;
     __syncthreads();  // scan_storage is reused by the next chunk
   }
-  const int slices = (n + kSliceRows - 1) / kSliceRows;
+  const bool gated = ep.fused && activation_is_gated(ep.act.kind);
+  const int item_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns an item writes
+  const int slices = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kSliceRows - 1) / kSliceRows;
+  // First weight coordinate of a slice: a row of w (3-D map) or of each half (4-D map).
+  const int slice_step = ep.split_halves ? kGatedCols : kSliceRows;
   const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * slices;
   const int k_stages = (k + kStageK - 1) / kStageK;
 
@@ -186,7 +215,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
         Cursor cur{item, 0, {}, 0};
         if (item < items) {
           cur.u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
-          cur.row0 = static_cast<int>(item % slices) * kSliceRows;
+          cur.row0 = static_cast<int>(item % slices) * slice_step;
         }
         return cur;
       };
@@ -195,8 +224,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
       };
       auto load_weights = [&](int slot, const Cursor& cur) {
         Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
-        cute::SM90_TMA_LOAD_3D::copy(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
-                                     cur.kb * kStageK, cur.row0, cur.u.expert);
+        if (ep.split_halves)
+          cute::SM90_TMA_LOAD_4D::copy(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
+                                       cur.kb * kStageK, cur.row0, 0, cur.u.expert);
+        else
+          cute::SM90_TMA_LOAD_3D::copy(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
+                                       cur.kb * kStageK, cur.row0, cur.u.expert);
       };
       auto load_tokens = [&](int slot, const Cursor& cur) {
         cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint,
@@ -231,7 +264,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     uint32_t phase = 0;
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
       const Unit u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
-      const int row0 = static_cast<int>(item % slices) * kSliceRows + warp * kRowsPerWarp;
+      const int slice = static_cast<int>(item % slices);
+      const int row0 = slice * kSliceRows + warp * kRowsPerWarp;  // unfused: D columns
       const bool two_blocks = u.rows - u.token0 > 8;  // warp-uniform: tokens 8-15 exist
       float acc[2][4] = {};
       for (int kb = 0; kb < k_stages; ++kb) {
@@ -250,19 +284,54 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
         if (lane == 0) Barrier::arrive(&empty[slot]);
         if (++slot == kStages) { slot = 0; phase ^= 1; }
       }
-      // D^T fragment of block j: acc[j][0..1] at weight row row0 + g, tokens
-      // token0 + 8j + 2q, +1; acc[j][2..3] at weight row + 8.
+      // D^T fragment of block j: acc[j][0..1] at weight row g of this warp's
+      // 16, tokens token0 + 8j + 2q, +1; acc[j][2..3] at weight row g + 8.
       const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
+      if (!ep.fused) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int r = row0 + g + (i < 2 ? 0 : 8);
+            const int t = u.token0 + 8 * j + 2 * q + (i & 1);
+            if (r >= n || t >= u.rows) continue;
+            const float b = bias_e ? to_float(bias_e[r]) : 0.0f;
+            c[static_cast<int64_t>(u.begin + t) * n + r] = from_float<T>(acc[j][i] + b);
+          }
+        continue;
+      }
+      // Fused: GEMM 1's values as it would store them, [16 tokens, 64 local rows].
 #pragma unroll
       for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int r = row0 + g + (i < 2 ? 0 : 8);
-          const int t = u.token0 + 8 * j + 2 * q + (i & 1);
-          if (r >= n || t >= u.rows) continue;
-          const float b = bias_e ? to_float(bias_e[r]) : 0.0f;
-          c[static_cast<int64_t>(u.begin + t) * n + r] = from_float<T>(acc[j][i] + b);
+          const int r = warp * kRowsPerWarp + g + (i < 2 ? 0 : 8);  // local weight row
+          const int t = 8 * j + 2 * q + (i & 1);
+          const int w_row = ep.split_halves ? (r / kGatedCols) * ep.inter + slice * kGatedCols + r % kGatedCols
+                                            : slice * kSliceRows + r;
+          const bool valid = ep.split_halves ? slice * kGatedCols + r % kGatedCols < ep.inter : w_row < n;
+          const float b = bias_e && valid ? to_float(bias_e[w_row]) : 0.0f;
+          staged[t * kSliceRows + r] = from_float<T>(acc[j][i] + b);
         }
+      consumer_barrier();
+      {
+        const int per = item_cols / 8;  // columns a thread computes: 4 gated, 8 otherwise
+        const int t = threadIdx.x / 8, j0 = (threadIdx.x % 8) * per;
+        if (u.token0 + t < u.rows) {
+          const T* row = staged + t * kSliceRows;
+          T* out = c + static_cast<int64_t>(u.begin + u.token0 + t) * ep.inter + slice * item_cols;
+          for (int jj = 0; jj < per; ++jj) {
+            const int j = j0 + jj;
+            if (slice * item_cols + j >= ep.inter) break;
+            const float v =
+                gated ? apply_gated_activation(ep.act, to_float(row[gate_column(ep.order, j, kGatedCols)]),
+                                               to_float(row[up_column(ep.order, j, kGatedCols)]))
+                      : apply_activation(ep.act.kind, to_float(row[j]));
+            out[j] = from_float<T>(v);
+          }
+        }
+      }
+      consumer_barrier();  // the staged tile is rewritten by the next item
     }
   }
   pdl_launch_dependents();
@@ -291,7 +360,7 @@ bool encode(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, int ran
             const cuuint64_t* dims, const cuuint64_t* strides_bytes, const cuuint32_t* box) {
   const PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
   if (fn == nullptr) return false;
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   return fn(map, type, static_cast<cuuint32_t>(rank), const_cast<void*>(ptr), dims, strides_bytes, box,
             elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
@@ -299,8 +368,8 @@ bool encode(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, int ran
 
 }  // namespace
 
-cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity,
-                                cudaStream_t stream) {
+cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
+                                const FusedActivation* fuse) {
   if (p.a_scale != nullptr) return cudaErrorNotSupported;  // 16-bit operands only
   if (p.dtype != MOEKIT_DTYPE_BF16 && p.dtype != MOEKIT_DTYPE_FP16) return cudaErrorNotSupported;
   if (p.num_experts < 1 || p.num_experts > kDecodeMaxExperts || rows_capacity < 1 ||
@@ -311,20 +380,32 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
   // TMA: 16-byte aligned bases (row strides are multiples of 16 bytes above).
   if (reinterpret_cast<uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<uintptr_t>(p.w) % 16 != 0)
     return cudaErrorNotSupported;
+  Epilogue ep{};
+  if (fuse != nullptr) {
+    const bool gated = activation_is_gated(fuse->params.kind);
+    if (p.n != (gated ? 2 : 1) * fuse->inter) return cudaErrorNotSupported;
+    ep = {1, gated && fuse->order != MOEKIT_INTERLEAVED, fuse->params, fuse->order,
+          static_cast<int>(fuse->inter)};
+  }
   const CUtensorMapDataType type =
       p.dtype == MOEKIT_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   CUtensorMap w_map{}, a_map{};
-  const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.n),
-                                static_cast<cuuint64_t>(p.num_experts)};
-  const cuuint64_t w_strides[2] = {static_cast<cuuint64_t>(p.k) * 2,
-                                   static_cast<cuuint64_t>(p.n) * p.k * 2};
-  const cuuint32_t w_box[3] = {kBoxK, kSliceRows, 1};
-  const cuuint64_t a_dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(rows_capacity)};
-  const cuuint64_t a_strides[1] = {static_cast<cuuint64_t>(p.k) * 2};
+  const cuuint64_t k = static_cast<cuuint64_t>(p.k), n = static_cast<cuuint64_t>(p.n);
+  const cuuint64_t e = static_cast<cuuint64_t>(p.num_experts);
+  bool ok;
+  if (ep.split_halves) {  // [E, 2, I, K]: one box = rows j.. of the gate and the up half
+    const cuuint64_t half = n / 2;
+    const cuuint64_t dims[4] = {k, half, 2, e}, strides[3] = {k * 2, half * k * 2, n * k * 2};
+    const cuuint32_t box[4] = {kBoxK, kGatedCols, 2, 1};
+    ok = encode(&w_map, type, p.w, 4, dims, strides, box);
+  } else {  // [E, N, K]
+    const cuuint64_t dims[3] = {k, n, e}, strides[2] = {k * 2, n * k * 2};
+    const cuuint32_t box[3] = {kBoxK, kSliceRows, 1};
+    ok = encode(&w_map, type, p.w, 3, dims, strides, box);
+  }
+  const cuuint64_t a_dims[2] = {k, static_cast<cuuint64_t>(rows_capacity)}, a_strides[1] = {k * 2};
   const cuuint32_t a_box[2] = {kBoxK, kTokens};
-  if (!encode(&w_map, type, p.w, 3, w_dims, w_strides, w_box) ||
-      !encode(&a_map, type, p.a, 2, a_dims, a_strides, a_box))
-    return cudaErrorNotSupported;
+  if (!ok || !encode(&a_map, type, p.a, 2, a_dims, a_strides, a_box)) return cudaErrorNotSupported;
 
   // Items: at most min(E, rows) experts with rows, rows / 16 more passes, times the slices.
   const int64_t slices = (p.n + kSliceRows - 1) / kSliceRows;
@@ -342,7 +423,7 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
     return launch_pdl(decode_gemm_kernel<T>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
                       smem_bytes(p.num_experts), stream, w_map, a_map, p.expert_offsets,
                       p.num_experts, static_cast<const T*>(p.bias), static_cast<T*>(p.c),
-                      static_cast<int>(p.n), static_cast<int>(p.k));
+                      static_cast<int>(p.n), static_cast<int>(p.k), ep);
   };
   switch (p.dtype) {
     case MOEKIT_DTYPE_BF16: return launch(__nv_bfloat16{});

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/gemm/gemm_config.hpp"
+#include "common/activation_math.hpp"
 #include "kernels/gemm/gemm_params.hpp"
 
 namespace moekit::kernels {
@@ -24,13 +25,25 @@ size_t grouped_gemm_scratch_bytes(int64_t num_experts, int sm_count);
 cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams& p,
                                      cudaStream_t stream);
 
+// GEMM 1's activation, fused into the decode kernel's epilogue: p.c is then
+// the activation's [rows, inter] output (what the activation stage would
+// write, bit for bit) and GEMM 1's own [rows, N1] output is never stored.
+struct FusedActivation {
+  ActivationParams params;
+  moekit_gate_up_order_t order;
+  int64_t inter;  // I; p.n must be 2I for the gated kinds, I otherwise
+};
+
 // The hand-written decode kernel (decode_gemm.cu): TMA-fed mma.sync swap-AB
 // for experts with a few rows, no per-group set-up, launched with
 // programmatic dependent launch. Needs no scratch. rows_capacity: the rows
 // p.a and p.c hold (T*k), the bound of its loads. cudaErrorNotSupported if
 // it cannot take the problem (more than kDecodeMaxExperts experts, N or K
 // not a multiple of 8, fp8, misaligned operands).
+// It reads expert_offsets and the weights before its griddepcontrol.wait, so
+// they must be complete before the previous kernel on the stream starts
+// (the layer's sort runs two or more kernels earlier; see decode_gemm.cu).
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity,
-                                cudaStream_t stream);
+                                cudaStream_t stream, const FusedActivation* fuse = nullptr);
 
 }  // namespace moekit::kernels
