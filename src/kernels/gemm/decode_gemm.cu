@@ -12,14 +12,17 @@
 //  - A persistent grid, two CTAs per SM. Work items are (expert, 16-token
 //    pass, 64-row weight slice); each CTA walks items blockIdx.x, +gridDim.x,
 //    ... . Only experts with rows have items, found from expert_offsets by a
-//    block scan after griddepcontrol.wait (programmatic dependent launch: the
-//    launch, barrier set-up and descriptor prefetch overlap the previous
-//    kernel).
+//    block scan.
+//  - Programmatic dependent launch: the launch, barrier set-up, descriptor
+//    prefetch, the scan and the first kStages weight tiles all overlap the
+//    previous kernel; only the token tiles and the stores wait for it.
 //  - One producer thread streams (64 weight rows x 64 k) and (16 token rows x
 //    64 k) tiles with TMA (128-byte swizzle) into a ring of kStages shared
 //    slots; four consumer warps take 16 weight rows each through ldmatrix
 //    into mma.sync m16n8k16 (weights on M, tokens on N: swap-AB) and write
 //    D^T back as row-major D. Weights are loaded evict-first: read once.
+//  - For GEMM 1 the epilogue can apply the activation instead (Epilogue),
+//    so the layer skips the activation stage at decode.
 //
 // Arithmetic is that of the wgmma kernels: one fp32 accumulator per output,
 // K in ascending chunks of 16 in natural order (a partial last chunk is
