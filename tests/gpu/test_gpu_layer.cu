@@ -92,27 +92,47 @@ TEST(GpuLayer, EveryDtypeCombination) {
       }
 }
 
-TEST(GpuLayer, EveryActivationOrderAndBias) {
-  REQUIRE_GPU();
+// The layer's output with MOEKIT_GEMM=kernel for this one run (output poisoned first).
+std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
+  setenv("MOEKIT_GEMM", kernel, 1);
+  EXPECT_EQ(cudaMemset(d.output.data(), 0xFF, d.output.size()), cudaSuccess);
+  const Status s = d.run();
+  unsetenv("MOEKIT_GEMM");
+  EXPECT_TRUE(s.ok()) << kernel << ": " << s.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << kernel;
+  return d.output.download();
+}
+
+// Calls f(problem, name, seed) for every activation kind x gate/up order
+// (orders only for the gated kinds) x with and without biases (SwiGLU with
+// biases also takes gpt-oss's clamps), on a copy of base.
+template <class F>
+void for_each_activation(const Problem& base, F&& f) {
   for (int act = MOEKIT_ACT_SWIGLU; act <= MOEKIT_ACT_IDENTITY; ++act)
     for (int order = 0; order < 3; ++order)
       for (int bias = 0; bias < 2; ++bias) {
         if (order > 0 && !activation_is_gated(static_cast<moekit_activation_t>(act))) continue;
-        // T = 29: 11 rows per expert (tiles, activation stage); T = 9: 3.4
-        // (the decode kernel, activation in its epilogue). I = 48 leaves a
-        // partial 32- and 64-column slice.
-        for (int64_t T : {29, 9}) {
-          Problem p = problem(T, 8, 3, 64, 48);
-          p.activation = static_cast<moekit_activation_t>(act);
-          p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
-          p.has_w13_bias = p.has_w2_bias = bias;
-          if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
-          expect_gpu_matches(ref::make_random_layer(p, act * 10 + order),
-                             std::string(moekit_activation_name(p.activation)) + " order " +
-                                 std::to_string(order) + " bias " + std::to_string(bias) +
-                                 " T=" + std::to_string(T));
-        }
+        Problem p = base;
+        p.activation = static_cast<moekit_activation_t>(act);
+        p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
+        p.has_w13_bias = p.has_w2_bias = bias;
+        if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
+        f(p, std::string(moekit_activation_name(p.activation)) + " order " + std::to_string(order) +
+                 " bias " + std::to_string(bias) + " T=" + std::to_string(p.num_tokens),
+          static_cast<uint64_t>(act * 10 + order));
       }
+}
+
+TEST(GpuLayer, EveryActivationOrderAndBias) {
+  REQUIRE_GPU();
+  // T = 29: 11 rows per expert (tiles, activation stage); T = 9: 3.4 (the
+  // decode kernel, activation in its epilogue). I = 48 leaves a partial 32-
+  // and 64-column slice.
+  for (int64_t T : {29, 9})
+    for_each_activation(problem(T, 8, 3, 64, 48), [](const Problem& p, const std::string& what,
+                                                     uint64_t seed) {
+      expect_gpu_matches(ref::make_random_layer(p, seed), what);
+    });
 }
 
 // The decode kernel's fused activation writes what GEMM 1 followed by the
@@ -124,45 +144,29 @@ TEST(GpuLayer, DecodeEpilogueActivationEqualsTheActivationStage) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr)
     GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
-  for (int act = MOEKIT_ACT_SWIGLU; act <= MOEKIT_ACT_IDENTITY; ++act)
-    for (int order = 0; order < 3; ++order)
-      for (int bias = 0; bias < 2; ++bias) {
-        if (order > 0 && !activation_is_gated(static_cast<moekit_activation_t>(act))) continue;
-        for (int64_t T : {1, 20}) {
-          Problem p = problem(T, 8, 2, 128, 80);
-          p.activation = static_cast<moekit_activation_t>(act);
-          p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
-          p.has_w13_bias = p.has_w2_bias = bias;
-          if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
-          ref::HostLayer l = ref::make_random_layer(p, 100 + act * 10 + order);
-          if (T == 20)
-            for (size_t i = 0; i < l.topk_ids.size(); ++i) l.topk_ids[i] = i % 4 == 3 ? 5 : 0;
-          const std::string what = std::string(moekit_activation_name(p.activation)) + " order " +
-                                   std::to_string(order) + " bias " + std::to_string(bias) +
-                                   " T=" + std::to_string(T);
-          DeviceLayer d(l);
-          std::string plan;
-          MoeLayer::describe_plan(d.args.problem, &plan);
-          ASSERT_NE(plan.find("decode"), std::string::npos) << what << ": " << plan;
-          Status s = d.run();
-          ASSERT_TRUE(s.ok()) << s.message();
-          CUDA_OK(cudaDeviceSynchronize());
-          const std::vector<uint8_t> fused = d.output.download();
-          setenv("MOEKIT_GEMM", "swap128x16", 1);
-          CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
-          s = d.run();
-          unsetenv("MOEKIT_GEMM");
-          ASSERT_TRUE(s.ok()) << s.message();
-          CUDA_OK(cudaDeviceSynchronize());
-          const std::vector<uint8_t> staged = d.output.download();
-          size_t first = 0;
-          while (first < fused.size() && fused[first] == staged[first]) ++first;
-          EXPECT_EQ(first, fused.size()) << what << ": first differing byte " << first;
-          EXPECT_TRUE(test::rows_match(fused, test::cpu_reference(l), T, 128, p.output_dtype,
-                                       tolerance(p)))
-              << what;
-        }
-      }
+  for (int64_t T : {1, 20})
+    for_each_activation(problem(T, 8, 2, 128, 80), [](const Problem& p, const std::string& what,
+                                                      uint64_t seed) {
+      const int64_t T = p.num_tokens;
+      ref::HostLayer l = ref::make_random_layer(p, 100 + seed);
+      if (T == 20)
+        for (size_t i = 0; i < l.topk_ids.size(); ++i) l.topk_ids[i] = i % 4 == 3 ? 5 : 0;
+      DeviceLayer d(l);
+      std::string plan;
+      MoeLayer::describe_plan(d.args.problem, &plan);
+      ASSERT_NE(plan.find("decode"), std::string::npos) << what << ": " << plan;
+      Status s = d.run();
+      ASSERT_TRUE(s.ok()) << s.message();
+      CUDA_OK(cudaDeviceSynchronize());
+      const std::vector<uint8_t> fused = d.output.download();
+      const std::vector<uint8_t> staged = run_forced(d, "swap128x16");
+      size_t first = 0;
+      while (first < fused.size() && fused[first] == staged[first]) ++first;
+      EXPECT_EQ(first, fused.size()) << what << ": first differing byte " << first;
+      EXPECT_TRUE(test::rows_match(fused, test::cpu_reference(l), T, 128, p.output_dtype,
+                                   tolerance(p)))
+          << what;
+      });
 }
 
 TEST(GpuLayer, ProductionFailureRoutingAtEveryThreshold) {
@@ -537,13 +541,7 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
       }
       EXPECT_EQ(row, first) << moekit_dtype_name(dt) << " T=" << T << ": " << plan;
       if (T <= 7) {  // CUTLASS's wgmma swap-AB kernel gives the same bits as mma.sync
-        setenv("MOEKIT_GEMM", "swap128x16", 1);
-        CUDA_OK(cudaMemset(d.output.data(), 0xFF, d.output.size()));
-        s = d.run();
-        unsetenv("MOEKIT_GEMM");
-        ASSERT_TRUE(s.ok()) << s.message();
-        CUDA_OK(cudaDeviceSynchronize());
-        const std::vector<uint8_t> again = d.output.download();
+        const std::vector<uint8_t> again = run_forced(d, "swap128x16");
         EXPECT_TRUE(std::equal(again.begin() + pos * H * b, again.begin() + (pos + 1) * H * b,
                                first.begin()))
             << moekit_dtype_name(dt) << " T=" << T << " on swap-AB 128x16";
