@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
     // Slots in groups of kBatch: the group's rows are loaded before any is
     // used (independent loads in flight), then summed in slot order, so the
     // result is the same as one slot at a time.
-    constexpr int kBatch = 8;
+    constexpr int kBatch = 4;
     for (int64_t s0 = 0; s0 < top_k; s0 += kBatch) {
       float x[kBatch][8];
       float w[kBatch];
