@@ -1,17 +1,20 @@
-// moekit: run and check one MoE layer on a named model shape.
+// moekit: run, check and benchmark one MoE layer on a named model shape.
+// Options are parsed by CLI11 and JSON is written by nlohmann-json.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <functional>
-#include <map>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "common/activation_math.hpp"
 #include "moekit/moekit.hpp"
@@ -27,109 +30,67 @@ using moekit::cli::ModelShape;
 constexpr int kExitFail = 1, kExitUsage = 2, kExitResources = 3;
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
-const char* kUsage = R"(usage: moekit <command> [options]
-
-commands:
-  run        run one MoE layer on a model shape, check it against an fp64 oracle
-             on sampled tokens, time it and print the roofline floor
-  models     list the built-in model shapes
-  help       show this text
-
-options of run:
-  --model NAME          built-in shape (default qwen3-30b-a3b; see `moekit models`)
-  --tokens T            batch size (default 64; 0 is valid)
-  --dtype D             bf16 | fp16 | fp32 for input, weights and output (default bf16),
-                        or fp8-block | fp8-tensor: fp8 e4m3 weights with 128x128 block
-                        (DeepSeek-V3 style) or per-expert scales, bf16 input and output
-  --device D            auto | cpu | cuda (default auto: cuda when a GPU is usable)
-  --seed S              seed of weights, inputs and router logits (default 0)
-  --experts E           override the number of experts
-  --top-k K             override experts per token
-  --hidden H            override the hidden size (a multiple of 8)
-  --inter I             override the expert intermediate size (a multiple of 8)
-  --ep-size N           expert-parallel size: this process holds E / N experts
-  --ep-rank R           expert-parallel rank (default 0)
-  --activation A        swiglu | geglu_erf | geglu_tanh | silu | gelu_erf |
-                        gelu_tanh | relu | relu2 | identity
-  --iters N             timed repetitions (default 20 on cuda, 1 on cpu)
-  --check-tokens N      tokens sampled for the oracle check (default: adaptive)
-)";
-
+// The layer every command runs: a built-in shape with overrides.
 struct Options {
   std::string model = "qwen3-30b-a3b";
   int64_t tokens = 64;
-  moekit_dtype_t dtype = MOEKIT_DTYPE_BF16;
-  moekit_quant_t quant = MOEKIT_QUANT_NONE;
+  std::vector<int64_t> sweep;  // bench: the batch sizes
+  std::string dtype = "bf16";
   std::string device = "auto";
   uint64_t seed = 0;
   int64_t experts = -1, top_k = -1, hidden = -1, inter = -1, ep_size = 1, ep_rank = 0;
-  int activation = -1;
+  std::string activation;
   int64_t iters = -1, check_tokens = -1;
+  std::string json;  // path of the JSON report, empty for none
 };
 
 struct UsageError {
   std::string message;
 };
 
-int64_t parse_int(const std::string& flag, const std::string& v, int64_t lo) {
-  char* end = nullptr;
-  errno = 0;
-  long long x = std::strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || errno == ERANGE || x < lo)
-    throw UsageError{flag + ": expected an integer >= " + std::to_string(lo) + ", got '" + v + "'"};
-  return x;
+// "expected an integer >= lo, got '...'" for integer options.
+CLI::Validator at_least(int64_t lo) {
+  return CLI::Validator(
+      [lo](std::string& v) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const long long x = std::strtoll(v.c_str(), &end, 10);
+        if (v.empty() || *end != '\0' || errno == ERANGE || x < lo)
+          return "expected an integer >= " + std::to_string(lo) + ", got '" + v + "'";
+        return std::string();
+      },
+      "INT>=" + std::to_string(lo));
 }
 
-Options parse(int argc, char** argv) {
-  Options o;
-  std::map<std::string, std::function<void(const std::string&)>> flags = {
-      {"--model", [&](const std::string& v) { o.model = v; }},
-      {"--tokens", [&](const std::string& v) { o.tokens = parse_int("--tokens", v, 0); }},
-      {"--dtype", [&](const std::string& v) {
-         if (v == "bf16") o.dtype = MOEKIT_DTYPE_BF16;
-         else if (v == "fp16") o.dtype = MOEKIT_DTYPE_FP16;
-         else if (v == "fp32") o.dtype = MOEKIT_DTYPE_FP32;
-         else if (v == "fp8-block") o.quant = MOEKIT_QUANT_FP8_BLOCK;
-         else if (v == "fp8-tensor") o.quant = MOEKIT_QUANT_FP8_TENSOR;
-         else throw UsageError{"--dtype: expected bf16, fp16, fp32, fp8-block or fp8-tensor, got '" + v + "'"};
-       }},
-      {"--device", [&](const std::string& v) {
-         if (v != "auto" && v != "cpu" && v != "cuda")
-           throw UsageError{"--device: expected auto, cpu or cuda, got '" + v + "'"};
-         o.device = v;
-       }},
-      {"--seed", [&](const std::string& v) { o.seed = parse_int("--seed", v, 0); }},
-      {"--experts", [&](const std::string& v) { o.experts = parse_int("--experts", v, 1); }},
-      {"--top-k", [&](const std::string& v) { o.top_k = parse_int("--top-k", v, 1); }},
-      {"--hidden", [&](const std::string& v) { o.hidden = parse_int("--hidden", v, 1); }},
-      {"--inter", [&](const std::string& v) { o.inter = parse_int("--inter", v, 1); }},
-      {"--ep-size", [&](const std::string& v) { o.ep_size = parse_int("--ep-size", v, 1); }},
-      {"--ep-rank", [&](const std::string& v) { o.ep_rank = parse_int("--ep-rank", v, 0); }},
-      {"--iters", [&](const std::string& v) { o.iters = parse_int("--iters", v, 1); }},
-      {"--check-tokens", [&](const std::string& v) { o.check_tokens = parse_int("--check-tokens", v, 0); }},
-      {"--activation", [&](const std::string& v) {
-         for (int a = MOEKIT_ACT_SWIGLU; a <= MOEKIT_ACT_IDENTITY; ++a)
-           if (v == moekit_activation_name(static_cast<moekit_activation_t>(a))) o.activation = a;
-         if (o.activation < 0) throw UsageError{"--activation: unknown activation '" + v + "'"};
-       }},
-  };
-  for (int i = 2; i < argc; ++i) {
-    std::string arg = argv[i], value;
-    bool inline_value = false;
-    if (auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      inline_value = true;
-    }
-    auto it = flags.find(arg);
-    if (it == flags.end()) throw UsageError{"unknown option '" + arg + "'"};
-    if (!inline_value) {
-      if (i + 1 >= argc) throw UsageError{arg + ": expected a value"};
-      value = argv[++i];
-    }
-    it->second(value);
-  }
-  return o;
+void add_layer_options(CLI::App* cmd, Options& o) {
+  std::vector<std::string> activations;
+  for (int a = MOEKIT_ACT_SWIGLU; a <= MOEKIT_ACT_IDENTITY; ++a)
+    activations.emplace_back(moekit_activation_name(static_cast<moekit_activation_t>(a)));
+  cmd->add_option("--model", o.model, "built-in shape (see `moekit models`)")->capture_default_str();
+  cmd->add_option("--dtype", o.dtype,
+                  "bf16 | fp16 | fp32 for input, weights and output, or fp8-block | fp8-tensor: "
+                  "e4m3 weights with 128x128 block (DeepSeek-V3 style) or per-expert scales, bf16 "
+                  "input and output")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32", "fp8-block", "fp8-tensor"}))
+      ->capture_default_str();
+  cmd->add_option("--device", o.device, "auto | cpu | cuda (auto: cuda when a GPU is usable)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_option("--seed", o.seed, "seed of weights, inputs and router logits")->capture_default_str();
+  cmd->add_option("--experts", o.experts, "override the number of experts")->check(at_least(1));
+  cmd->add_option("--top-k", o.top_k, "override experts per token")->check(at_least(1));
+  cmd->add_option("--hidden", o.hidden, "override the hidden size (a multiple of 8)")->check(at_least(1));
+  cmd->add_option("--inter", o.inter, "override the expert intermediate size (a multiple of 8)")
+      ->check(at_least(1));
+  cmd->add_option("--ep-size", o.ep_size, "expert-parallel size: this process holds E / N experts")
+      ->check(at_least(1))
+      ->capture_default_str();
+  cmd->add_option("--ep-rank", o.ep_rank, "expert-parallel rank")->check(at_least(0))->capture_default_str();
+  cmd->add_option("--activation", o.activation, "the model's own unless given")->check(CLI::IsMember(activations));
+  cmd->add_option("--iters", o.iters, "timed repetitions (default 20 on cuda, 1 on cpu)")->check(at_least(1));
+  cmd->add_option("--check-tokens", o.check_tokens, "tokens sampled for the oracle check (default: adaptive)")
+      ->check(at_least(0));
+  cmd->add_option("--json", o.json, "also write the results to this JSON file");
 }
 
 double host_available_bytes() {
@@ -259,7 +220,10 @@ int cmd_models() {
   return 0;
 }
 
-int cmd_run(const Options& o) {
+// One layer at T = tokens: set up, run, check against the oracle, time.
+// Prints the `run` report when verbose; fills row with the same facts.
+// Returns the exit code (0 PASS, 1 FAIL, 2 bad argument, 3 too big).
+int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* row) {
   const ModelShape* m = moekit::cli::find_model(o.model);
   if (m == nullptr) {
     std::string names;
@@ -267,7 +231,7 @@ int cmd_run(const Options& o) {
     throw UsageError{"--model: unknown model '" + o.model + "'; built-in:" + names};
   }
   moekit_problem_t p = moekit::default_problem();
-  p.num_tokens = o.tokens;
+  p.num_tokens = tokens;
   p.num_experts = o.experts > 0 ? o.experts : m->num_experts;
   p.top_k = o.top_k > 0 ? o.top_k : m->top_k;
   p.hidden_size = o.hidden > 0 ? o.hidden : m->hidden;
@@ -275,17 +239,22 @@ int cmd_run(const Options& o) {
   p.ep_size = o.ep_size;
   p.ep_rank = o.ep_rank;
   p.num_local_experts = p.num_experts / std::max<int64_t>(1, p.ep_size);
-  p.input_dtype = p.weight_dtype = p.output_dtype = o.dtype;
-  p.activation = o.activation >= 0 ? static_cast<moekit_activation_t>(o.activation) : m->activation;
+  const bool fp8 = o.dtype == "fp8-block" || o.dtype == "fp8-tensor";
+  p.input_dtype = p.weight_dtype = p.output_dtype =
+      o.dtype == "fp16" ? MOEKIT_DTYPE_FP16 : o.dtype == "fp32" ? MOEKIT_DTYPE_FP32 : MOEKIT_DTYPE_BF16;
+  p.activation = m->activation;
+  for (int a = MOEKIT_ACT_SWIGLU; a <= MOEKIT_ACT_IDENTITY; ++a)
+    if (o.activation == moekit_activation_name(static_cast<moekit_activation_t>(a)))
+      p.activation = static_cast<moekit_activation_t>(a);
   p.swiglu_alpha = m->swiglu_alpha;
   p.swiglu_beta = m->swiglu_beta;
   p.swiglu_limit = m->swiglu_limit;
   p.gate_up_order = m->gate_up_order;
   p.has_w13_bias = p.has_w2_bias = m->biases ? 1 : 0;
   p.router = m->router;  // the layer routes from logits with the model's router
-  if (o.quant != MOEKIT_QUANT_NONE) {
+  if (fp8) {
     p.weight_dtype = MOEKIT_DTYPE_FP8_E4M3;
-    p.quant = {o.quant, 0};
+    p.quant = {o.dtype == "fp8-block" ? MOEKIT_QUANT_FP8_BLOCK : MOEKIT_QUANT_FP8_TENSOR, 0};
   }
 
   bool cuda = o.device == "cuda" || (o.device == "auto" && moekit::cuda_available());
@@ -335,17 +304,19 @@ int cmd_run(const Options& o) {
     CLI_CUDA(cudaGetDeviceProperties(&prop, 0));
     device_name = std::string("cuda (") + prop.name + ")";
   }
-  std::printf("model     %s: E=%lld (local %lld, ep rank %lld of %lld) k=%lld H=%lld I=%lld %s %s%s\n",
-              m->name, (long long)p.num_experts, (long long)p.num_local_experts,
-              (long long)p.ep_rank, (long long)p.ep_size, (long long)p.top_k,
-              (long long)p.hidden_size, (long long)p.intermediate_size,
-              moekit_dtype_name(p.weight_dtype), moekit_activation_name(p.activation),
-              p.has_w13_bias ? " +bias" : "");
-  std::printf("batch     T=%lld tokens, seed %llu, router (fused first stage): %s\n",
-              (long long)p.num_tokens, (unsigned long long)o.seed, m->router_name);
-  std::printf("device    %s, weights %.2f GiB, workspace %.1f MiB\n", device_name.c_str(),
-              wbytes / kGiB, ws_bytes / 1048576.0);
-  std::fflush(stdout);
+  if (verbose) {
+    std::printf("model     %s: E=%lld (local %lld, ep rank %lld of %lld) k=%lld H=%lld I=%lld %s %s%s\n",
+                m->name, (long long)p.num_experts, (long long)p.num_local_experts,
+                (long long)p.ep_rank, (long long)p.ep_size, (long long)p.top_k,
+                (long long)p.hidden_size, (long long)p.intermediate_size,
+                moekit_dtype_name(p.weight_dtype), moekit_activation_name(p.activation),
+                p.has_w13_bias ? " +bias" : "");
+    std::printf("batch     T=%lld tokens, seed %llu, router (fused first stage): %s\n",
+                (long long)p.num_tokens, (unsigned long long)o.seed, m->router_name);
+    std::printf("device    %s, weights %.2f GiB, workspace %.1f MiB\n", device_name.c_str(),
+                wbytes / kGiB, ws_bytes / 1048576.0);
+    std::fflush(stdout);
+  }
 
   // fp8: the same random layer in bf16, quantized; its bf16 weights give the
   // error against the unquantized layer (reported, not part of the check).
@@ -371,31 +342,38 @@ int cmd_run(const Options& o) {
                         ? o.check_tokens
                         : std::clamp<int64_t>(static_cast<int64_t>(3e9 / oracle_flops_per_token), 4, 64);
   samples = std::min(samples, p.num_tokens);
-  std::vector<int64_t> tokens;
-  for (int64_t i = 0; i < samples; ++i) tokens.push_back(i * p.num_tokens / samples);
-  if (samples > 0 && tokens.back() != p.num_tokens - 1) tokens.back() = p.num_tokens - 1;
+  std::vector<int64_t> sampled;
+  for (int64_t i = 0; i < samples; ++i) sampled.push_back(i * p.num_tokens / samples);
+  if (samples > 0 && sampled.back() != p.num_tokens - 1) sampled.back() = p.num_tokens - 1;
   // The oracle takes the ids and weights of the CPU router, which equal the
   // CUDA router's bit for bit.
   const moekit_arguments_t host_args = layer.unrouted_arguments(out.data());
   bool pass = true;
+  nlohmann::json check = {{"sampled_tokens", samples}};
   if (samples > 0) {
-    const auto c = moekit::ref::check_against_oracle(host_args, out.data(), tokens);
+    const auto c = moekit::ref::check_against_oracle(host_args, out.data(), sampled);
     const double tol = moekit::ref::oracle_tolerance(p.weight_dtype, p.input_dtype, p.output_dtype);
     pass = c.rel_frobenius <= tol && c.nonfinite_mismatch == 0;
-    std::printf("check     %s: relative error %.2e (tolerance %.1e), max abs %.2e, %lld non-finite "
-                "mismatches, on %lld sampled tokens vs the fp64 oracle\n",
-                pass ? "PASS" : "FAIL", c.rel_frobenius, tol, c.max_abs_error,
-                (long long)c.nonfinite_mismatch, (long long)samples);
+    check.update({{"rel_error", c.rel_frobenius}, {"tolerance", tol}, {"max_abs_error", c.max_abs_error},
+                  {"nonfinite_mismatches", c.nonfinite_mismatch}});
+    if (verbose)
+      std::printf("check     %s: relative error %.2e (tolerance %.1e), max abs %.2e, %lld non-finite "
+                  "mismatches, on %lld sampled tokens vs the fp64 oracle\n",
+                  pass ? "PASS" : "FAIL", c.rel_frobenius, tol, c.max_abs_error,
+                  (long long)c.nonfinite_mismatch, (long long)samples);
     if (p.quant.kind != MOEKIT_QUANT_NONE) {
       const auto d = moekit::ref::check_against_oracle(dense.unrouted_arguments(out.data()),
-                                                       out.data(), tokens);
-      std::printf("fp8       relative error %.2e against the unquantized (%s) weights; the check "
-                  "above uses the dequantized weights\n",
-                  d.rel_frobenius, moekit_dtype_name(dense.problem.weight_dtype));
+                                                       out.data(), sampled);
+      check["rel_error_vs_unquantized"] = d.rel_frobenius;
+      if (verbose)
+        std::printf("fp8       relative error %.2e against the unquantized (%s) weights; the check "
+                    "above uses the dequantized weights\n",
+                    d.rel_frobenius, moekit_dtype_name(dense.problem.weight_dtype));
     }
-  } else {
+  } else if (verbose) {
     std::printf("check     PASS: T=0, nothing to compute\n");
   }
+  check["pass"] = pass;
 
   // Roofline: distinct local experts touched, valid rows.
   std::vector<char> touched(p.num_local_experts, 0);
@@ -410,37 +388,140 @@ int cmd_run(const Options& o) {
   const int64_t n_touched = std::count(touched.begin(), touched.end(), 1);
   const double bytes = wbytes / p.num_local_experts * n_touched + io_bytes;
   const double flops = 2.0 * rows * p.hidden_size * (N1 + p.intermediate_size);
-  if (!times.empty())
-    std::printf("time      %.1f us (median of %zu, %s)\n", median(times) * 1e6, times.size(),
-                cuda ? "CUDA events" : "wall clock");
-  std::printf("floor     %.2f GFLOP, %.3f GiB of %lld touched experts:", flops * 1e-9, bytes / kGiB,
-              (long long)n_touched);
-  for (const auto& c : moekit::cli::gpu_ceilings())
-    std::printf(" %s %.1f us", c.gpu, moekit::cli::floor_seconds(c, bytes, flops) * 1e6);
-  std::printf("\n");
+  const double us = times.empty() ? 0.0 : median(times) * 1e6;
   std::string plan;
-  if (moekit::MoeLayer::describe_plan(p, &plan).ok()) std::printf("config    %s\n", plan.c_str());
+  if (!moekit::MoeLayer::describe_plan(p, &plan).ok()) plan.clear();
+  nlohmann::json floors = nlohmann::json::object();
+  for (const auto& c : moekit::cli::gpu_ceilings())
+    floors[c.gpu] = moekit::cli::floor_seconds(c, bytes, flops) * 1e6;
+  if (verbose) {
+    if (!times.empty())
+      std::printf("time      %.1f us (median of %zu, %s)\n", us, times.size(),
+                  cuda ? "CUDA events" : "wall clock");
+    std::printf("floor     %.2f GFLOP, %.3f GiB of %lld touched experts:", flops * 1e-9, bytes / kGiB,
+                (long long)n_touched);
+    for (const auto& c : moekit::cli::gpu_ceilings())
+      std::printf(" %s %.1f us", c.gpu, floors[c.gpu].get<double>());
+    std::printf("\n");
+    if (!plan.empty()) std::printf("config    %s\n", plan.c_str());
+  }
+  *row = {{"model", m->name},
+          {"T", p.num_tokens},
+          {"dtype", o.dtype},
+          {"device", device_name},
+          {"experts", p.num_experts},
+          {"local_experts", p.num_local_experts},
+          {"top_k", p.top_k},
+          {"hidden", p.hidden_size},
+          {"inter", p.intermediate_size},
+          {"activation", moekit_activation_name(p.activation)},
+          {"us", us},
+          {"iters", times.size()},
+          {"timer", cuda ? "cuda events" : "wall clock"},
+          {"gflop", flops * 1e-9},
+          {"touched_experts", n_touched},
+          {"touched_gib", bytes / kGiB},
+          {"floor_us", floors},
+          {"tflops", us > 0 ? flops / us * 1e-6 : 0.0},
+          {"config", plan},
+          {"check", check}};
   return pass ? 0 : kExitFail;
+}
+
+bool write_json(const std::string& path, const nlohmann::json& j) {
+  if (path.empty()) return true;
+  std::ofstream f(path);
+  f << j.dump(2) << "\n";
+  if (!f) std::fprintf(stderr, "moekit: --json: cannot write %s\n", path.c_str());
+  return static_cast<bool>(f);
+}
+
+int cmd_run(const Options& o) {
+  nlohmann::json row;
+  const int rc = run_point(o, o.tokens, true, &row);
+  if (rc > kExitFail) return rc;  // nothing ran
+  return write_json(o.json, row) ? rc : kExitFail;
+}
+
+// The layer at every T of the sweep: one table row and one JSON row each.
+int cmd_bench(Options o) {
+  const bool cuda = o.device == "cuda" || (o.device == "auto" && moekit::cuda_available());
+  if (o.sweep.empty()) {
+    // The issue-7 sweep on a GPU; small batches on the CPU, where T = 4096 of
+    // a real shape takes minutes.
+    o.sweep = cuda ? std::vector<int64_t>{1, 8, 64, 256, 257, 1024, 4096, 16384}
+                   : std::vector<int64_t>{1, 8, 64};
+  }
+  nlohmann::json report = {{"model", o.model}, {"dtype", o.dtype}, {"seed", o.seed},
+                           {"rows", nlohmann::json::array()}};
+  std::printf("| model | T | dtype | us | floor H100 us | floor H200 us | TFLOP/s | check | config |\n"
+              "|---|---|---|---|---|---|---|---|---|\n");
+  int worst = 0;
+  for (int64_t t : o.sweep) {
+    nlohmann::json row;
+    const int rc = run_point(o, t, false, &row);
+    if (rc > kExitFail) return rc;  // a bad argument or a shape that does not fit
+    worst = std::max(worst, rc);
+    const auto& f = row["floor_us"];
+    std::printf("| %s | %lld | %s | %.1f | %.1f | %.1f | %.1f | %s %.2e | %s |\n", o.model.c_str(),
+                (long long)t, o.dtype.c_str(), row["us"].get<double>(),
+                f.value("H100", 0.0), f.value("H200", 0.0), row["tflops"].get<double>(),
+                row["check"]["pass"].get<bool>() ? "PASS" : "FAIL",
+                row["check"].value("rel_error", 0.0), row["config"].get<std::string>().c_str());
+    std::fflush(stdout);
+    report["rows"].push_back(row);
+  }
+  if (!report["rows"].empty()) report["device"] = report["rows"][0]["device"];
+  return write_json(o.json, report) ? worst : kExitFail;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    if (argc < 2) {
-      std::fputs(kUsage, stderr);
-      return kExitUsage;
-    }
+  Options o;
+  CLI::App app{"moekit: run, check and benchmark one MoE layer on a built-in model shape"};
+  app.require_subcommand(1);
+  CLI::App* run = app.add_subcommand(
+      "run", "run one MoE layer on a model shape, check it against an fp64 oracle on sampled "
+             "tokens, time it and print the roofline floor and the kernels chosen");
+  add_layer_options(run, o);
+  run->add_option("--tokens", o.tokens, "batch size (0 is valid)")->check(at_least(0))->capture_default_str();
+  CLI::App* bench = app.add_subcommand(
+      "bench", "run, check and time the layer at each batch size of a sweep: a table, and "
+               "with --json one row per batch size");
+  add_layer_options(bench, o);
+  bench->add_option("--tokens", o.sweep,
+                    "batch sizes, comma-separated (default 1,8,64,256,257,1024,4096,16384 on a "
+                    "GPU, 1,8,64 on the CPU)")
+      ->delimiter(',')
+      ->check(at_least(0));
+  CLI::App* models = app.add_subcommand("models", "list the built-in model shapes");
+  // A first word that names no command is a usage error of its own.
+  if (argc >= 2 && argv[1][0] != '-') {
     const std::string cmd = argv[1];
-    bool help = false;
-    for (int i = 1; i < argc; ++i) help |= !std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h");
-    if (cmd == "help" || help) {
-      std::fputs(kUsage, stdout);
+    if (cmd == "help") {
+      std::fputs(app.help().c_str(), stdout);
       return 0;
     }
-    if (cmd == "models") return cmd_models();
-    if (cmd == "run") return cmd_run(parse(argc, argv));
-    throw UsageError{"unknown command '" + cmd + "'"};
+    if (cmd != "run" && cmd != "bench" && cmd != "models") {
+      std::fprintf(stderr, "moekit: unknown command '%s'; commands: run, bench, models, help\n"
+                           "Try 'moekit --help'.\n", cmd.c_str());
+      return kExitUsage;
+    }
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // prints the message and the usage
+    return kExitUsage;
+  }
+  try {
+    if (models->parsed()) return cmd_models();
+    if (run->parsed()) return cmd_run(o);
+    if (bench->parsed()) return cmd_bench(o);
+    return kExitUsage;
   } catch (const UsageError& e) {
     std::fprintf(stderr, "moekit: %s\nTry 'moekit --help'.\n", e.message.c_str());
     return kExitUsage;

@@ -1,0 +1,25 @@
+# Runs `moekit bench ... --json FILE` (CLI and ARGS given with -D) and checks
+# the report: one row per batch size, each with a passing oracle check, a
+# time and the floors.
+#   cmake -DCLI=... -DJSON=... -DARGS="bench;--tokens;0,1,8;..." -DROWS=3 -P cli_json_check.cmake
+file(REMOVE "${JSON}")
+execute_process(COMMAND "${CLI}" ${ARGS} --json "${JSON}" RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "moekit ${ARGS} exited with ${rc}")
+endif()
+file(READ "${JSON}" report)
+string(JSON rows LENGTH "${report}" rows)
+if(NOT rows EQUAL ROWS)
+  message(FATAL_ERROR "expected ${ROWS} rows in ${JSON}, got ${rows}")
+endif()
+math(EXPR last "${rows} - 1")
+foreach(i RANGE ${last})
+  string(JSON pass GET "${report}" rows ${i} check pass)
+  string(JSON us GET "${report}" rows ${i} us)
+  string(JSON h200 GET "${report}" rows ${i} floor_us H200)
+  string(JSON config GET "${report}" rows ${i} config)
+  if(NOT pass OR config STREQUAL "")
+    message(FATAL_ERROR "row ${i}: check pass = ${pass}, config '${config}'")
+  endif()
+  message(STATUS "row ${i}: ${us} us, H200 floor ${h200} us, ${config}")
+endforeach()
