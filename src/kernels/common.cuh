@@ -91,6 +91,10 @@ __device__ __forceinline__ int expert_of_row(const int32_t* offsets, int num_exp
 // pdl_launch_dependents() lets the next kernel be scheduled early (its
 // pre-wait prologue then overlaps this kernel); it changes no result.
 // Both are no-ops for kernels launched the ordinary way.
+// Rule every kernel of the layer keeps: pdl_launch_dependents() only after
+// pdl_wait() (or in a kernel launched the ordinary way). Then, when a kernel
+// starts, every kernel two or more back on the stream has finished, which
+// the decode GEMM uses to read the sort's expert_offsets before its wait.
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
