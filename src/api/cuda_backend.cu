@@ -248,20 +248,29 @@ struct GemmScales {
   int64_t ones_count;
 };
 
-// One grouped GEMM: the chosen sm90 kernel, or the simple one.
+// One grouped GEMM: the chosen sm90 kernel, or the simple one. With fuse
+// (GEMM 1), a kernel that can apply the activation in its epilogue (the
+// decode kernel) writes the activation to act_out and sets *activated;
+// otherwise c gets the GEMM's output and the caller runs the activation.
 cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const int32_t* offsets,
                          int64_t experts, const void* w, const void* bias, void* c,
                          int64_t max_rows, int64_t n, int64_t k, moekit_dtype_t dtype,
                          const GemmScales& sc, void* scratch, const kernels::DeviceInfo& dev,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, const kernels::FusedActivation* fuse = nullptr,
+                         void* act_out = nullptr, bool* activated = nullptr) {
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
-    const kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
-                                        c,     n,       k,    dtype,  scratch,
-                                        dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
-                                        sc.ones ? sc.ones_count : 0};
-    const cudaError_t e = cfg.kernel == kernels::GemmKernel::kDecode
-                              ? kernels::decode_grouped_gemm(gp, max_rows, stream)
-                              : kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
+    kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
+                                  c,     n,       k,    dtype,  scratch,
+                                  dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
+                                  sc.ones ? sc.ones_count : 0};
+    cudaError_t e;
+    if (cfg.kernel == kernels::GemmKernel::kDecode) {
+      if (fuse != nullptr) gp.c = act_out;
+      e = kernels::decode_grouped_gemm(gp, max_rows, stream, fuse);
+      if (e == cudaSuccess && fuse != nullptr) *activated = true;
+    } else {
+      e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
+    }
     if (e != cudaErrorNotSupported) return e;  // else declined: the simple kernel takes it
   }
   if (sc.a == nullptr)
@@ -382,31 +391,22 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
     // The decode kernel runs the activation in its epilogue and writes act
     // directly (one launch and GEMM 1's [rows, N1] round trip fewer).
+    const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
     bool activated = false;
-    if (!fp8 && plan.gemm1.kernel == kernels::GemmKernel::kDecode) {
-      const kernels::GroupedGemmParams gp{rows, sb.expert_offsets, static_cast<int>(p.num_local_experts),
-                                          a.w13, a.w13_bias, act, n1, p.hidden_size, cd, scratch,
-                                          dev.sm_count, nullptr, nullptr, 0, nullptr, 0};
-      const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
-      e = kernels::decode_grouped_gemm(gp, max_rows, stream, &fuse);
-      if (e != cudaSuccess && e != cudaErrorNotSupported) return cuda_status(e, "grouped GEMM 1");
-      activated = e == cudaSuccess;
-    }
+    e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
+                     gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream, &fuse, act,
+                     &activated);
+    if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     if (!activated) {
-      e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
-                       gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream);
-      if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
+      if (fp8)
+        e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
+                                             quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
+                                             stream);
+      else
+        e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
+                                       p.gate_up_order, cd, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "activation");
     }
-    if (activated)
-      e = cudaSuccess;
-    else if (fp8)
-      e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
-                                           quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
-                                           stream);
-    else
-      e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
-                                     p.gate_up_order, cd, dev, stream);
-    if (e != cudaSuccess) return cuda_status(e, "activation");
     e = grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
                      max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");

@@ -72,15 +72,22 @@ void dispatch_dtype(moekit_dtype_t d, F&& f) {
   }
 }
 
+// The last e in [0, n) with at(e) <= value, for a nondecreasing at (0 if
+// none): at(e) reads the e-th entry wherever the table lives.
+template <class At>
+__device__ __forceinline__ int last_at_most(At at, int n, int64_t value) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (at(mid) <= value) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
 // The local expert of an expert-ordered row: the last e with offsets[e] <= row
 // (empty experts are skipped). offsets [E + 1] on the device.
 __device__ __forceinline__ int expert_of_row(const int32_t* offsets, int num_experts, int64_t row) {
-  int lo = 0, hi = num_experts - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (__ldg(offsets + mid) <= row) lo = mid; else hi = mid - 1;
-  }
-  return lo;
+  return last_at_most([offsets](int e) { return __ldg(offsets + e); }, num_experts, row);
 }
 
 // Programmatic dependent launch (PDL). A kernel launched with launch_pdl may

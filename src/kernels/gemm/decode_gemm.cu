@@ -115,12 +115,8 @@ struct Unit {
 };
 __device__ __forceinline__ Unit find_unit(const int32_t* first_unit, const int32_t* offs,
                                           int num_experts, int unit) {
-  int lo = 0, hi = num_experts - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (first_unit[mid] <= unit) lo = mid; else hi = mid - 1;
-  }
-  return {lo, offs[lo], (unit - first_unit[lo]) * kTokens, offs[lo + 1] - offs[lo]};
+  const int e = last_at_most([first_unit](int i) { return first_unit[i]; }, num_experts, unit);
+  return {e, offs[e], (unit - first_unit[e]) * kTokens, offs[e + 1] - offs[e]};
 }
 
 // What the consumers do with an item's accumulators. Unfused: store
