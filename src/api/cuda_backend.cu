@@ -264,7 +264,8 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                                   dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
                                   sc.ones ? sc.ones_count : 0};
     cudaError_t e;
-    if (cfg.kernel == kernels::GemmKernel::kDecode) {
+    if (cfg.kernel == kernels::GemmKernel::kDecode || cfg.kernel == kernels::GemmKernel::kFp8Decode) {
+      if (sc.a != nullptr) fuse = nullptr;  // fp8: the activation stage quantizes GEMM 2's input
       if (fuse != nullptr) gp.c = act_out;
       e = kernels::decode_grouped_gemm(gp, max_rows, stream, fuse);
       if (e == cudaSuccess && fuse != nullptr) *activated = true;

@@ -74,14 +74,18 @@ TEST(GemmConfig, OverrideNames) {
   EXPECT_EQ(k, GemmKernel::kDecode);
   EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("tile64x256", &k));
   EXPECT_EQ(k, GemmKernel::kTile64x256);
+  EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("fp8_decode", &k));
+  EXPECT_EQ(k, GemmKernel::kFp8Decode);
   EXPECT_FALSE(moekit::kernels::gemm_kernel_from_name("tile999", &k));
 }
 
 TEST(GemmConfig, Fp8UsesTheBlockScaledFamiliesOnly) {
   const auto fp8 = MOEKIT_DTYPE_FP8_E4M3;
   // deepseek-v3 GEMM 1: E = 256, k = 8, N = 4096, K = 7168.
-  EXPECT_EQ(select_config(gemm(1, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Swap128x16);
-  EXPECT_EQ(select_config(gemm(256, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Swap128x16);
+  EXPECT_EQ(select_config(gemm(1, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Decode);
+  EXPECT_EQ(select_config(gemm(256, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Decode);
+  // More experts than the decode kernel holds: CUTLASS swap-AB.
+  EXPECT_EQ(select_config(gemm(1, 8, 2048, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Swap128x16);
   EXPECT_EQ(select_config(gemm(257, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Pingpong64x128);
   EXPECT_EQ(select_config(gemm(2048, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Pingpong64x128);
   EXPECT_EQ(select_config(gemm(2049, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Tile128x128);

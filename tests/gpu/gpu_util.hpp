@@ -142,6 +142,17 @@ struct DeviceLayer {
   }
 };
 
+// The layer's output with MOEKIT_GEMM=kernel for this one run (output poisoned first).
+inline std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
+  setenv("MOEKIT_GEMM", kernel, 1);
+  EXPECT_EQ(cudaMemset(d.output.data(), 0xFF, d.output.size()), cudaSuccess);
+  const Status s = d.run();
+  unsetenv("MOEKIT_GEMM");
+  EXPECT_TRUE(s.ok()) << kernel << ": " << s.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << kernel;
+  return d.output.download();
+}
+
 // The CPU reference output of l (the CPU backend of the same API).
 inline std::vector<uint8_t> cpu_reference(const ref::HostLayer& l) {
   ref::HostLayer c = l;

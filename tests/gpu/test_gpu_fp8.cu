@@ -104,9 +104,57 @@ TEST(GpuFp8, LayerMatchesTheCpuReferenceOnEveryFamily) {
       const std::string what = std::string(sc.name) + " T=" + std::to_string(sh.T) + " E=" +
                                std::to_string(sh.E) + " H=" + std::to_string(sh.H) + " I=" +
                                std::to_string(sh.I);
-      for (const char* force : {static_cast<const char*>(nullptr), "fp8_swap128x16",
+      for (const char* force : {static_cast<const char*>(nullptr), "fp8_decode", "fp8_swap128x16",
                                 "fp8_tile128x128", "fp8_pingpong64x128", "simple"})
         expect_fp8_gpu_matches(l, what, force);
+    }
+}
+
+// The decode kernel (mma.sync m16n8k32) writes the bytes CUTLASS's wgmma
+// swap-AB kernel writes, for both schemes: partial scale blocks in N and K,
+// biases, fp16 output, an expert with two 16-token passes beside one with a
+// few rows, many experts, and the special values with extreme weight scales.
+// This is what lets select_config pick it by batch size (batch invariance).
+TEST(GpuFp8, DecodeKernelWritesTheBytesOfCutlassSwapAB) {
+  REQUIRE_GPU();
+  if (std::getenv("MOEKIT_GEMM") != nullptr)
+    GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
+  struct Shape { int64_t T, E, k, H, I; bool bias, fp16, skew, special; };
+  const Shape shapes[] = {
+      {1, 8, 2, 256, 128, false, false, false, false},
+      {7, 16, 4, 208, 80, true, false, false, false},   // partial scale blocks in N and K
+      {20, 8, 2, 384, 256, true, true, true, false},    // 30 rows on one expert, 10 on another
+      {5, 130, 8, 128, 64, false, false, false, false}, // many experts, most empty
+      {20, 8, 3, 256, 128, false, false, false, true},  // zero, NaN, Inf, huge, denormal tokens
+  };
+  int seed = 0;
+  for (const Scheme& sc : kSchemes)
+    for (const Shape& sh : shapes) {
+      Problem p = test::fp8_problem(sh.T, sh.E, sh.k, sh.H, sh.I, sc.kind, sc.static_scale);
+      p.has_w13_bias = p.has_w2_bias = sh.bias;
+      if (sh.fp16) p.input_dtype = p.output_dtype = MOEKIT_DTYPE_FP16;
+      p.gate_up_order = static_cast<moekit_gate_up_order_t>(seed++ % 3);
+      ref::HostLayer l = ref::make_random_layer(p, 900 + seed);
+      if (sh.skew)
+        for (size_t i = 0; i < l.topk_ids.size(); ++i) l.topk_ids[i] = i % 4 == 3 ? 5 : 0;
+      if (sh.special) {
+        test::set_special_tokens(l);
+        if (!sc.static_scale) test::set_extreme_weight_scales(l);
+      }
+      const std::string what = std::string(sc.name) + " T=" + std::to_string(sh.T) + " E=" +
+                               std::to_string(sh.E) + " H=" + std::to_string(sh.H) + " I=" +
+                               std::to_string(sh.I);
+      DeviceLayer d(l);
+      std::string plan;
+      MoeLayer::describe_plan(d.args.problem, &plan);
+      ASSERT_NE(plan.find("fp8 block-scaled decode"), std::string::npos) << what << ": " << plan;
+      const std::vector<uint8_t> decode = test::run_forced(d, "fp8_decode");
+      const std::vector<uint8_t> cutlass = test::run_forced(d, "fp8_swap128x16");
+      size_t first = 0;
+      while (first < decode.size() && decode[first] == cutlass[first]) ++first;
+      EXPECT_EQ(first, decode.size()) << what << ": first differing byte " << first << " of "
+                                      << decode.size();
+      EXPECT_TRUE(d.all_canaries_intact()) << what;
     }
 }
 
@@ -209,6 +257,12 @@ TEST(GpuFp8, BatchInvariantRowAtEveryT) {
       MoeLayer::describe_plan(d.args.problem, &plan);
       if (first.empty()) first = row;
       EXPECT_EQ(row, first) << sc.name << " T=" << T << ": " << plan;
+      if (T <= 7) {  // CUTLASS's wgmma swap-AB kernel gives the decode kernel's bits
+        const std::vector<uint8_t> again = test::run_forced(d, "fp8_swap128x16");
+        EXPECT_TRUE(std::equal(again.begin() + pos * H * b, again.begin() + (pos + 1) * H * b,
+                               first.begin()))
+            << sc.name << " T=" << T << " on fp8 swap-AB 128x16";
+      }
     }
   }
 }

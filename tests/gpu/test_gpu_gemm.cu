@@ -180,7 +180,7 @@ void check_fp8_family(kernels::GemmKernel kernel, moekit_dtype_t out_dt, const C
                                      dbias.data(), got.data(), c.n, c.k, out_dt, scratch.data(), sms,
                                      sa, per_tensor ? ones_ptr : sw, stride,
                                      per_tensor ? ones_ptr : nullptr, per_tensor ? nb * kb : 0};
-  CUDA_OK(kernel == kernels::GemmKernel::kDecode
+  CUDA_OK(kernel == kernels::GemmKernel::kFp8Decode
               ? kernels::decode_grouped_gemm(p, c.rows, nullptr)
               : kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
@@ -200,7 +200,8 @@ void check_fp8_family(kernels::GemmKernel kernel, moekit_dtype_t out_dt, const C
 
 const kernels::GemmKernel kFp8Families[] = {kernels::GemmKernel::kFp8Swap128x16,
                                             kernels::GemmKernel::kFp8Tile128x128,
-                                            kernels::GemmKernel::kFp8Pingpong64x128};
+                                            kernels::GemmKernel::kFp8Pingpong64x128,
+                                            kernels::GemmKernel::kFp8Decode};
 
 }  // namespace
 
@@ -233,6 +234,8 @@ TEST(GpuGemm, Fp8FamiliesDeclineSixteenBitOperandsAndTheOtherWayRound) {
   p.w_scale = static_cast<const float*>(buf.data());
   EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kTile128x128, p, nullptr),
             cudaErrorNotSupported);
-  EXPECT_EQ(kernels::decode_grouped_gemm(p, 64, nullptr), cudaErrorNotSupported);
+  // The decode kernel takes both forms, but its fused activation only 16 bits.
+  const kernels::FusedActivation fuse{{MOEKIT_ACT_SWIGLU, 1.0f, 0.0f, 0.0f}, MOEKIT_GATE_UP, 64};
+  EXPECT_EQ(kernels::decode_grouped_gemm(p, 64, nullptr, &fuse), cudaErrorNotSupported);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }

@@ -92,17 +92,6 @@ TEST(GpuLayer, EveryDtypeCombination) {
       }
 }
 
-// The layer's output with MOEKIT_GEMM=kernel for this one run (output poisoned first).
-std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
-  setenv("MOEKIT_GEMM", kernel, 1);
-  EXPECT_EQ(cudaMemset(d.output.data(), 0xFF, d.output.size()), cudaSuccess);
-  const Status s = d.run();
-  unsetenv("MOEKIT_GEMM");
-  EXPECT_TRUE(s.ok()) << kernel << ": " << s.message();
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << kernel;
-  return d.output.download();
-}
-
 // Calls f(problem, name, seed) for every activation kind x gate/up order
 // (orders only for the gated kinds) x with and without biases (SwiGLU with
 // biases also takes gpt-oss's clamps), on a copy of base.
@@ -159,7 +148,7 @@ TEST(GpuLayer, DecodeEpilogueActivationEqualsTheActivationStage) {
       ASSERT_TRUE(s.ok()) << s.message();
       CUDA_OK(cudaDeviceSynchronize());
       const std::vector<uint8_t> fused = d.output.download();
-      const std::vector<uint8_t> staged = run_forced(d, "swap128x16");
+      const std::vector<uint8_t> staged = test::run_forced(d, "swap128x16");
       size_t first = 0;
       while (first < fused.size() && fused[first] == staged[first]) ++first;
       EXPECT_EQ(first, fused.size()) << what << ": first differing byte " << first;
@@ -541,7 +530,7 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
       }
       EXPECT_EQ(row, first) << moekit_dtype_name(dt) << " T=" << T << ": " << plan;
       if (T <= 7) {  // CUTLASS's wgmma swap-AB kernel gives the same bits as mma.sync
-        const std::vector<uint8_t> again = run_forced(d, "swap128x16");
+        const std::vector<uint8_t> again = test::run_forced(d, "swap128x16");
         EXPECT_TRUE(std::equal(again.begin() + pos * H * b, again.begin() + (pos + 1) * H * b,
                                first.begin()))
             << moekit_dtype_name(dt) << " T=" << T << " on swap-AB 128x16";

@@ -16,6 +16,7 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kFp8Swap128x16: return "sm90 fp8 block-scaled swap-AB 128x16x128";
     case GemmKernel::kFp8Tile128x128: return "sm90 fp8 block-scaled 128x128x128";
     case GemmKernel::kFp8Pingpong64x128: return "sm90 fp8 block-scaled 64x128x128 ping-pong";
+    case GemmKernel::kFp8Decode: return "fp8 block-scaled decode TMA + mma.sync swap-AB 64x16x128";
   }
   return "unknown";
 }
@@ -30,7 +31,8 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
       {"decode", GemmKernel::kDecode},
       {"fp8_swap128x16", GemmKernel::kFp8Swap128x16},
       {"fp8_tile128x128", GemmKernel::kFp8Tile128x128},
-      {"fp8_pingpong64x128", GemmKernel::kFp8Pingpong64x128}};
+      {"fp8_pingpong64x128", GemmKernel::kFp8Pingpong64x128},
+      {"fp8_decode", GemmKernel::kFp8Decode}};
   for (const auto& n : kNames)
     if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
   return false;
@@ -38,7 +40,8 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
 
 bool gemm_kernel_runs_fp8(GemmKernel k) {
   return k == GemmKernel::kSimple || k == GemmKernel::kFp8Swap128x16 ||
-         k == GemmKernel::kFp8Tile128x128 || k == GemmKernel::kFp8Pingpong64x128;
+         k == GemmKernel::kFp8Tile128x128 || k == GemmKernel::kFp8Pingpong64x128 ||
+         k == GemmKernel::kFp8Decode;
 }
 bool gemm_kernel_runs_16bit(GemmKernel k) {
   return k == GemmKernel::kSimple || !gemm_kernel_runs_fp8(k);
@@ -53,10 +56,18 @@ GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
   // ping-pong 64x128 beat cooperative 128x128 at 16-32 rows per expert
   // (qwen3 T=256: 223 vs 264 us; deepseek-v3 T=1024: 3187 vs 3751) and lost
   // above 128 (mixtral T=4096: 4299 vs 3533; qwen3 T=4096: 953 vs 909).
+  // The decode kernel on e4m3 replaced swap-AB 128x16 there, as in 16 bits
+  // (measurements in bench/RESULTS.md, 2026-12-02).
+  if (rows_per_expert <= 8 && p.num_experts <= kDecodeMaxExperts)
+    return {GemmKernel::kFp8Decode,
+            "fp8, <= 8 rows per expert: weight streaming, weight rows on the MMA's M side, one "
+            "stage per 128-deep scale block, no per-group set-up, weights prefetched under the "
+            "previous kernel"};
   if (rows_per_expert <= 8)
     return {GemmKernel::kFp8Swap128x16,
-            "fp8, <= 8 rows per expert: swap-AB, weight rows on wgmma's M side, one weight "
-            "scale per 128x128 tile and one activation scale per token column"};
+            "fp8, <= 8 rows per expert, more experts than the decode kernel holds: swap-AB, "
+            "weight rows on wgmma's M side, one weight scale per 128x128 tile and one "
+            "activation scale per token column"};
   if (rows_per_expert <= 64)
     return {GemmKernel::kFp8Pingpong64x128,
             "fp8, 9-64 rows per expert: 64-row tiles, two warpgroups in ping-pong so one's "

@@ -23,11 +23,12 @@ enum class GemmKernel : int {
   kTile128x256 = 3,  // > 64 rows per expert, N >= 1024
   kTile64x256 = 4,   // 9-64 rows per expert, N >= 1024 (ping-pong)
   kDecode = 5,       // TMA + mma.sync weight streaming, no set-up, PDL (decode_gemm.cu)
-  kFp8Swap128x16 = 6,   // fp8 block-scaled, <= 8 rows per expert (decode)
+  kFp8Swap128x16 = 6,   // fp8 block-scaled, <= 8 rows per expert when E > kDecodeMaxExperts
   kFp8Tile128x128 = 7,  // fp8 block-scaled, > 8 rows per expert
   kFp8Pingpong64x128 = 8,  // fp8 block-scaled, ping-pong
+  kFp8Decode = 9,       // the decode kernel on e4m3 operands with block scales
 };
-constexpr int kNumGemmKernels = 9;
+constexpr int kNumGemmKernels = 10;
 
 // The decode kernel keeps every expert's offsets and first work unit in
 // shared memory (8 bytes an expert) beside its 90 KB pipeline, two CTAs an SM.

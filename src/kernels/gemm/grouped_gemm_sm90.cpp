@@ -27,7 +27,8 @@ cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams&
     case GemmKernel::kFp8Tile128x128: return sm90_grouped_gemm_fp8_tile128x128(p, stream);
     case GemmKernel::kFp8Pingpong64x128: return sm90_grouped_gemm_fp8_pingpong64x128(p, stream);
     case GemmKernel::kSimple:
-    case GemmKernel::kDecode: break;  // not a CUTLASS family: decode_grouped_gemm
+    case GemmKernel::kDecode:
+    case GemmKernel::kFp8Decode: break;  // not a CUTLASS family: decode_grouped_gemm
   }
   return cudaErrorNotSupported;
 }

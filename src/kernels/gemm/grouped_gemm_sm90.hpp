@@ -36,10 +36,13 @@ struct FusedActivation {
 
 // The hand-written decode kernel (decode_gemm.cu): TMA-fed mma.sync swap-AB
 // for experts with a few rows, no per-group set-up, launched with
-// programmatic dependent launch. Needs no scratch. rows_capacity: the rows
-// p.a and p.c hold (T*k), the bound of its loads. cudaErrorNotSupported if
-// it cannot take the problem (more than kDecodeMaxExperts experts, N or K
-// not a multiple of 8, fp8, misaligned operands).
+// programmatic dependent launch. Needs no scratch. 16-bit operands, or e4m3
+// with block scales when p.a_scale is set (the fp8_decode family; per-tensor
+// scaling's block of ones is not read). rows_capacity: the rows p.a and p.c
+// hold (T*k), the bound of its loads. cudaErrorNotSupported if it cannot
+// take the problem (more than kDecodeMaxExperts experts, N not a multiple of
+// 8, rows of K not a multiple of 16 bytes, misaligned operands, fuse with
+// e4m3 operands).
 // It reads expert_offsets and the weights before its griddepcontrol.wait, so
 // they must be complete before the previous kernel on the stream starts
 // (the layer's sort runs two or more kernels earlier; see decode_gemm.cu).

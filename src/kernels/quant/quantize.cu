@@ -112,6 +112,8 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     const float* __restrict__ w_scale,                            // [E] per tensor, else unused
     uint8_t* __restrict__ out,                                    // [rows, K] e4m3
     float* __restrict__ scales, int64_t chunk_groups) {
+  pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
+  pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
   const int half = lane / kGroupLanes, sub = lane % kGroupLanes;  // group slot, lane in group
   const int64_t valid = offsets[num_experts];
@@ -205,14 +207,14 @@ cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int6
   // Whole rows get their own instance: the chunk arithmetic cost the prefill
   // gather 50% (qwen3 T = 4096: 91 -> 144 us on an H200).
   auto go = [&](auto split_tag, auto tensor_tag) {
-    quantize_rows_kernel<T, Source, decltype(split_tag)::value, decltype(tensor_tag)::value>
-        <<<grid, kThreads, 0, stream>>>(src, q.expert_offsets, q.num_experts, k, q.static_scale,
-                                        q.w_scale, q.out, q.scales, chunk_groups);
+    return launch_pdl(
+        quantize_rows_kernel<T, Source, decltype(split_tag)::value, decltype(tensor_tag)::value>,
+        dim3(grid), dim3(kThreads), 0, stream, src, q.expert_offsets, q.num_experts, k,
+        q.static_scale, q.w_scale, q.out, q.scales, chunk_groups);
   };
-  if (q.kind == MOEKIT_QUANT_FP8_TENSOR) go(std::false_type{}, std::true_type{});
-  else if (split) go(std::true_type{}, std::false_type{});
-  else go(std::false_type{}, std::false_type{});
-  return cudaGetLastError();
+  if (q.kind == MOEKIT_QUANT_FP8_TENSOR) return go(std::false_type{}, std::true_type{});
+  if (split) return go(std::true_type{}, std::false_type{});
+  return go(std::false_type{}, std::false_type{});
 }
 
 }  // namespace
