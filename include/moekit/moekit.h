@@ -290,7 +290,7 @@ MOEKIT_API moekit_status_t moekit_can_implement(const moekit_arguments_t* args);
  * weight dtype's size and N1 = 2I (gated) or I, the size is at most
  *   P * (b * (H + N1 + I) + 28) + [router] P * 8 + sort scratch (cub::DeviceRadixSort temp storage for P pairs)
  *   + E_local * 144 + (GEMM descriptors: about 1 KiB per SM) + 256 per buffer
- *   + with fp8 weights: P * 4 * (ceil(H / 128) + ceil(I / 128)) (activation scales; b is then
+ *   + with fp8 weights: P * 4 * ceil(max(H, I) / 128) (activation scales; b is then
  *     the input dtype's size) and, per tensor, 4 * ceil(max(N1, I) / 128) * ceil(max(H, I) / 128),
  * which is bounded at every T: e.g. 1.8 GB for H = 7168, I = 2048, k = 8 in bf16.
  * The CPU backend needs one such workspace for all T tokens. */

@@ -51,8 +51,7 @@ struct CudaLayout {
   size_t rows;               // [T*k, H]  gathered input; later GEMM 2's output
   size_t gemm1;              // [T*k, N1]
   size_t act;                // [T*k, I]
-  size_t scales;             // fp8: GEMM 1's input scales, [T*k, ceil(H/128)]
-  size_t act_scales;         // fp8: GEMM 2's input scales, [T*k, ceil(I/128)]
+  size_t scales;             // fp8: activation scales of one GEMM's input, [T*k, ceil(max(H, I)/128)]
   size_t ones;               // fp8 per tensor: the weight-scale block of ones
   size_t gemm_scratch;       // per-group GEMM arguments and CUTLASS workspace
   size_t gemm_scratch_bytes;
@@ -94,10 +93,7 @@ Status make_layout(const Problem& p, const kernels::DeviceInfo& dev, CudaLayout*
   l->gemm1 = take(pairs * gemm1_columns(p) * cb);
   l->act = take(pairs * p.intermediate_size * cb);
   const bool quant = p.quant.kind != MOEKIT_QUANT_NONE;
-  // Two scale buffers: the decode GEMM 1 writes GEMM 2's scales while
-  // other CTAs still read its own.
-  l->scales = take(quant ? pairs * fp8_blocks(p.hidden_size) * 4 : 0);
-  l->act_scales = take(quant ? pairs * fp8_blocks(p.intermediate_size) * 4 : 0);
+  l->scales = take(quant ? pairs * fp8_blocks(std::max(p.hidden_size, p.intermediate_size)) * 4 : 0);
   l->ones = take(p.quant.kind == MOEKIT_QUANT_FP8_TENSOR ? ones_count(p) * 4 : 0);
   l->gemm_scratch_bytes = kernels::grouped_gemm_scratch_bytes(p.num_local_experts, dev.sm_count);
   l->gemm_scratch = take(l->gemm_scratch_bytes);
@@ -269,6 +265,7 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                                   sc.ones ? sc.ones_count : 0};
     cudaError_t e;
     if (cfg.kernel == kernels::GemmKernel::kDecode || cfg.kernel == kernels::GemmKernel::kFp8Decode) {
+      if (sc.a != nullptr) fuse = nullptr;  // fp8: the activation stage quantizes GEMM 2's input
       if (fuse != nullptr) gp.c = act_out;
       e = kernels::decode_grouped_gemm(gp, max_rows, stream, fuse);
       if (e == cudaSuccess && fuse != nullptr) *activated = true;
@@ -332,16 +329,15 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
   const bool fp8 = p.quant.kind != MOEKIT_QUANT_NONE;
   const bool per_tensor = p.quant.kind == MOEKIT_QUANT_FP8_TENSOR;
   auto* scales = static_cast<float*>(at(l.scales));
-  auto* act_scales = static_cast<float*>(at(l.act_scales));
   auto* ones = static_cast<float*>(at(l.ones));
   // fp8: each GEMM's block scales (the activation scales its input stage writes).
-  auto gemm_scales = [&](float* a_scales, const float* w_scale, int64_t n, int64_t k) {
+  auto gemm_scales = [&](const float* w_scale, int64_t n, int64_t k) {
     if (!fp8) return GemmScales{};
-    if (per_tensor) return GemmScales{a_scales, ones, 0, ones, ones_count(p)};
-    return GemmScales{a_scales, w_scale, fp8_blocks(n) * fp8_blocks(k), nullptr, 0};
+    if (per_tensor) return GemmScales{scales, ones, 0, ones, ones_count(p)};
+    return GemmScales{scales, w_scale, fp8_blocks(n) * fp8_blocks(k), nullptr, 0};
   };
-  const GemmScales sc1 = gemm_scales(scales, a.w13_scale, n1, p.hidden_size);
-  const GemmScales sc2 = gemm_scales(act_scales, a.w2_scale, p.hidden_size, p.intermediate_size);
+  const GemmScales sc1 = gemm_scales(a.w13_scale, n1, p.hidden_size);
+  const GemmScales sc2 = gemm_scales(a.w2_scale, p.hidden_size, p.intermediate_size);
   void* rows = at(l.rows);    // [chunk*k, H]
   void* gemm1 = at(l.gemm1);  // [chunk*k, N1]
   void* act = at(l.act);      // [chunk*k, I]
@@ -376,10 +372,10 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     if (e != cudaSuccess) return cuda_status(e, "sort");
     // fp8: GEMM 1's input rows are quantized as they are gathered, GEMM 2's
     // as the activation produces them (same buffers, one byte per value).
-    auto quant_rows = [&](const float* static_scale, const float* w_scale, void* out, float* out_scales) {
+    auto quant_rows = [&](const float* static_scale, const float* w_scale, void* out) {
       return kernels::QuantRows{sb.expert_offsets, static_cast<int>(p.num_local_experts),
                                 p.quant.kind, static_scale, w_scale, static_cast<uint8_t*>(out),
-                                out_scales};
+                                scales};
     };
     // Router weights on the input scale the gathered rows; finalize then sums
     // the expert outputs unweighted (a null weight pointer).
@@ -387,7 +383,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     const float* output_weights = p.apply_router_weight_on_input ? nullptr : topk_weights;
     if (fp8)
       e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
-                                        p.hidden_size, quant_rows(a.a13_scale, a.w13_scale, rows, scales),
+                                        p.hidden_size, quant_rows(a.a13_scale, a.w13_scale, rows),
                                         max_rows, dev, stream);
     else
       e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
@@ -395,23 +391,17 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     if (e != cudaSuccess) return cuda_status(e, "permute");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
     // The decode kernel runs the activation in its epilogue and writes act
-    // directly (one launch and GEMM 1's [rows, N1] round trip fewer); with
-    // fp8 block scaling it also quantizes it for GEMM 2. Per-tensor scaling
-    // is not fused: its dynamic scale needs a whole row's amax.
-    kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
-    if (fp8) {
-      fuse.q_out = static_cast<uint8_t*>(act);
-      fuse.q_scales = act_scales;
-    }
+    // directly (one launch and GEMM 1's [rows, N1] round trip fewer).
+    const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
     bool activated = false;
     e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
-                     gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
-                     per_tensor ? nullptr : &fuse, act, &activated);
+                     gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream, &fuse, act,
+                     &activated);
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     if (!activated) {
       if (fp8)
         e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
-                                             quant_rows(a.a2_scale, a.w2_scale, act, act_scales), max_rows, dev,
+                                             quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
                                              stream);
       else
         e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,

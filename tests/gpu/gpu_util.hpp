@@ -11,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include "common/activation_math.hpp"
 #include "moekit/moekit.hpp"
 #include "reference/dtype.hpp"
 #include "reference/oracle.hpp"
@@ -152,26 +151,6 @@ inline std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
   EXPECT_TRUE(s.ok()) << kernel << ": " << s.message();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << kernel;
   return d.output.download();
-}
-
-// Calls f(problem, name, seed) for every activation kind x gate/up order
-// (orders only for the gated kinds) x with and without biases (SwiGLU with
-// biases also takes gpt-oss's clamps), on a copy of base.
-template <class F>
-void for_each_activation(const Problem& base, F&& f) {
-  for (int act = MOEKIT_ACT_SWIGLU; act <= MOEKIT_ACT_IDENTITY; ++act)
-    for (int order = 0; order < 3; ++order)
-      for (int bias = 0; bias < 2; ++bias) {
-        if (order > 0 && !activation_is_gated(static_cast<moekit_activation_t>(act))) continue;
-        Problem p = base;
-        p.activation = static_cast<moekit_activation_t>(act);
-        p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
-        p.has_w13_bias = p.has_w2_bias = bias;
-        if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
-        f(p, std::string(moekit_activation_name(p.activation)) + " order " + std::to_string(order) +
-                 " bias " + std::to_string(bias) + " T=" + std::to_string(p.num_tokens),
-          static_cast<uint64_t>(act * 10 + order));
-      }
 }
 
 // The CPU reference output of l (the CPU backend of the same API).

@@ -158,38 +158,6 @@ TEST(GpuFp8, DecodeKernelWritesTheBytesOfCutlassSwapAB) {
     }
 }
 
-// With block scaling the decode kernel's GEMM 1 epilogue applies the
-// activation and quantizes it for GEMM 2 (one scale per token and 128
-// columns): the same e4m3 bytes and scales as GEMM 1 followed by the
-// activation-quantize stage, so the layer output is bitwise that of CUTLASS
-// swap-AB plus the stage. Every kind, gate/up order and bias; I = 80 (one
-// partial group) and 272 (two whole groups and a partial one, partial 32-row
-// slices); at T = 20 an expert with two 16-token passes.
-TEST(GpuFp8, DecodeEpilogueQuantizationEqualsTheActivationStage) {
-  REQUIRE_GPU();
-  if (std::getenv("MOEKIT_GEMM") != nullptr)
-    GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
-  for (int64_t I : {80, 272})
-    for (int64_t T : {1, 20})
-      test::for_each_activation(
-          test::fp8_problem(T, 8, 2, 256, I, MOEKIT_QUANT_FP8_BLOCK, false),
-          [&](const Problem& p, const std::string& what, uint64_t seed) {
-            ref::HostLayer l = ref::make_random_layer(p, 300 + seed + I);
-            if (T == 20)
-              for (size_t i = 0; i < l.topk_ids.size(); ++i) l.topk_ids[i] = i % 4 == 3 ? 5 : 0;
-            DeviceLayer d(l);
-            const std::vector<uint8_t> fused = test::run_forced(d, "fp8_decode");
-            const std::vector<uint8_t> staged = test::run_forced(d, "fp8_swap128x16");
-            size_t first = 0;
-            while (first < fused.size() && fused[first] == staged[first]) ++first;
-            EXPECT_EQ(first, fused.size()) << what << " I=" << I << ": first differing byte " << first;
-            EXPECT_TRUE(test::rows_match(fused, test::cpu_reference(l), T, p.hidden_size, p.output_dtype,
-                                         kRowGpuVsCpu))
-                << what << " I=" << I;
-            EXPECT_TRUE(d.all_canaries_intact()) << what;
-          });
-}
-
 TEST(GpuFp8, SpecialValuesStayFiniteAndInTheirRows) {
   REQUIRE_GPU();
   for (const Scheme& sc : kSchemes) {

@@ -92,13 +92,33 @@ TEST(GpuLayer, EveryDtypeCombination) {
       }
 }
 
+// Calls f(problem, name, seed) for every activation kind x gate/up order
+// (orders only for the gated kinds) x with and without biases (SwiGLU with
+// biases also takes gpt-oss's clamps), on a copy of base.
+template <class F>
+void for_each_activation(const Problem& base, F&& f) {
+  for (int act = MOEKIT_ACT_SWIGLU; act <= MOEKIT_ACT_IDENTITY; ++act)
+    for (int order = 0; order < 3; ++order)
+      for (int bias = 0; bias < 2; ++bias) {
+        if (order > 0 && !activation_is_gated(static_cast<moekit_activation_t>(act))) continue;
+        Problem p = base;
+        p.activation = static_cast<moekit_activation_t>(act);
+        p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
+        p.has_w13_bias = p.has_w2_bias = bias;
+        if (act == MOEKIT_ACT_SWIGLU && bias) { p.swiglu_alpha = 1.702f; p.swiglu_beta = 1.0f; p.swiglu_limit = 0.5f; }
+        f(p, std::string(moekit_activation_name(p.activation)) + " order " + std::to_string(order) +
+                 " bias " + std::to_string(bias) + " T=" + std::to_string(p.num_tokens),
+          static_cast<uint64_t>(act * 10 + order));
+      }
+}
+
 TEST(GpuLayer, EveryActivationOrderAndBias) {
   REQUIRE_GPU();
   // T = 29: 11 rows per expert (tiles, activation stage); T = 9: 3.4 (the
   // decode kernel, activation in its epilogue). I = 48 leaves a partial 32-
   // and 64-column slice.
   for (int64_t T : {29, 9})
-    test::for_each_activation(problem(T, 8, 3, 64, 48), [](const Problem& p, const std::string& what,
+    for_each_activation(problem(T, 8, 3, 64, 48), [](const Problem& p, const std::string& what,
                                                      uint64_t seed) {
       expect_gpu_matches(ref::make_random_layer(p, seed), what);
     });
@@ -114,7 +134,7 @@ TEST(GpuLayer, DecodeEpilogueActivationEqualsTheActivationStage) {
   if (std::getenv("MOEKIT_GEMM") != nullptr)
     GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
   for (int64_t T : {1, 20})
-    test::for_each_activation(problem(T, 8, 2, 128, 80), [](const Problem& p, const std::string& what,
+    for_each_activation(problem(T, 8, 2, 128, 80), [](const Problem& p, const std::string& what,
                                                       uint64_t seed) {
       const int64_t T = p.num_tokens;
       ref::HostLayer l = ref::make_random_layer(p, 100 + seed);

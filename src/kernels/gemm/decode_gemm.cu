@@ -54,10 +54,8 @@
 #include "cutlass/arch/barrier.h"
 
 #include "common/activation_math.hpp"
-#include "common/fp8_math.hpp"
 #include "kernels/common.cuh"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
-#include "kernels/quant/fp8_device.cuh"
 
 namespace moekit::kernels {
 
@@ -85,12 +83,10 @@ constexpr uint64_t kWeightHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90:
 constexpr uint64_t kTokenHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_LAST);
 
 // Shared memory after the stages: the barriers, then expert_offsets and each
-// expert's first work unit (both [E + 1]), then with the fp8 quantization
-// the activation of one 128-column group of 16 tokens.
-size_t smem_bytes(int num_experts, bool quant) {
+// expert's first work unit (both [E + 1]).
+size_t smem_bytes(int num_experts) {
   return kSwizzleAlign + static_cast<size_t>(kStages) * kStageBytes + 2 * kStages * sizeof(uint64_t) +
-         2 * (static_cast<size_t>(num_experts) + 1) * sizeof(int32_t) +
-         (quant ? kTokens * kFp8Block * sizeof(float) : 0);
+         2 * (static_cast<size_t>(num_experts) + 1) * sizeof(int32_t);
 }
 
 using Barrier = cutlass::arch::ClusterTransactionBarrier;
@@ -202,12 +198,6 @@ struct Epilogue {
   ActivationParams act;
   moekit_gate_up_order_t order;
   int inter;
-  // fp8 block scaling (e4m3 operands only): the activation quantized for
-  // GEMM 2 as the activation-quantize stage does, one scale per token and 128
-  // columns: an item is then the slices of one 128-column group, staged whole.
-  int quant;
-  uint8_t* q_out;    // [rows, inter] e4m3
-  float* q_scales;   // QuantRows' layout, ceil(inter / 128) groups
 };
 constexpr int kGatedCols = kSliceRows / 2;
 
@@ -236,9 +226,6 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ alignas(16) uint16_t staged_raw[kTokens * kSliceRows];  // fused: [16 tokens, 64 rows]
   T* staged = reinterpret_cast<T*>(staged_raw);
-  // fp8 fused: the activation of one 128-column group, [16 tokens, 128]
-  // (after the pipeline, the offsets and first units; none otherwise).
-  float* act_stage = reinterpret_cast<float*>(first_unit + num_experts + 1);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
@@ -270,40 +257,33 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     __syncthreads();  // scan_storage is reused by the next chunk
   }
   const bool gated = ep.fused && activation_is_gated(ep.act.kind);
-  const int slice_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns of a slice
-  // An item is `subs` consecutive slices of one unit: 1, or with the fp8
-  // quantization the slices of one 128-column scale group (4 gated, 2 not).
-  const int subs = ep.quant ? kFp8Block / slice_cols : 1;
-  const int item_cols = subs * slice_cols;
-  const int groups = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kSliceRows - 1) / kSliceRows;
+  const int item_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns an item writes
+  const int slices = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kSliceRows - 1) / kSliceRows;
   // First weight coordinate of a slice: a row of w (3-D map) or of each half (4-D map).
   const int slice_step = ep.split_halves ? kGatedCols : kSliceRows;
-  const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * groups;
+  const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * slices;
   const int k_stages = (k + kStageK<Op> - 1) / kStageK<Op>;
 
   if (warp == kConsumerWarps) {
-    // Producer: one thread walks the same (item, slice, k-stage) sequence as
-    // the consumers, kStages ahead.
+    // Producer: one thread walks the same (item, k-stage) sequence as the
+    // consumers, kStages ahead.
     if (lane == 0) {
       struct Cursor {
         int64_t item;
-        int sub, kb;
+        int kb;
         Unit u;
         int row0;
       };
       auto at_item = [&](int64_t item) {
-        Cursor cur{item, 0, 0, {}, 0};
+        Cursor cur{item, 0, {}, 0};
         if (item < items) {
-          cur.u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / groups));
-          cur.row0 = static_cast<int>(item % groups) * subs * slice_step;
+          cur.u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
+          cur.row0 = static_cast<int>(item % slices) * slice_step;
         }
         return cur;
       };
       auto advance = [&](Cursor& cur) {
-        if (++cur.kb < k_stages) return;
-        cur.kb = 0;
-        cur.row0 += slice_step;
-        if (++cur.sub == subs) cur = at_item(cur.item + gridDim.x);
+        if (++cur.kb == k_stages) cur = at_item(cur.item + gridDim.x);
       };
       auto load_weights = [&](int slot, const Cursor& cur) {
         Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
@@ -346,23 +326,16 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     int slot = 0;
     uint32_t phase = 0;
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-      const Unit u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / groups));
-      const int group = static_cast<int>(item % groups);
-      const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
-      for (int sub = 0; sub < subs; ++sub) {
-      const int slice = group * subs + sub;
+      const Unit u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
+      const int slice = static_cast<int>(item % slices);
       const int row0 = slice * kSliceRows + warp * kRowsPerWarp;  // unfused: D columns
-      // The first of this warp's 16 weight rows (the fused gated form takes
-      // warps 0-1 from the gate half, 2-3 from the up half).
-      const int w_row0 = ep.split_halves ? (warp / 2) * ep.inter + slice * kGatedCols + (warp % 2) * kRowsPerWarp
-                                         : row0;
       const bool two_blocks = u.rows - u.token0 > 8;  // warp-uniform: tokens 8-15 exist
       float acc[2][4] = {};
       // e4m3: this thread's scales of a block: its weight rows' (one 128-row
       // block: the warp's 16 rows start at a multiple of 16) and its 4 tokens'.
       const float* sa_e = kIsFp8<Op> ? sc.a + static_cast<int64_t>(u.begin) * k_stages : nullptr;
       const float* sw_e = kIsFp8<Op> && sc.w != nullptr
-                              ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_row0 / 128) * k_stages
+                              ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(row0 / 128) * k_stages
                               : nullptr;
       for (int kb = 0; kb < k_stages; ++kb) {
         float scale[2][2];
@@ -404,6 +377,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
       }
       // D^T fragment of block j: acc[j][0..1] at weight row g of this warp's
       // 16, tokens token0 + 8j + 2q, +1; acc[j][2..3] at weight row g + 8.
+      const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
       if (!ep.fused) {
 #pragma unroll
         for (int j = 0; j < 2; ++j)
@@ -432,53 +406,23 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
         }
       consumer_barrier();
       {
-        const int per = slice_cols / 8;  // columns a thread computes: 4 gated, 8 otherwise
+        const int per = item_cols / 8;  // columns a thread computes: 4 gated, 8 otherwise
         const int t = threadIdx.x / 8, j0 = (threadIdx.x % 8) * per;
-        const T* row = staged + t * kSliceRows;
-        for (int jj = 0; jj < per; ++jj) {
-          const int j = j0 + jj, col = slice * slice_cols + j;  // activation column
-          float v = 0.0f;  // past I: no column (a quantization group's tail reads 0)
-          if (col < ep.inter)
-            v = to_float(from_float<T>(
+        if (u.token0 + t < u.rows) {
+          const T* row = staged + t * kSliceRows;
+          T* out = c + static_cast<int64_t>(u.begin + u.token0 + t) * ep.inter + slice * item_cols;
+          for (int jj = 0; jj < per; ++jj) {
+            const int j = j0 + jj;
+            if (slice * item_cols + j >= ep.inter) break;
+            const float v =
                 gated ? apply_gated_activation(ep.act, to_float(row[gate_column(ep.order, j, kGatedCols)]),
                                                to_float(row[up_column(ep.order, j, kGatedCols)]))
-                      : apply_activation(ep.act.kind, to_float(row[j]))));
-          if (ep.quant)
-            act_stage[t * kFp8Block + sub * slice_cols + j] = v;
-          else if (col < ep.inter && u.token0 + t < u.rows)
-            c[static_cast<int64_t>(u.begin + u.token0 + t) * ep.inter + col] = from_float<T>(v);
+                      : apply_activation(ep.act.kind, to_float(row[j]));
+            out[j] = from_float<T>(v);
+          }
         }
       }
-      consumer_barrier();  // the staged tile is rewritten by the next slice
-      }  // sub
-      if (ep.quant) {
-        // The group's 128 activation columns of 16 tokens are staged: quantize
-        // them as the activation stage does (one scale per token and group),
-        // 16 columns a thread, a token's 8 threads adjacent lanes.
-        const int t = threadIdx.x / 8, c0 = (threadIdx.x % 8) * 16;
-        float v[2][8];
-        float amax = 0.0f;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            v[h][i] = act_stage[t * kFp8Block + c0 + 8 * h + i];
-            amax = fmaxf(amax, fp8_magnitude(v[h][i]));
-          }
-#pragma unroll
-        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float s = fp8_scale_of(amax), inv = fp8_inverse(s);
-        const int col = group * kFp8Block + c0, row = u.token0 + t;
-        if (row < u.rows) {
-          if (col < ep.inter) {
-            const uint2 lo = quantize8(v[0], s, inv), hi = quantize8(v[1], s, inv);
-            *reinterpret_cast<uint4*>(ep.q_out + static_cast<int64_t>(u.begin + row) * ep.inter + col) =
-                make_uint4(lo.x, lo.y, hi.x, hi.y);
-          }
-          if (c0 == 0) ep.q_scales[static_cast<int64_t>(u.begin) * groups + static_cast<int64_t>(group) * u.rows + row] = s;
-        }
-        consumer_barrier();  // act_stage is rewritten by the next item
-      }
+      consumer_barrier();  // the staged tile is rewritten by the next item
     }
   }
   pdl_launch_dependents();
@@ -529,16 +473,15 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
     return cudaErrorNotSupported;
   if (reinterpret_cast<uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<uintptr_t>(p.w) % 16 != 0)
     return cudaErrorNotSupported;
+  // The activation's fp8 quantization needs whole 128-column groups; the
+  // fused epilogue is for 16-bit layers.
+  if (fp8 && fuse != nullptr) return cudaErrorNotSupported;
   Epilogue ep{};
   if (fuse != nullptr) {
     const bool gated = activation_is_gated(fuse->params.kind);
     if (p.n != (gated ? 2 : 1) * fuse->inter) return cudaErrorNotSupported;
-    // e4m3 operands: the epilogue must quantize for GEMM 2 (block scaling:
-    // whole 128-column groups of 16-byte rows).
-    if (fp8 != (fuse->q_out != nullptr) || (fp8 && (fuse->q_scales == nullptr || fuse->inter % 16 != 0)))
-      return cudaErrorNotSupported;
     ep = {1, gated && fuse->order != MOEKIT_INTERLEAVED, fuse->params, fuse->order,
-          static_cast<int>(fuse->inter), fp8 ? 1 : 0, fuse->q_out, fuse->q_scales};
+          static_cast<int>(fuse->inter)};
   }
   const CUtensorMapDataType type = fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8
                                    : p.dtype == MOEKIT_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
@@ -576,10 +519,10 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
     // largest expert count, so one setting serves every call).
     static const cudaError_t opt_in = cudaFuncSetAttribute(
         decode_gemm_kernel<T, Op>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(smem_bytes(kDecodeMaxExperts, kIsFp8<Op>)));
+        static_cast<int>(smem_bytes(kDecodeMaxExperts)));
     if (opt_in != cudaSuccess) return opt_in;
     return launch_pdl(decode_gemm_kernel<T, Op>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
-                      smem_bytes(p.num_experts, ep.quant != 0), stream, w_map, a_map, p.expert_offsets,
+                      smem_bytes(p.num_experts), stream, w_map, a_map, p.expert_offsets,
                       p.num_experts, static_cast<const T*>(p.bias), static_cast<T*>(p.c),
                       static_cast<int>(p.n), static_cast<int>(p.k), ep, sc);
   };

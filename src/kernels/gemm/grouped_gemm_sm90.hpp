@@ -32,11 +32,6 @@ struct FusedActivation {
   ActivationParams params;
   moekit_gate_up_order_t order;
   int64_t inter;  // I; p.n must be 2I for the gated kinds, I otherwise
-  // e4m3 operands (fp8 block scaling): the activation is quantized for GEMM 2
-  // as launch_activation_quant does; the kernel writes its e4m3 rows here
-  // (instead of p.c) and its scales in QuantRows' layout. Null otherwise.
-  uint8_t* q_out = nullptr;
-  float* q_scales = nullptr;
 };
 
 // The hand-written decode kernel (decode_gemm.cu): TMA-fed mma.sync swap-AB
