@@ -90,6 +90,7 @@ TEST(GpuFp8, LayerMatchesTheCpuReferenceOnEveryFamily) {
       {7, 16, 4, 208, 80},     // partial scale blocks in N and K
       {300, 8, 2, 512, 256},   // 75 rows per expert: 128x128 tiles
       {64, 130, 8, 128, 64},   // many experts, many empty
+      {40, 1100, 4, 128, 64},  // more experts than the quantizing stages cache
   };
   int seed = 1;
   for (const Scheme& sc : kSchemes)

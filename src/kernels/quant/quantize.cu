@@ -30,13 +30,15 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kLaneCols = 8;                          // columns per lane: one 16-byte load
 constexpr int kGroupLanes = kFp8Block / kLaneCols;    // 16 lanes per 128-column group
-// Block scaling splits rows into chunks of 8 groups while there are too few
-// rows to give every warp slot of the GPU a few (decode: mixtral T = 1 went
-// from 227 to 123 us on an H200); with many rows a warp takes a whole row
-// (chunks then cost a re-done expert search each: deepseek-v3 T = 4096's
-// gather went from 289 to 584 us).
-constexpr int64_t kChunkGroups = 8;
+// Block scaling splits rows into chunks of one warp step (two groups per
+// step, Source::kSteps steps: the gather's 8, the activation's 2) while there
+// are too few rows to give every warp slot of the GPU a few (decode: mixtral
+// T = 1 went from 227 to 123 us on an H200 with chunks of 8); with many rows
+// a warp takes a whole row (chunks then cost a re-done expert search each:
+// deepseek-v3 T = 4096's gather went from 289 to 584 us).
 constexpr int64_t kWholeRowsFrom = 8 * kWarps;  // rows per SM
+// Expert offsets cached in shared memory up to this many experts (4 KB).
+constexpr int kCachedExperts = 1024;
 
 // Row values of GEMM 1's input: the token's hidden row (already the compute
 // dtype), or with router weights on the input its product with the pair's
@@ -116,7 +118,17 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
   pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
   const int half = lane / kGroupLanes, sub = lane % kGroupLanes;  // group slot, lane in group
-  const int64_t valid = offsets[num_experts];
+  // The expert offsets in shared memory when they fit: a row's expert is
+  // then one search without dependent global loads (at decode that chain,
+  // one load per halving of E, was most of the stage's time).
+  __shared__ int32_t cached_offsets[kCachedExperts + 1];
+  const bool cached = num_experts <= kCachedExperts;
+  if (cached) {
+    for (int e = threadIdx.x; e <= num_experts; e += kThreads) cached_offsets[e] = __ldg(offsets + e);
+    __syncthreads();
+  }
+  auto offset = [&](int e) { return cached ? cached_offsets[e] : __ldg(offsets + e); };
+  const int64_t valid = offset(num_experts);
   const int64_t groups = fp8_blocks(k);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   // Work items: a whole row (per tensor: one amax over the row), or for block
@@ -128,8 +140,8 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
        item < valid * chunks; item += warps) {
     const int64_t row = kSplit ? item / chunks : item;
     const int64_t chunk = kSplit ? item - row * chunks : 0;
-    const int e = expert_of_row(offsets, num_experts, row);
-    const int64_t first = __ldg(offsets + e), rows_e = __ldg(offsets + e + 1) - first;
+    const int e = last_at_most(offset, num_experts, row);
+    const int64_t first = offset(e), rows_e = offset(e + 1) - first;
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
     const typename Source::Row in = src.row(row, k);
     uint8_t* dst = out + row * k;
@@ -201,7 +213,7 @@ cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int6
                    const DeviceInfo& dev, cudaStream_t stream) {
   const int64_t groups = fp8_blocks(k);
   const bool split = q.kind == MOEKIT_QUANT_FP8_BLOCK && max_rows < kWholeRowsFrom * dev.sm_count;
-  const int64_t chunk_groups = split ? kChunkGroups : groups;
+  const int64_t chunk_groups = split ? 2 * Source::kSteps : groups;
   const int64_t items = max_rows * ((groups + chunk_groups - 1) / chunk_groups);
   const unsigned grid = grid_for((items + kWarps - 1) / kWarps, dev.sm_count, 16);
   // Whole rows get their own instance: the chunk arithmetic cost the prefill
