@@ -16,7 +16,7 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kFp8Swap128x16: return "sm90 fp8 block-scaled swap-AB 128x16x128";
     case GemmKernel::kFp8Tile128x128: return "sm90 fp8 block-scaled 128x128x128";
     case GemmKernel::kFp8Pingpong64x128: return "sm90 fp8 block-scaled 64x128x128 ping-pong";
-    case GemmKernel::kFp8Decode: return "fp8 block-scaled decode TMA + mma.sync swap-AB 64x16x128";
+    case GemmKernel::kFp8Decode: return "fp8 block-scaled decode TMA + wgmma swap-AB 64x16x128";
   }
   return "unknown";
 }
