@@ -220,10 +220,24 @@ int cmd_models() {
   return 0;
 }
 
+// The random layer of a point, and for fp8 the bf16 layer it was quantized
+// from (its weights give the error against the unquantized layer).
+struct PointLayer {
+  moekit::ref::HostLayer dense, layer;
+  bool made = false;
+};
+
 // One layer at T = tokens: set up, run, check against the oracle, time.
 // Prints the `run` report when verbose; fills row with the same facts.
 // Returns the exit code (0 PASS, 1 FAIL, 2 bad argument, 3 too big).
-int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* row) {
+// shared (bench): one layer made for made_tokens >= tokens on the first call
+// and reused by later ones through its first `tokens` tokens. The random
+// inputs are prefix-consistent (fill_random draws value i from its block's
+// own stream; routing is per token), so a point sees the same layer as when
+// made for its own T, and the weights are generated once per sweep (22 GB for
+// deepseek-v3 in bf16) instead of once per T.
+int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* row,
+              PointLayer* shared = nullptr, int64_t made_tokens = 0) {
   const ModelShape* m = moekit::cli::find_model(o.model);
   if (m == nullptr) {
     std::string names;
@@ -269,14 +283,31 @@ int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* ro
     return kExitUsage;
   }
 
-  // Refuse shapes that do not fit before allocating anything.
+  PointLayer own;
+  PointLayer& pl = shared != nullptr ? *shared : own;
+  // The T the layer is made for, and its workspace (what must fit).
+  const int64_t make_tokens = shared != nullptr ? std::max(made_tokens, tokens) : tokens;
+  size_t make_ws_bytes = ws_bytes;
+  if (make_tokens != tokens) {
+    moekit_problem_t mp = p;
+    mp.num_tokens = make_tokens;
+    if (moekit::Status s = moekit::MoeLayer::workspace_size(mp, &make_ws_bytes); !s) {
+      std::fprintf(stderr, "moekit: %s\n", s.message().c_str());
+      return kExitUsage;
+    }
+  }
+
+  // Refuse shapes that do not fit before allocating anything (checked when
+  // the layer is made; a reused one already fits).
   const double wbytes = static_cast<double>(moekit::ref::weight_bytes(p));
   const double io_bytes = static_cast<double>(p.num_tokens) * p.hidden_size *
                           (moekit::ref::dtype_size(p.input_dtype) + moekit::ref::dtype_size(p.output_dtype));
-  const double logit_bytes = 4.0 * p.num_tokens * p.num_experts;
+  const double make_io_bytes = io_bytes / std::max<double>(1.0, static_cast<double>(p.num_tokens)) *
+                               static_cast<double>(make_tokens);
+  const double logit_bytes = 4.0 * make_tokens * p.num_experts;
   // fp8 layers are made from a bf16 copy (twice the fp8 bytes), kept for the error report.
   const double dense_bytes = p.quant.kind != MOEKIT_QUANT_NONE ? 2.0 * wbytes : 0.0;
-  const double host_need = wbytes + dense_bytes + io_bytes + (cuda ? 0.0 : ws_bytes) + logit_bytes;
+  const double host_need = wbytes + dense_bytes + make_io_bytes + (cuda ? 0.0 : make_ws_bytes) + logit_bytes;
   const double host_have = host_available_bytes();
   double dev_have = 1e18;
   if (cuda) {
@@ -284,15 +315,15 @@ int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* ro
     CLI_CUDA(cudaMemGetInfo(&free_b, &total_b));
     dev_have = static_cast<double>(free_b);
   }
-  const double dev_need = cuda ? wbytes + io_bytes + ws_bytes + logit_bytes : 0.0;
-  if (host_need > 0.9 * host_have || dev_need > 0.95 * dev_have) {
+  const double dev_need = cuda ? wbytes + make_io_bytes + make_ws_bytes + logit_bytes : 0.0;
+  if (!pl.made && (host_need > 0.9 * host_have || dev_need > 0.95 * dev_have)) {
     const bool host_short = host_need > 0.9 * host_have;
     std::fprintf(stderr,
                  "moekit: %s at T=%lld needs %.1f GiB of %s memory (weights %.1f GiB for %lld local "
                  "experts), but %.1f GiB is available.\n"
                  "        Hold fewer experts with --ep-size N (this process keeps E/N of them), or\n"
                  "        use --experts, --hidden or --inter, or fewer --tokens.\n",
-                 m->name, (long long)p.num_tokens, (host_short ? host_need : dev_need) / kGiB,
+                 m->name, (long long)make_tokens, (host_short ? host_need : dev_need) / kGiB,
                  host_short ? "host" : "GPU", wbytes / kGiB, (long long)p.num_local_experts,
                  (host_short ? host_have : dev_have) / kGiB);
     return kExitResources;
@@ -320,16 +351,26 @@ int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* ro
 
   // fp8: the same random layer in bf16, quantized; its bf16 weights give the
   // error against the unquantized layer (reported, not part of the check).
-  moekit::ref::HostLayer dense;
-  if (p.quant.kind != MOEKIT_QUANT_NONE) {
-    moekit_problem_t dp = p;
-    dp.quant = {MOEKIT_QUANT_NONE, 0};
-    dp.weight_dtype = moekit::ref::compute_dtype(p);
-    dense = moekit::ref::make_random_layer(dp, o.seed);
+  if (!pl.made) {
+    moekit_problem_t mp = p;
+    mp.num_tokens = make_tokens;
+    if (p.quant.kind != MOEKIT_QUANT_NONE) {
+      moekit_problem_t dp = mp;
+      dp.quant = {MOEKIT_QUANT_NONE, 0};
+      dp.weight_dtype = moekit::ref::compute_dtype(p);
+      pl.dense = moekit::ref::make_random_layer(dp, o.seed);
+      pl.layer = moekit::ref::quantize_layer(pl.dense, p.quant);
+    } else {
+      pl.layer = moekit::ref::make_random_layer(mp, o.seed);
+    }
+    pl.made = true;
   }
-  const moekit::ref::HostLayer layer = p.quant.kind != MOEKIT_QUANT_NONE
-                                           ? moekit::ref::quantize_layer(dense, p.quant)
-                                           : moekit::ref::make_random_layer(p, o.seed);
+  // This point's first `tokens` tokens (arguments() and the oracle read
+  // problem.num_tokens; the buffers may be longer).
+  pl.layer.problem.num_tokens = tokens;
+  pl.dense.problem.num_tokens = tokens;
+  const moekit::ref::HostLayer& layer = pl.layer;
+  const moekit::ref::HostLayer& dense = pl.dense;
   const int64_t iters = o.iters > 0 ? o.iters : (cuda ? 20 : 1);
   std::vector<double> times;
   std::vector<uint8_t> out = cuda ? run_cuda(layer, iters, &times) : run_cpu(layer, iters, &times);
@@ -378,7 +419,8 @@ int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* ro
   // Roofline: distinct local experts touched, valid rows.
   std::vector<char> touched(p.num_local_experts, 0);
   int64_t rows = 0;
-  for (int32_t id : layer.topk_ids) {
+  for (int64_t i = 0; i < p.num_tokens * p.top_k; ++i) {
+    const int32_t id = layer.topk_ids[i];
     int64_t e = static_cast<int64_t>(id) - p.ep_rank * p.num_local_experts;
     if (id >= 0 && id < p.num_experts && e >= 0 && e < p.num_local_experts) {
       touched[e] = 1;
@@ -457,9 +499,11 @@ int cmd_bench(Options o) {
   std::printf("| model | T | dtype | us | floor H100 us | floor H200 us | TFLOP/s | check | config |\n"
               "|---|---|---|---|---|---|---|---|---|\n");
   int worst = 0;
+  PointLayer shared;  // made once, for the largest T
+  const int64_t largest = *std::max_element(o.sweep.begin(), o.sweep.end());
   for (int64_t t : o.sweep) {
     nlohmann::json row;
-    const int rc = run_point(o, t, false, &row);
+    const int rc = run_point(o, t, false, &row, &shared, largest);
     if (rc > kExitFail) return rc;  // a bad argument or a shape that does not fit
     worst = std::max(worst, rc);
     const auto& f = row["floor_us"];
