@@ -17,6 +17,25 @@ int64_t EpPlacement::local_of(int64_t g) const {
   return owner.empty() ? g % local_experts : local[g];
 }
 
+std::vector<int64_t> EpPlacement::experts_of(int64_t r) const {
+  std::vector<int64_t> by_local;
+  for (int64_t g = 0; g < num_experts; ++g) {
+    if (owner_of(g) != r) continue;
+    const int64_t e = local_of(g);
+    if (e >= static_cast<int64_t>(by_local.size())) by_local.resize(e + 1, -1);
+    by_local[e] = g;
+  }
+  return by_local;
+}
+
+EpPlacement EpPlacement::contiguous(int64_t num_experts, int64_t num_ranks) {
+  EpPlacement pl;
+  pl.num_experts = num_experts;
+  pl.num_ranks = num_ranks;
+  pl.local_experts = num_experts / num_ranks;
+  return pl;
+}
+
 EpPlan ep_plan(const EpPlacement& pl, int64_t num_tokens, int64_t top_k, Ids topk_ids) {
   const int64_t R = pl.num_ranks, T = num_tokens, k = top_k;
   EpPlan plan;

@@ -27,6 +27,10 @@ struct EpPlacement {
   // >= E_total, or unowned); local_of is then meaningless.
   int64_t owner_of(int64_t g) const;
   int64_t local_of(int64_t g) const;
+  // The global ids of rank r's experts, in local order.
+  std::vector<int64_t> experts_of(int64_t r) const;
+  // E_total experts in R contiguous ranges of E_total / R.
+  static EpPlacement contiguous(int64_t num_experts, int64_t num_ranks);
 };
 
 // One source rank's dispatch (docs/DISTRIBUTED.md, step 1). Destination d's

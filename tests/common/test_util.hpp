@@ -28,6 +28,17 @@ inline Problem small_problem(int64_t T = 16, int64_t E = 8, int64_t k = 2, int64
   return p;
 }
 
+// The given experts' slices, in that order, of a tensor laid out per expert
+// ([E, ...]: weights, biases, scales); empty stays empty.
+template <class V>
+V slice_experts(const V& all, int64_t E, const std::vector<int64_t>& experts) {
+  V out;
+  if (all.empty()) return out;
+  const size_t per = all.size() / E;
+  for (int64_t e : experts) out.insert(out.end(), all.begin() + e * per, all.begin() + (e + 1) * per);
+  return out;
+}
+
 // 0, 1, ..., T - 1: every token, for oracle checks.
 inline std::vector<int64_t> all_tokens(int64_t T) {
   std::vector<int64_t> t(T);

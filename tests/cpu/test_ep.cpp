@@ -28,17 +28,6 @@ struct Split {
   std::vector<int64_t> tokens;  // T_r
 };
 
-// The experts' slices, in the given order, of a tensor laid out per expert
-// ([E, ...]: weights, biases, scales); empty stays empty.
-template <class V>
-V experts_of(const V& all, int64_t E, const std::vector<int64_t>& experts) {
-  V out;
-  if (all.empty()) return out;
-  const size_t per = all.size() / E;
-  for (int64_t e : experts) out.insert(out.end(), all.begin() + e * per, all.begin() + (e + 1) * per);
-  return out;
-}
-
 // Runs g (E_total experts, all tokens) on the CPU backend and split over the
 // ranks through ref::ep_layer; expects every rank's rows bitwise equal.
 void expect_ep_equals_one_layer(const ref::HostLayer& g, const Split& sp, const std::string& what) {
@@ -64,21 +53,14 @@ void expect_ep_equals_one_layer(const ref::HostLayer& g, const Split& sp, const 
   const size_t in_row = H * ref::dtype_size(p.input_dtype);
   int64_t begin = 0;
   for (int64_t r = 0; r < R; ++r) {
-    std::vector<int64_t> experts;
-    for (int64_t local = 0;; ++local) {
-      int64_t found = -1;
-      for (int64_t e = 0; e < E; ++e)
-        if (sp.placement.owner_of(e) == r && sp.placement.local_of(e) == local) found = e;
-      if (found < 0) break;
-      experts.push_back(found);
-    }
+    const std::vector<int64_t> experts = sp.placement.experts_of(r);
     Share& s = shares[r];
-    s.w13 = experts_of(g.w13, E, experts);
-    s.w2 = experts_of(g.w2, E, experts);
-    s.w13_bias = experts_of(g.w13_bias, E, experts);
-    s.w2_bias = experts_of(g.w2_bias, E, experts);
-    s.w13_scale = experts_of(g.w13_scale, E, experts);
-    s.w2_scale = experts_of(g.w2_scale, E, experts);
+    s.w13 = test::slice_experts(g.w13, E, experts);
+    s.w2 = test::slice_experts(g.w2, E, experts);
+    s.w13_bias = test::slice_experts(g.w13_bias, E, experts);
+    s.w2_bias = test::slice_experts(g.w2_bias, E, experts);
+    s.w13_scale = test::slice_experts(g.w13_scale, E, experts);
+    s.w2_scale = test::slice_experts(g.w2_scale, E, experts);
     ref::EpRank& rk = ranks[r];
     rk.problem = p;
     rk.problem.num_tokens = sp.tokens[r];
@@ -114,16 +96,8 @@ void expect_ep_equals_one_layer(const ref::HostLayer& g, const Split& sp, const 
   }
 }
 
-ref::EpPlacement contiguous(int64_t E, int64_t R) {
-  ref::EpPlacement pl;
-  pl.num_experts = E;
-  pl.num_ranks = R;
-  pl.local_experts = E / R;
-  return pl;
-}
-
 Split even_split(int64_t T, int64_t E, int64_t R) {
-  Split sp{contiguous(E, R), std::vector<int64_t>(R, T / R)};
+  Split sp{ref::EpPlacement::contiguous(E, R), std::vector<int64_t>(R, T / R)};
   sp.tokens[R - 1] += T - (T / R) * R;
   return sp;
 }
@@ -133,7 +107,7 @@ Split even_split(int64_t T, int64_t E, int64_t R) {
 TEST(ExpertParallelReference, PlanListsEachTokenOncePerRankInTokenAndSlotOrder) {
   // 8 experts on 4 ranks (2 each), top-3; token 1 has two slots on rank 0,
   // token 2 only ids that run nowhere.
-  const ref::EpPlacement pl = contiguous(8, 4);
+  const ref::EpPlacement pl = ref::EpPlacement::contiguous(8, 4);
   const std::vector<int32_t> ids = {0, 5, 7,    // ranks 0, 2, 3
                                     1, 0, 6,    // rank 0 twice, rank 3
                                     -1, 8, 99,  // nowhere
@@ -194,9 +168,9 @@ TEST(ExpertParallelReference, AdversarialRoutingAcrossRanks) {
   }
   // T different on every rank, including empty ranks.
   {
-    Split sp{contiguous(E, R), {0, 37, 1, 42}};
+    Split sp{ref::EpPlacement::contiguous(E, R), {0, 37, 1, 42}};
     expect_ep_equals_one_layer(g, sp, "T = 0, 37, 1, 42");
-    Split all_empty{contiguous(E, R), {0, 0, 0, 0}};
+    Split all_empty{ref::EpPlacement::contiguous(E, R), {0, 0, 0, 0}};
     Problem q = p;
     q.num_tokens = 0;
     expect_ep_equals_one_layer(ref::make_random_layer(q, 4), all_empty, "every rank T = 0");
