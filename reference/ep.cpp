@@ -7,16 +7,6 @@
 
 namespace moekit::ref {
 
-int64_t EpPlacement::owner_of(int64_t g) const {
-  if (g < 0 || g >= num_experts) return -1;
-  if (owner.empty()) return local_experts > 0 && g / local_experts < num_ranks ? g / local_experts : -1;
-  return owner[g] >= 0 && owner[g] < num_ranks ? owner[g] : -1;
-}
-
-int64_t EpPlacement::local_of(int64_t g) const {
-  return owner.empty() ? g % local_experts : local[g];
-}
-
 std::vector<int64_t> EpPlacement::experts_of(int64_t r) const {
   std::vector<int64_t> by_local;
   for (int64_t g = 0; g < num_experts; ++g) {

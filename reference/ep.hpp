@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/ep_placement.hpp"
 #include "moekit/moekit.hpp"
 #include "reference/reference.hpp"
 
@@ -24,9 +25,14 @@ struct EpPlacement {
   std::vector<int32_t> owner;  // [E_total] rank, or -1 (nowhere); empty: id / E_local
   std::vector<int32_t> local;  // [E_total] the expert's index on its owner (with owner)
   // The owner of global id g, or -1 for ids that run nowhere (negative,
-  // >= E_total, or unowned); local_of is then meaningless.
-  int64_t owner_of(int64_t g) const;
-  int64_t local_of(int64_t g) const;
+  // >= E_total, or unowned); local_of is then meaningless. The rule is
+  // common/ep_placement.hpp's, which the device plan uses too.
+  EpPlacementView view() const {
+    return {num_experts, num_ranks, local_experts, owner.empty() ? nullptr : owner.data(),
+            owner.empty() ? nullptr : local.data()};
+  }
+  int64_t owner_of(int64_t g) const { return ep_owner_of(view(), g); }
+  int64_t local_of(int64_t g) const { return ep_local_of(view(), g); }
   // The global ids of rank r's experts, in local order.
   std::vector<int64_t> experts_of(int64_t r) const;
   // E_total experts in R contiguous ranges of E_total / R.

@@ -25,7 +25,7 @@ struct DevicePlacement {
   DeviceBuffer owner, local;
   kernels::EpPlacement view{};
   explicit DevicePlacement(const ref::EpPlacement& pl) {
-    view = {pl.num_experts, pl.num_ranks, pl.local_experts, nullptr, nullptr};
+    view = pl.view();  // then the device copies of its maps
     if (!pl.owner.empty()) {
       owner = DeviceBuffer(pl.owner.size() * 4);
       owner.upload(pl.owner.data(), pl.owner.size() * 4);

@@ -285,13 +285,14 @@ int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* ro
 
   PointLayer own;
   PointLayer& pl = shared != nullptr ? *shared : own;
-  // The T the layer is made for, and its workspace (what must fit).
-  const int64_t make_tokens = shared != nullptr ? std::max(made_tokens, tokens) : tokens;
+  // The problem the layer is made for (its T may exceed this point's), and
+  // its workspace: what must fit.
+  moekit_problem_t make_p = p;
+  make_p.num_tokens = shared != nullptr ? std::max(made_tokens, tokens) : tokens;
+  const int64_t make_tokens = make_p.num_tokens;
   size_t make_ws_bytes = ws_bytes;
   if (make_tokens != tokens) {
-    moekit_problem_t mp = p;
-    mp.num_tokens = make_tokens;
-    if (moekit::Status s = moekit::MoeLayer::workspace_size(mp, &make_ws_bytes); !s) {
+    if (moekit::Status s = moekit::MoeLayer::workspace_size(make_p, &make_ws_bytes); !s) {
       std::fprintf(stderr, "moekit: %s\n", s.message().c_str());
       return kExitUsage;
     }
@@ -300,10 +301,10 @@ int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* ro
   // Refuse shapes that do not fit before allocating anything (checked when
   // the layer is made; a reused one already fits).
   const double wbytes = static_cast<double>(moekit::ref::weight_bytes(p));
-  const double io_bytes = static_cast<double>(p.num_tokens) * p.hidden_size *
-                          (moekit::ref::dtype_size(p.input_dtype) + moekit::ref::dtype_size(p.output_dtype));
-  const double make_io_bytes = io_bytes / std::max<double>(1.0, static_cast<double>(p.num_tokens)) *
-                               static_cast<double>(make_tokens);
+  const double token_io_bytes = static_cast<double>(p.hidden_size) *
+                                (moekit::ref::dtype_size(p.input_dtype) + moekit::ref::dtype_size(p.output_dtype));
+  const double io_bytes = token_io_bytes * p.num_tokens;
+  const double make_io_bytes = token_io_bytes * make_tokens;
   const double logit_bytes = 4.0 * make_tokens * p.num_experts;
   // fp8 layers are made from a bf16 copy (twice the fp8 bytes), kept for the error report.
   const double dense_bytes = p.quant.kind != MOEKIT_QUANT_NONE ? 2.0 * wbytes : 0.0;
@@ -352,16 +353,14 @@ int run_point(const Options& o, int64_t tokens, bool verbose, nlohmann::json* ro
   // fp8: the same random layer in bf16, quantized; its bf16 weights give the
   // error against the unquantized layer (reported, not part of the check).
   if (!pl.made) {
-    moekit_problem_t mp = p;
-    mp.num_tokens = make_tokens;
     if (p.quant.kind != MOEKIT_QUANT_NONE) {
-      moekit_problem_t dp = mp;
+      moekit_problem_t dp = make_p;
       dp.quant = {MOEKIT_QUANT_NONE, 0};
       dp.weight_dtype = moekit::ref::compute_dtype(p);
       pl.dense = moekit::ref::make_random_layer(dp, o.seed);
       pl.layer = moekit::ref::quantize_layer(pl.dense, p.quant);
     } else {
-      pl.layer = moekit::ref::make_random_layer(mp, o.seed);
+      pl.layer = moekit::ref::make_random_layer(make_p, o.seed);
     }
     pl.made = true;
   }

@@ -15,17 +15,6 @@ unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>((n + kThreads - 1) / kThreads);
 }
 
-__device__ __forceinline__ int64_t owner_of(const EpPlacement& p, int64_t g) {
-  if (g < 0 || g >= p.num_experts) return -1;
-  if (p.owner == nullptr) return g / p.local_experts < p.num_ranks ? g / p.local_experts : -1;
-  const int32_t r = p.owner[g];
-  return r >= 0 && r < p.num_ranks ? r : -1;
-}
-
-__device__ __forceinline__ int32_t local_of(const EpPlacement& p, int64_t g) {
-  return p.owner == nullptr ? static_cast<int32_t>(g % p.local_experts) : p.local[g];
-}
-
 // counts[0][d][t] = 1 if token t has a slot on rank d, counts[1][d][t] = its
 // slots there. One thread per token writes all R entries of its column.
 __global__ void ep_count_kernel(const int32_t* __restrict__ ids, int64_t T, int64_t k, EpPlacement p,
@@ -37,7 +26,7 @@ __global__ void ep_count_kernel(const int32_t* __restrict__ ids, int64_t T, int6
   int32_t* pairs = counts + R * T;
   for (int64_t d = 0; d < R; ++d) rows[d * T + t] = pairs[d * T + t] = 0;
   for (int64_t s = 0; s < k; ++s) {
-    const int64_t d = owner_of(p, ids[t * k + s]);
+    const int64_t d = ep_owner_of(p, ids[t * k + s]);
     if (d < 0) continue;
     rows[d * T + t] = 1;
     ++pairs[d * T + t];
@@ -56,19 +45,19 @@ __global__ void ep_fill_kernel(const int32_t* __restrict__ ids, int64_t T, int64
   const int32_t* pair_pos = positions + R * T;
   for (int64_t s = 0; s < k; ++s) {
     const int64_t g = ids[t * k + s];
-    const int64_t d = owner_of(p, g);
+    const int64_t d = ep_owner_of(p, g);
     if (d < 0) {
       pair_row[t * k + s] = -1;
       continue;
     }
     int64_t before = 0;  // this token's earlier slots on d
-    for (int64_t j = 0; j < s; ++j) before += owner_of(p, ids[t * k + j]) == d;
+    for (int64_t j = 0; j < s; ++j) before += ep_owner_of(p, ids[t * k + j]) == d;
     const int64_t row = row_pos[d * T + t];
     if (before == 0) {  // the token's first slot on d: its send row
       row_token[row] = static_cast<int32_t>(t);
       for (int64_t j = 0; j < k; ++j) row_ids[row * k + j] = -1;
     }
-    row_ids[row * k + s] = local_of(p, g);
+    row_ids[row * k + s] = ep_local_of(p, g);
     pair_row[t * k + s] = static_cast<int32_t>(pair_pos[d * T + t] + before);
   }
 }

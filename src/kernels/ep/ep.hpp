@@ -12,16 +12,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/ep_placement.hpp"
+
 namespace moekit::kernels {
 
-// Which rank runs each global expert (reference/ep.hpp's EpPlacement).
-struct EpPlacement {
-  int64_t num_experts;    // E_total
-  int64_t num_ranks;      // R
-  int64_t local_experts;  // E_local, for contiguous ranges (owner null)
-  const int32_t* owner;   // [E_total] rank or -1, or null: id / E_local
-  const int32_t* local;   // [E_total] local index on the owner (with owner)
-};
+// Which rank runs each global expert (common/ep_placement.hpp).
+using EpPlacement = EpPlacementView;
 
 // One source rank's plan for T tokens of top-k, laid out as reference/ep.hpp's
 // EpPlan: destination d's send rows [row_offset[d], row_offset[d+1]) and
