@@ -250,7 +250,7 @@ struct GemmScales {
 
 // One grouped GEMM: the chosen sm90 kernel, or the simple one. With fuse
 // (GEMM 1), a kernel that can apply the activation in its epilogue (the
-// decode kernel) writes the activation to act_out and sets *activated;
+// hand-written decode and prefill kernels) writes the activation to act_out and sets *activated;
 // otherwise c gets the GEMM's output and the caller runs the activation.
 cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const int32_t* offsets,
                          int64_t experts, const void* w, const void* bias, void* c,
@@ -264,10 +264,10 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                                   dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
                                   sc.ones ? sc.ones_count : 0};
     cudaError_t e;
-    if (cfg.kernel == kernels::GemmKernel::kDecode || cfg.kernel == kernels::GemmKernel::kFp8Decode) {
+    if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
       if (sc.a != nullptr) fuse = nullptr;  // fp8: the activation stage quantizes GEMM 2's input
       if (fuse != nullptr) gp.c = act_out;
-      e = kernels::decode_grouped_gemm(gp, max_rows, stream, fuse);
+      e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, fuse);
       if (e == cudaSuccess && fuse != nullptr) *activated = true;
     } else {
       e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);

@@ -76,6 +76,12 @@ TEST(GemmConfig, OverrideNames) {
   EXPECT_EQ(k, GemmKernel::kTile64x256);
   EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("fp8_decode", &k));
   EXPECT_EQ(k, GemmKernel::kFp8Decode);
+  EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("prefill", &k));
+  EXPECT_EQ(k, GemmKernel::kPrefill);
+  EXPECT_TRUE(moekit::kernels::gemm_kernel_from_name("fp8_prefill", &k));
+  EXPECT_EQ(k, GemmKernel::kFp8Prefill);
+  EXPECT_TRUE(moekit::kernels::gemm_kernel_runs_fp8(GemmKernel::kFp8Prefill));
+  EXPECT_FALSE(moekit::kernels::gemm_kernel_runs_fp8(GemmKernel::kPrefill));
   EXPECT_FALSE(moekit::kernels::gemm_kernel_from_name("tile999", &k));
 }
 

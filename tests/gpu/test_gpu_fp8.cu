@@ -105,32 +105,25 @@ TEST(GpuFp8, LayerMatchesTheCpuReferenceOnEveryFamily) {
       const std::string what = std::string(sc.name) + " T=" + std::to_string(sh.T) + " E=" +
                                std::to_string(sh.E) + " H=" + std::to_string(sh.H) + " I=" +
                                std::to_string(sh.I);
-      for (const char* force : {static_cast<const char*>(nullptr), "fp8_decode", "fp8_swap128x16",
-                                "fp8_tile128x128", "fp8_pingpong64x128", "simple"})
+      for (const char* force : {static_cast<const char*>(nullptr), "fp8_decode", "fp8_prefill",
+                                "fp8_swap128x16", "fp8_tile128x128", "fp8_pingpong64x128", "simple"})
         expect_fp8_gpu_matches(l, what, force);
     }
 }
 
-// The decode kernel (mma.sync m16n8k32) writes the bytes CUTLASS's wgmma
-// swap-AB kernel writes, for both schemes: partial scale blocks in N and K,
-// biases, fp16 output, an expert with two 16-token passes beside one with a
-// few rows, many experts, and the special values with extreme weight scales.
-// This is what lets select_config pick it by batch size (batch invariance).
-TEST(GpuFp8, DecodeKernelWritesTheBytesOfCutlassSwapAB) {
-  REQUIRE_GPU();
-  if (std::getenv("MOEKIT_GEMM") != nullptr)
-    GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
-  struct Shape { int64_t T, E, k, H, I; bool bias, fp16, skew, special; };
-  const Shape shapes[] = {
-      {1, 8, 2, 256, 128, false, false, false, false},
-      {7, 16, 4, 208, 80, true, false, false, false},   // partial scale blocks in N and K
-      {20, 8, 2, 384, 256, true, true, true, false},    // 30 rows on one expert, 10 on another
-      {5, 130, 8, 128, 64, false, false, false, false}, // many experts, most empty
-      {20, 8, 3, 256, 128, false, false, false, true},  // zero, NaN, Inf, huge, denormal tokens
-  };
+namespace {
+
+struct SameBytesShape { int64_t T, E, k, H, I; bool bias, fp16, skew, special; };
+
+// The layer's output bytes with kernel `ours` forced equal those with the
+// CUTLASS family `theirs` forced, for both schemes over `shapes`: what lets
+// select_config pick either by batch size (batch invariance). plan_has: what
+// the unforced plan must name (null: no check).
+void expect_same_bytes(const std::vector<SameBytesShape>& shapes, const char* ours, const char* theirs,
+                       const char* plan_has) {
   int seed = 0;
   for (const Scheme& sc : kSchemes)
-    for (const Shape& sh : shapes) {
+    for (const SameBytesShape& sh : shapes) {
       Problem p = test::fp8_problem(sh.T, sh.E, sh.k, sh.H, sh.I, sc.kind, sc.static_scale);
       p.has_w13_bias = p.has_w2_bias = sh.bias;
       if (sh.fp16) p.input_dtype = p.output_dtype = MOEKIT_DTYPE_FP16;
@@ -142,21 +135,57 @@ TEST(GpuFp8, DecodeKernelWritesTheBytesOfCutlassSwapAB) {
         test::set_special_tokens(l);
         if (!sc.static_scale) test::set_extreme_weight_scales(l);
       }
-      const std::string what = std::string(sc.name) + " T=" + std::to_string(sh.T) + " E=" +
-                               std::to_string(sh.E) + " H=" + std::to_string(sh.H) + " I=" +
-                               std::to_string(sh.I);
+      const std::string what = std::string(ours) + " vs " + theirs + " " + sc.name + " T=" +
+                               std::to_string(sh.T) + " E=" + std::to_string(sh.E) + " H=" +
+                               std::to_string(sh.H) + " I=" + std::to_string(sh.I);
       DeviceLayer d(l);
-      std::string plan;
-      MoeLayer::describe_plan(d.args.problem, &plan);
-      ASSERT_NE(plan.find("fp8 block-scaled decode"), std::string::npos) << what << ": " << plan;
-      const std::vector<uint8_t> decode = test::run_forced(d, "fp8_decode");
-      const std::vector<uint8_t> cutlass = test::run_forced(d, "fp8_swap128x16");
+      if (plan_has != nullptr) {
+        std::string plan;
+        MoeLayer::describe_plan(d.args.problem, &plan);
+        ASSERT_NE(plan.find(plan_has), std::string::npos) << what << ": " << plan;
+      }
+      const std::vector<uint8_t> mine = test::run_forced(d, ours);
+      const std::vector<uint8_t> cutlass = test::run_forced(d, theirs);
       size_t first = 0;
-      while (first < decode.size() && decode[first] == cutlass[first]) ++first;
-      EXPECT_EQ(first, decode.size()) << what << ": first differing byte " << first << " of "
-                                      << decode.size();
+      while (first < mine.size() && mine[first] == cutlass[first]) ++first;
+      EXPECT_EQ(first, mine.size()) << what << ": first differing byte " << first << " of "
+                                    << mine.size();
       EXPECT_TRUE(d.all_canaries_intact()) << what;
     }
+}
+
+}  // namespace
+
+// The decode kernel (wgmma m64n16k32) writes the bytes CUTLASS's wgmma
+// swap-AB kernel writes, for both schemes: partial scale blocks in N and K,
+// biases, fp16 output, an expert with two 16-token passes beside one with a
+// few rows, many experts, and the special values with extreme weight scales.
+TEST(GpuFp8, DecodeKernelWritesTheBytesOfCutlassSwapAB) {
+  REQUIRE_GPU();
+  if (std::getenv("MOEKIT_GEMM") != nullptr)
+    GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
+  expect_same_bytes({{1, 8, 2, 256, 128, false, false, false, false},
+                     {7, 16, 4, 208, 80, true, false, false, false},   // partial scale blocks in N and K
+                     {20, 8, 2, 384, 256, true, true, true, false},    // 30 rows on one expert, 10 on another
+                     {5, 130, 8, 128, 64, false, false, false, false}, // many experts, most empty
+                     {20, 8, 3, 256, 128, false, false, false, true}}, // zero, NaN, Inf, huge, denormal tokens
+                    "fp8_decode", "fp8_swap128x16", "fp8 block-scaled decode");
+}
+
+// The prefill kernel (two partial accumulators, promotion overlapped) writes
+// the bytes of CUTLASS's cooperative blockwise 128x128 kernel: odd and even
+// block counts, partial blocks in N and K, experts of several 128-row units
+// beside small ones, many experts, the special values.
+TEST(GpuFp8, PrefillKernelWritesTheBytesOfCutlass128x128) {
+  REQUIRE_GPU();
+  if (std::getenv("MOEKIT_GEMM") != nullptr)
+    GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
+  expect_same_bytes({{300, 8, 2, 256, 128, false, false, false, false},
+                     {257, 16, 4, 208, 80, true, false, false, false},   // partial blocks, K of 2 blocks
+                     {300, 8, 2, 384, 256, true, true, true, false},     // 450 rows on one expert, 150 on another
+                     {400, 130, 8, 128, 64, false, false, false, false}, // many experts
+                     {200, 8, 3, 640, 384, false, false, false, true}},  // special values, 5 and 3 blocks
+                    "fp8_prefill", "fp8_tile128x128", nullptr);
 }
 
 TEST(GpuFp8, SpecialValuesStayFiniteAndInTheirRows) {

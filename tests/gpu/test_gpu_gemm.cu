@@ -40,6 +40,12 @@ std::vector<int32_t> random_offsets(int64_t experts, int64_t rows, std::mt19937_
   return off;
 }
 
+// A CUTLASS family, or a hand-written kernel (which bounds its loads by rows).
+cudaError_t launch_family(kernels::GemmKernel kernel, const kernels::GroupedGemmParams& p, int64_t rows) {
+  return kernels::gemm_kernel_is_hand_written(kernel) ? kernels::launch_hand_written_gemm(kernel, p, rows, nullptr)
+                                                      : kernels::launch_grouped_gemm_sm90(kernel, p, nullptr);
+}
+
 void check_family(kernels::GemmKernel kernel, moekit_dtype_t dt, const Case& c, uint64_t seed) {
   SCOPED_TRACE(std::string(kernels::gemm_kernel_name(kernel)) + " " + moekit_dtype_name(dt) +
                " E=" + std::to_string(c.experts) + " N=" + std::to_string(c.n) + " K=" +
@@ -76,9 +82,7 @@ void check_family(kernels::GemmKernel kernel, moekit_dtype_t dt, const Case& c, 
                                        want.data(), c.rows, c.n, c.k, dt, {dev, sms}, nullptr));
   const kernels::GroupedGemmParams p{da.data(), offsets, static_cast<int>(c.experts), dw.data(),
                                      bias_ptr, got.data(), c.n, c.k, dt, scratch.data(), sms};
-  CUDA_OK(kernel == kernels::GemmKernel::kDecode
-              ? kernels::decode_grouped_gemm(p, c.rows, nullptr)
-              : kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
+  CUDA_OK(launch_family(kernel, p, c.rows));
   CUDA_OK(cudaDeviceSynchronize());
 
   const std::vector<uint8_t> g = got.download(), r = want.download();
@@ -100,7 +104,8 @@ const kernels::GemmKernel kFamilies[] = {kernels::GemmKernel::kSwap128x16,
                                          kernels::GemmKernel::kTile128x128,
                                          kernels::GemmKernel::kTile128x256,
                                          kernels::GemmKernel::kTile64x256,
-                                         kernels::GemmKernel::kDecode};
+                                         kernels::GemmKernel::kDecode,
+                                         kernels::GemmKernel::kPrefill};
 
 }  // namespace
 
@@ -180,9 +185,7 @@ void check_fp8_family(kernels::GemmKernel kernel, moekit_dtype_t out_dt, const C
                                      dbias.data(), got.data(), c.n, c.k, out_dt, scratch.data(), sms,
                                      sa, per_tensor ? ones_ptr : sw, stride,
                                      per_tensor ? ones_ptr : nullptr, per_tensor ? nb * kb : 0};
-  CUDA_OK(kernel == kernels::GemmKernel::kFp8Decode
-              ? kernels::decode_grouped_gemm(p, c.rows, nullptr)
-              : kernels::launch_grouped_gemm_sm90(kernel, p, nullptr));
+  CUDA_OK(launch_family(kernel, p, c.rows));
   CUDA_OK(cudaDeviceSynchronize());
 
   const std::vector<uint8_t> g = got.download(), r = want.download();
@@ -201,7 +204,8 @@ void check_fp8_family(kernels::GemmKernel kernel, moekit_dtype_t out_dt, const C
 const kernels::GemmKernel kFp8Families[] = {kernels::GemmKernel::kFp8Swap128x16,
                                             kernels::GemmKernel::kFp8Tile128x128,
                                             kernels::GemmKernel::kFp8Pingpong64x128,
-                                            kernels::GemmKernel::kFp8Decode};
+                                            kernels::GemmKernel::kFp8Decode,
+                                            kernels::GemmKernel::kFp8Prefill};
 
 }  // namespace
 
@@ -234,8 +238,9 @@ TEST(GpuGemm, Fp8FamiliesDeclineSixteenBitOperandsAndTheOtherWayRound) {
   p.w_scale = static_cast<const float*>(buf.data());
   EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kTile128x128, p, nullptr),
             cudaErrorNotSupported);
-  // The decode kernel takes both forms, but its fused activation only 16 bits.
+  // The hand-written kernels take both forms, but their fused activation only 16 bits.
   const kernels::FusedActivation fuse{{MOEKIT_ACT_SWIGLU, 1.0f, 0.0f, 0.0f}, MOEKIT_GATE_UP, 64};
   EXPECT_EQ(kernels::decode_grouped_gemm(p, 64, nullptr, &fuse), cudaErrorNotSupported);
+  EXPECT_EQ(kernels::prefill_grouped_gemm(p, 64, nullptr, &fuse), cudaErrorNotSupported);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }

@@ -158,6 +158,33 @@ TEST(GpuLayer, DecodeEpilogueActivationEqualsTheActivationStage) {
       });
 }
 
+// The prefill kernel, activation in its epilogue, writes what CUTLASS's
+// 128x256 kernel followed by the activation stage writes, bit for bit:
+// every kind and order, with and without biases; I = 200 leaves a partial
+// 128-column slice, and two experts get 150 rows (two 128-row units) beside
+// six with 50. GEMM 2 runs on the same kernel pair (unfused).
+TEST(GpuLayer, PrefillEpilogueActivationEqualsTheActivationStage) {
+  REQUIRE_GPU();
+  if (std::getenv("MOEKIT_GEMM") != nullptr)
+    GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
+  for_each_activation(problem(300, 8, 2, 128, 200), [](const Problem& p, const std::string& what,
+                                                       uint64_t seed) {
+    ref::HostLayer l = ref::make_random_layer(p, 300 + seed);
+    for (size_t i = 0; i < l.topk_ids.size(); ++i)
+      l.topk_ids[i] = static_cast<int32_t>(i % 2 == 0 ? (i / 2) % 2 : 2 + (i / 2) % 6);
+    DeviceLayer d(l);
+    const std::vector<uint8_t> fused = test::run_forced(d, "prefill");
+    const std::vector<uint8_t> staged = test::run_forced(d, "tile128x256");
+    size_t first = 0;
+    while (first < fused.size() && fused[first] == staged[first]) ++first;
+    EXPECT_EQ(first, fused.size()) << what << ": first differing byte " << first;
+    EXPECT_TRUE(test::rows_match(fused, test::cpu_reference(l), p.num_tokens, 128, p.output_dtype,
+                                 tolerance(p)))
+        << what;
+    EXPECT_TRUE(d.all_canaries_intact()) << what;
+  });
+}
+
 TEST(GpuLayer, ProductionFailureRoutingAtEveryThreshold) {
   REQUIRE_GPU();
   for (int64_t T : {1, 2, 255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 4095, 4096, 4097}) {

@@ -40,22 +40,18 @@
 // acc = fma(partial, a_scale * w_scale, acc). The GPU suite checks that a
 // token's row is bitwise the same whichever kernel ran, so choosing this
 // kernel by batch size keeps batch invariance.
-#include <cuda.h>
-#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cub/block/block_scan.cuh>
-
 #include "cute/arch/copy_sm90_desc.hpp"
 #include "cute/arch/copy_sm90_tma.hpp"
-#include "cute/arch/mma_sm90_desc.hpp"
 #include "cute/arch/mma_sm90_gmma.hpp"
 #include "cutlass/arch/barrier.h"
 
 #include "common/activation_math.hpp"
 #include "kernels/common.cuh"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
+#include "kernels/gemm/tma_tiles.cuh"
 
 namespace moekit::kernels {
 
@@ -66,12 +62,12 @@ constexpr int kThreads = 32 * (kConsumerWarps + 1);  // + one producer warp
 constexpr int kRowsPerWarp = 16;                      // mma M: weight rows (output columns)
 constexpr int kSliceRows = kConsumerWarps * kRowsPerWarp;  // 64 weight rows per item
 constexpr int kTokens = 16;                           // token rows per pass: two mma n8 blocks
-constexpr int kBoxBytes = 128;                        // one 128-byte swizzle row: 64 bf16 or 128 e4m3
+using tma::kBoxBytes;
+using tma::kSwizzleAlign;
 constexpr int kWeightBoxBytes = kSliceRows * kBoxBytes;  // 8 KB
 constexpr int kTokenBoxBytes = kTokens * kBoxBytes;      // 2 KB
 constexpr int kMmaBytes = 32;                         // k bytes of one mma: k16 bf16/fp16, k32 e4m3
 constexpr int kCtasPerSm = 2;
-constexpr int kSwizzleAlign = 1024;  // a 128-byte swizzle atom is 8 rows x 128 B
 
 // One pipeline stage: a 64-deep box of the weight tile and of the token tile.
 // Measured on an H200 (bench/RESULTS.md, 2026-12-01): two boxes a stage (256
@@ -123,24 +119,12 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem) {
                : "r"(smem));
 }
 
-// A wgmma shared-memory descriptor of a K-major tile TMA wrote with the
-// 128-byte swizzle (1024-byte aligned): 8-row groups 1024 bytes apart.
-__device__ __forceinline__ uint64_t smem_descriptor(uint32_t smem) {
-  cute::GmmaDescriptor d;
-  d.bitfield.start_address_ = static_cast<uint16_t>(smem >> 4);
-  d.bitfield.leading_byte_offset_ = 1;  // unused with swizzling
-  d.bitfield.stride_byte_offset_ = 1024 >> 4;
-  d.bitfield.base_offset_ = 0;
-  d.bitfield.layout_type_ = static_cast<uint8_t>(cute::SM90::GMMA::LayoutType::B128);
-  return d.desc_;
-}
-
 // One stage of e4m3 operands on the consumer warpgroup: part = the 64 weight
 // rows x 16 tokens of this 128-deep block, four wgmma k32 steps (the first
 // overwrites part), as CUTLASS's blockwise mainloop issues them.
 // part[j][i] is laid out like mma.sync's D (acc below).
 __device__ __forceinline__ void wgmma_block(float (&part)[2][4], uint32_t w_tile, uint32_t a_tile) {
-  const uint64_t dw = smem_descriptor(w_tile), da = smem_descriptor(a_tile);
+  const uint64_t dw = tma::smem_descriptor(w_tile), da = tma::smem_descriptor(a_tile);
   float* d = &part[0][0];
 #pragma unroll
   for (int i = 0; i < 8; ++i) cute::warpgroup_fence_operand(d[i]);
@@ -162,43 +146,15 @@ __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
   return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
 }
 
-// The expert, first token row and rows of work unit `unit` (one 16-token
-// pass of one expert): first_unit is the exclusive scan of passes per expert,
-// so the expert is the last e with first_unit[e] <= unit (never an empty one).
-struct Unit {
-  int expert, begin, token0, rows;
-};
-__device__ __forceinline__ Unit find_unit(const int32_t* first_unit, const int32_t* offs,
-                                          int num_experts, int unit) {
-  const int e = last_at_most([first_unit](int i) { return first_unit[i]; }, num_experts, unit);
-  return {e, offs[e], (unit - first_unit[e]) * kTokens, offs[e + 1] - offs[e]};
-}
-
-// Block scales of the e4m3 form (gemm_params.hpp): a in QuantRows' layout,
-// w [E, ceil(N/128), ceil(K/128)] at w + e * w_stride, or null for per-tensor
-// scaling's block of ones (a factor of exactly 1).
-struct Scales {
-  const float* a;
-  const float* w;
-  int64_t w_stride;
-};
-
-// What the consumers do with an item's accumulators. Unfused: store
-// acc + bias as D (64 weight rows = 64 output columns). Fused (GEMM 1 only):
-// round acc + bias as GEMM 1 would store it, stage the tile in shared memory
-// and store the activation instead: 32 output columns an item for the gated
-// kinds (32 gate and 32 up weight rows; split_halves: w13 seen as
-// [E, 2, I, K], so one 4-D box holds rows j.. of both halves), 64 otherwise.
-// The staged tile is laid out like a GEMM 1 row of an intermediate size of
-// 32, so gate_column / up_column and the activation formulas are the
-// activation stage's own, and the result is bitwise the same.
-struct Epilogue {
-  int fused;
-  int split_halves;
-  ActivationParams act;
-  moekit_gate_up_order_t order;
-  int inter;
-};
+// Fused epilogue (tma::Epilogue, GEMM 1 only): round acc + bias as GEMM 1
+// would store it, stage the tile in shared memory and store the activation
+// instead: 32 output columns an item for the gated kinds (32 gate and 32 up
+// weight rows; split halves: one 4-D box holds rows j.. of both halves), 64
+// otherwise. The staged tile is laid out like a GEMM 1 row of an
+// intermediate size of 32, so gate_column / up_column and the activation
+// formulas are the activation stage's own, and the result is bitwise the same.
+using tma::Epilogue;
+using tma::Scales;
 constexpr int kGatedCols = kSliceRows / 2;
 
 __device__ __forceinline__ void consumer_barrier() {
@@ -222,21 +178,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
   uint64_t* empty = full + kStages;                                               // [kStages]
   auto* offs = reinterpret_cast<int32_t*>(empty + kStages);                       // [E + 1]
   int32_t* first_unit = offs + num_experts + 1;                                   // [E + 1]
-  using Scan = cub::BlockScan<int, kThreads>;
-  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ typename cub::BlockScan<int, kThreads>::TempStorage scan_storage;
   __shared__ alignas(16) uint16_t staged_raw[kTokens * kSliceRows];  // fused: [16 tokens, 64 rows]
   T* staged = reinterpret_cast<T*>(staged_raw);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      Barrier::init(&full[s], 1);
-      Barrier::init(&empty[s], kConsumerWarps);
-    }
-    cutlass::arch::fence_barrier_init();
-    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&w_map));
-    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&a_map));
-  }
   // Everything up to pdl_wait() may overlap the previous kernel on the
   // stream. expert_offsets come from the sort, two or more kernels back: the
   // layer's kernels call pdl_launch_dependents() only after their own
@@ -244,18 +190,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
   // one has finished. The weights are the caller's inputs. So the offsets
   // and the first stages' weights are read before the wait; the token rows
   // (the previous kernel's output) and every store come after it.
-  for (int e = threadIdx.x; e <= num_experts; e += kThreads) offs[e] = offsets[e];
-  __syncthreads();
-  int carry = 0;
-  for (int e0 = 0; e0 <= num_experts; e0 += kThreads) {
-    const int e = e0 + threadIdx.x;
-    const int passes = e < num_experts ? (offs[e + 1] - offs[e] + kTokens - 1) / kTokens : 0;
-    int before = 0, chunk_total = 0;
-    Scan(scan_storage).ExclusiveSum(passes, before, chunk_total);
-    if (e <= num_experts) first_unit[e] = carry + before;
-    carry += chunk_total;
-    __syncthreads();  // scan_storage is reused by the next chunk
-  }
+  tma::start_block<kThreads, kStages>(full, empty, kConsumerWarps, &w_map, &a_map, offsets, offs, first_unit,
+                                      num_experts, kTokens, scan_storage);
   const bool gated = ep.fused && activation_is_gated(ep.act.kind);
   const int item_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns an item writes
   const int slices = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kSliceRows - 1) / kSliceRows;
@@ -263,59 +199,24 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
   const int slice_step = ep.split_halves ? kGatedCols : kSliceRows;
   const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * slices;
   const int k_stages = (k + kStageK<Op> - 1) / kStageK<Op>;
+  const tma::Items it{first_unit, offs, num_experts, kTokens, slices, slice_step, k_stages, items};
 
   if (warp == kConsumerWarps) {
     // Producer: one thread walks the same (item, k-stage) sequence as the
     // consumers, kStages ahead.
-    if (lane == 0) {
-      struct Cursor {
-        int64_t item;
-        int kb;
-        Unit u;
-        int row0;
-      };
-      auto at_item = [&](int64_t item) {
-        Cursor cur{item, 0, {}, 0};
-        if (item < items) {
-          cur.u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
-          cur.row0 = static_cast<int>(item % slices) * slice_step;
-        }
-        return cur;
-      };
-      auto advance = [&](Cursor& cur) {
-        if (++cur.kb == k_stages) cur = at_item(cur.item + gridDim.x);
-      };
-      auto load_weights = [&](int slot, const Cursor& cur) {
-        Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
-        if (ep.split_halves)
-          cute::SM90_TMA_LOAD_4D::copy(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
-                                       cur.kb * kStageK<Op>, cur.row0, 0, cur.u.expert);
-        else
-          cute::SM90_TMA_LOAD_3D::copy(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
-                                       cur.kb * kStageK<Op>, cur.row0, cur.u.expert);
-      };
-      auto load_tokens = [&](int slot, const Cursor& cur) {
-        cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint,
-                                     base + slot * kStageBytes + kWeightBoxBytes, cur.kb * kStageK<Op>,
-                                     cur.u.begin + cur.u.token0);
-      };
-      // The first kStages stages' weights stream while the previous kernel
-      // finishes; their token tiles follow the wait (the same barriers
-      // expect both).
-      Cursor cur = at_item(blockIdx.x), pre = cur;
-      int ahead = 0;
-      for (; ahead < kStages && cur.item < items; ++ahead, advance(cur)) load_weights(ahead, cur);
-      pdl_wait();
-      for (int s = 0; s < ahead; ++s, advance(pre)) load_tokens(s, pre);
-      int slot = 0;
-      uint32_t phase = 1;  // every slot has been filled once
-      for (; cur.item < items; advance(cur)) {
-        Barrier::wait(&empty[slot], phase ^ 1);
-        load_weights(slot, cur);
-        load_tokens(slot, cur);
-        if (++slot == kStages) { slot = 0; phase ^= 1; }
-      }
-    }
+    if (lane == 0)
+      tma::produce<kStages>(
+          it, empty,
+          [&](int slot, const tma::Cursor& cur) {
+            Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
+            tma::load_weight_box(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
+                                 cur.kb * kStageK<Op>, cur, ep.split_halves);
+          },
+          [&](int slot, const tma::Cursor& cur) {
+            cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint,
+                                         base + slot * kStageBytes + kWeightBoxBytes, cur.kb * kStageK<Op>,
+                                         cur.u.begin + cur.u.row0);
+          });
   } else {
     const int g = lane / 4, q = lane % 4;
     // ldmatrix addresses: A rows (this warp's 16 weight rows) and B rows
@@ -326,16 +227,16 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     int slot = 0;
     uint32_t phase = 0;
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-      const Unit u = find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices));
+      const tma::Unit u = tma::find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices), kTokens);
       const int slice = static_cast<int>(item % slices);
-      const int row0 = slice * kSliceRows + warp * kRowsPerWarp;  // unfused: D columns
-      const bool two_blocks = u.rows - u.token0 > 8;  // warp-uniform: tokens 8-15 exist
+      const int w_row0 = slice * kSliceRows + warp * kRowsPerWarp;  // unfused: D columns
+      const bool two_blocks = u.rows - u.row0 > 8;  // warp-uniform: tokens 8-15 exist
       float acc[2][4] = {};
       // e4m3: this thread's scales of a block: its weight rows' (one 128-row
       // block: the warp's 16 rows start at a multiple of 16) and its 4 tokens'.
       const float* sa_e = kIsFp8<Op> ? sc.a + static_cast<int64_t>(u.begin) * k_stages : nullptr;
       const float* sw_e = kIsFp8<Op> && sc.w != nullptr
-                              ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(row0 / 128) * k_stages
+                              ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_row0 / 128) * k_stages
                               : nullptr;
       for (int kb = 0; kb < k_stages; ++kb) {
         float scale[2][2];
@@ -345,7 +246,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
           for (int j = 0; j < 2; ++j)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              const int t = u.token0 + 8 * j + 2 * q + h;
+              const int t = u.row0 + 8 * j + 2 * q + h;
               scale[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) * sw : 0.0f;
             }
         }
@@ -376,15 +277,15 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
         }
       }
       // D^T fragment of block j: acc[j][0..1] at weight row g of this warp's
-      // 16, tokens token0 + 8j + 2q, +1; acc[j][2..3] at weight row g + 8.
+      // 16, tokens row0 + 8j + 2q, +1; acc[j][2..3] at weight row g + 8.
       const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
       if (!ep.fused) {
 #pragma unroll
         for (int j = 0; j < 2; ++j)
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            const int r = row0 + g + (i < 2 ? 0 : 8);
-            const int t = u.token0 + 8 * j + 2 * q + (i & 1);
+            const int r = w_row0 + g + (i < 2 ? 0 : 8);
+            const int t = u.row0 + 8 * j + 2 * q + (i & 1);
             if (r >= n || t >= u.rows) continue;
             const float b = bias_e ? to_float(bias_e[r]) : 0.0f;
             c[static_cast<int64_t>(u.begin + t) * n + r] = from_float<T>(acc[j][i] + b);
@@ -408,9 +309,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
       {
         const int per = item_cols / 8;  // columns a thread computes: 4 gated, 8 otherwise
         const int t = threadIdx.x / 8, j0 = (threadIdx.x % 8) * per;
-        if (u.token0 + t < u.rows) {
+        if (u.row0 + t < u.rows) {
           const T* row = staged + t * kSliceRows;
-          T* out = c + static_cast<int64_t>(u.begin + u.token0 + t) * ep.inter + slice * item_cols;
+          T* out = c + static_cast<int64_t>(u.begin + u.row0 + t) * ep.inter + slice * item_cols;
           for (int jj = 0; jj < per; ++jj) {
             const int j = j0 + jj;
             if (slice * item_cols + j >= ep.inter) break;
@@ -428,84 +329,26 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
   pdl_launch_dependents();
 }
 
-// cuTensorMapEncodeTiled through the runtime's driver entry point, so the
-// library links no libcuda (the CUDA path runs on machines with only a driver).
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
-            cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-// A row-major tensor of `rank` dims (dims[0] contiguous) tiled in
-// boxes of box[] with the 128-byte swizzle; out-of-bounds elements read as 0.
-bool encode(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, int rank,
-            const cuuint64_t* dims, const cuuint64_t* strides_bytes, const cuuint32_t* box) {
-  const PFN_cuTensorMapEncodeTiled_v12000 fn = encode_fn();
-  if (fn == nullptr) return false;
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  return fn(map, type, static_cast<cuuint32_t>(rank), const_cast<void*>(ptr), dims, strides_bytes, box,
-            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 }  // namespace
 
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
                                 const FusedActivation* fuse) {
   const bool fp8 = p.a_scale != nullptr;  // e4m3 a and w with block scales
-  if (p.dtype != MOEKIT_DTYPE_BF16 && p.dtype != MOEKIT_DTYPE_FP16) return cudaErrorNotSupported;
-  if (p.num_experts < 1 || p.num_experts > kDecodeMaxExperts || rows_capacity < 1 ||
-      rows_capacity > (int64_t{1} << 31) - 1)
-    return cudaErrorNotSupported;
-  // TMA: rows of a multiple of 16 bytes, 16-byte aligned bases.
-  const int64_t elem_bytes = fp8 ? 1 : 2;
-  if (p.n % 8 != 0 || (p.k * elem_bytes) % 16 != 0 || p.n < 1 || p.k < 1 || p.n > (1 << 30) ||
-      p.k > (1 << 30))
-    return cudaErrorNotSupported;
-  if (reinterpret_cast<uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<uintptr_t>(p.w) % 16 != 0)
-    return cudaErrorNotSupported;
+  if (!tma::operands_fit(p, rows_capacity, kDecodeMaxExperts)) return cudaErrorNotSupported;
+  const int elem_bytes = fp8 ? 1 : 2;
   // The activation's fp8 quantization needs whole 128-column groups; the
   // fused epilogue is for 16-bit layers.
   if (fp8 && fuse != nullptr) return cudaErrorNotSupported;
   Epilogue ep{};
-  if (fuse != nullptr) {
-    const bool gated = activation_is_gated(fuse->params.kind);
-    if (p.n != (gated ? 2 : 1) * fuse->inter) return cudaErrorNotSupported;
-    ep = {1, gated && fuse->order != MOEKIT_INTERLEAVED, fuse->params, fuse->order,
-          static_cast<int>(fuse->inter)};
-  }
-  const CUtensorMapDataType type = fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8
-                                   : p.dtype == MOEKIT_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                                                  : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const cuuint32_t box_k = static_cast<cuuint32_t>(kBoxBytes / elem_bytes);
+  if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
+  const CUtensorMapDataType type = tma::map_type(p);
   CUtensorMap w_map{}, a_map{};
-  const cuuint64_t k = static_cast<cuuint64_t>(p.k), n = static_cast<cuuint64_t>(p.n);
-  const cuuint64_t e = static_cast<cuuint64_t>(p.num_experts), row = k * elem_bytes;
-  bool ok;
-  if (ep.split_halves) {  // [E, 2, I, K]: one box = rows j.. of the gate and the up half
-    const cuuint64_t half = n / 2;
-    const cuuint64_t dims[4] = {k, half, 2, e}, strides[3] = {row, half * row, n * row};
-    const cuuint32_t box[4] = {box_k, kGatedCols, 2, 1};
-    ok = encode(&w_map, type, p.w, 4, dims, strides, box);
-  } else {  // [E, N, K]
-    const cuuint64_t dims[3] = {k, n, e}, strides[2] = {row, n * row};
-    const cuuint32_t box[3] = {box_k, kSliceRows, 1};
-    ok = encode(&w_map, type, p.w, 3, dims, strides, box);
-  }
-  const cuuint64_t a_dims[2] = {k, static_cast<cuuint64_t>(rows_capacity)}, a_strides[1] = {row};
-  const cuuint32_t a_box[2] = {box_k, kTokens};
-  if (!ok || !encode(&a_map, type, p.a, 2, a_dims, a_strides, a_box)) return cudaErrorNotSupported;
-  // Per-tensor scaling passes a block of ones (w_scale_ones): a factor of 1, not read.
-  const Scales sc{p.a_scale, p.w_scale_ones != nullptr ? nullptr : p.w_scale, p.w_scale_stride};
+  // Split halves: one box holds rows j.. of the gate and the up half.
+  if (!tma::encode_weights(&w_map, type, p.w, p.num_experts, p.n, p.k, elem_bytes,
+                           ep.split_halves ? 2 * kGatedCols : kSliceRows, ep.split_halves) ||
+      !tma::encode_rows(&a_map, type, p.a, rows_capacity, p.k, elem_bytes, kTokens))
+    return cudaErrorNotSupported;
+  const Scales sc = tma::scales_of(p);
 
   // Items: at most min(E, rows) experts with rows, rows / 16 more passes, times the slices.
   const int64_t slices = (p.n + kSliceRows - 1) / kSliceRows;

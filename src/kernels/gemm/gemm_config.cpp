@@ -17,6 +17,8 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kFp8Tile128x128: return "sm90 fp8 block-scaled 128x128x128";
     case GemmKernel::kFp8Pingpong64x128: return "sm90 fp8 block-scaled 64x128x128 ping-pong";
     case GemmKernel::kFp8Decode: return "fp8 block-scaled decode TMA + wgmma swap-AB 64x16x128";
+    case GemmKernel::kPrefill: return "prefill TMA + wgmma 128x256x64";
+    case GemmKernel::kFp8Prefill: return "fp8 block-scaled prefill TMA + wgmma 128x128x128, overlapped promotion";
   }
   return "unknown";
 }
@@ -32,7 +34,9 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
       {"fp8_swap128x16", GemmKernel::kFp8Swap128x16},
       {"fp8_tile128x128", GemmKernel::kFp8Tile128x128},
       {"fp8_pingpong64x128", GemmKernel::kFp8Pingpong64x128},
-      {"fp8_decode", GemmKernel::kFp8Decode}};
+      {"fp8_decode", GemmKernel::kFp8Decode},
+      {"prefill", GemmKernel::kPrefill},
+      {"fp8_prefill", GemmKernel::kFp8Prefill}};
   for (const auto& n : kNames)
     if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
   return false;
@@ -41,7 +45,7 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
 bool gemm_kernel_runs_fp8(GemmKernel k) {
   return k == GemmKernel::kSimple || k == GemmKernel::kFp8Swap128x16 ||
          k == GemmKernel::kFp8Tile128x128 || k == GemmKernel::kFp8Pingpong64x128 ||
-         k == GemmKernel::kFp8Decode;
+         k == GemmKernel::kFp8Decode || k == GemmKernel::kFp8Prefill;
 }
 bool gemm_kernel_runs_16bit(GemmKernel k) {
   return k == GemmKernel::kSimple || !gemm_kernel_runs_fp8(k);

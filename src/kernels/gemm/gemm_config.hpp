@@ -27,12 +27,16 @@ enum class GemmKernel : int {
   kFp8Tile128x128 = 7,  // fp8 block-scaled, > 8 rows per expert
   kFp8Pingpong64x128 = 8,  // fp8 block-scaled, ping-pong
   kFp8Decode = 9,       // the decode kernel on e4m3 operands with block scales
+  kPrefill = 10,        // TMA + wgmma 128x256, expert as a TMA coordinate, PDL (prefill_gemm.cu)
+  kFp8Prefill = 11,     // the prefill kernel on e4m3 operands with block scales, 128x128
 };
-constexpr int kNumGemmKernels = 10;
+constexpr int kNumGemmKernels = 12;
 
 // The decode kernel keeps every expert's offsets and first work unit in
 // shared memory (8 bytes an expert) beside its 90 KB pipeline, two CTAs an SM.
 constexpr int64_t kDecodeMaxExperts = 1024;
+// The prefill kernel keeps the same 8 bytes an expert beside its 192 KB pipeline.
+constexpr int64_t kPrefillMaxExperts = 1024;
 
 // Whether kernel k takes e4m3 operands with block scales (the fp8 families and
 // the simple kernel, which has both forms).

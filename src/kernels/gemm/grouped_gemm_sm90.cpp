@@ -28,7 +28,27 @@ cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams&
     case GemmKernel::kFp8Pingpong64x128: return sm90_grouped_gemm_fp8_pingpong64x128(p, stream);
     case GemmKernel::kSimple:
     case GemmKernel::kDecode:
-    case GemmKernel::kFp8Decode: break;  // not a CUTLASS family: decode_grouped_gemm
+    case GemmKernel::kFp8Decode:
+    case GemmKernel::kPrefill:
+    case GemmKernel::kFp8Prefill: break;  // not CUTLASS families: launch_hand_written_gemm
+  }
+  return cudaErrorNotSupported;
+}
+
+bool gemm_kernel_is_hand_written(GemmKernel kernel) {
+  return kernel == GemmKernel::kDecode || kernel == GemmKernel::kFp8Decode ||
+         kernel == GemmKernel::kPrefill || kernel == GemmKernel::kFp8Prefill;
+}
+
+cudaError_t launch_hand_written_gemm(GemmKernel kernel, const GroupedGemmParams& p,
+                                     int64_t rows_capacity, cudaStream_t stream,
+                                     const FusedActivation* fuse) {
+  switch (kernel) {
+    case GemmKernel::kDecode:
+    case GemmKernel::kFp8Decode: return decode_grouped_gemm(p, rows_capacity, stream, fuse);
+    case GemmKernel::kPrefill:
+    case GemmKernel::kFp8Prefill: return prefill_grouped_gemm(p, rows_capacity, stream, fuse);
+    default: break;
   }
   return cudaErrorNotSupported;
 }

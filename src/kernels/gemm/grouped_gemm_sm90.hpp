@@ -49,4 +49,20 @@ struct FusedActivation {
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity,
                                 cudaStream_t stream, const FusedActivation* fuse = nullptr);
 
+// The hand-written prefill kernel (prefill_gemm.cu): TMA + wgmma, 128 rows x
+// 256 columns (e4m3 with block scales: 128 x 128, the promotion of one block
+// overlapping the next block's wgmmas), the expert as a TMA coordinate (no
+// per-group set-up), PDL. Same contract as decode_grouped_gemm (up to
+// kPrefillMaxExperts experts), including the fused activation for 16-bit
+// operands.
+cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity,
+                                 cudaStream_t stream, const FusedActivation* fuse = nullptr);
+
+// The kernels above (decode, prefill, their fp8 forms) through one entry:
+// cudaErrorNotSupported for any other kernel or a problem it cannot take.
+bool gemm_kernel_is_hand_written(GemmKernel kernel);
+cudaError_t launch_hand_written_gemm(GemmKernel kernel, const GroupedGemmParams& p,
+                                     int64_t rows_capacity, cudaStream_t stream,
+                                     const FusedActivation* fuse = nullptr);
+
 }  // namespace moekit::kernels

@@ -1,0 +1,427 @@
+// Grouped GEMM for batches with many rows per expert, written by hand on the
+// pieces of the decode kernel (tma_tiles.cuh), because the CUTLASS ptr-array
+// kernels leave a third of the tensor cores idle on MoE shapes
+// (bench/RESULTS.md: qwen3 prefill GEMMs at 480-543 TFLOP/s in bf16, fp8
+// block-scaled ones at 576-763).
+//
+// Shape of the kernel:
+//  - One tensor map over all experts' weights, [E, N, K] with the expert as
+//    the third coordinate, and one over the expert-ordered rows [rows, K]:
+//    no per-group tensor-map rewrite, no group set-up kernel. A tile's
+//    128-row box may run past its expert's rows; those rows are computed
+//    and never stored.
+//  - A persistent grid, one CTA per SM, a producer warpgroup and two
+//    consumer warpgroups (register budgets moved with setmaxnreg). Work items
+//    are (expert, 128-row unit, column slice), slices of a unit adjacent, so
+//    the CTAs that share a row tile or a weight tile run at the same time
+//    and meet in L2.
+//  - One producer thread streams (128 rows x 128 bytes of k) and (kCols
+//    weight rows x 128 bytes) tiles with TMA into a ring of stages; each
+//    consumer warpgroup runs wgmma over its 64 rows and all kCols columns
+//    straight from the swizzled tiles, one batch in flight while it waits
+//    for the one before.
+//  - 16-bit operands: 128 x 256 tiles, k16 wgmmas. e4m3 with block scales:
+//    128 x 128 tiles, a stage is one 128-deep scale block summed into a
+//    partial accumulator and promoted (acc = fma(partial, a_scale * w_scale,
+//    acc)) as in CUTLASS's blockwise mainloop.
+//  - The epilogue stages 64-column chunks in shared memory and stores rows
+//    with 16-byte writes.
+//  - GEMM 1's activation can run in the epilogue (tma::Epilogue): the gate
+//    and up columns of an output column are in the same thread (one box
+//    holds rows j.. of both halves, or they are adjacent when interleaved).
+//  - Programmatic dependent launch as in the decode kernel: the prologue and
+//    the first stages' weights overlap the previous kernel.
+//
+// Arithmetic is that of the other kernels (one fp32 accumulator per output,
+// K ascending in wgmma steps, block promotion as CUTLASS's FP8Blockwise,
+// bias in fp32, one rounding), so a row's bits do not depend on which
+// kernel ran; the GPU suite checks it.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+#include <utility>
+
+#include "cute/arch/copy_sm90_desc.hpp"
+#include "cute/arch/copy_sm90_tma.hpp"
+#include "cute/arch/mma_sm90_gmma.hpp"
+#include "cutlass/arch/barrier.h"
+#include "cutlass/arch/reg_reconfig.h"
+
+#include "common/activation_math.hpp"
+#include "kernels/common.cuh"
+#include "kernels/gemm/grouped_gemm_sm90.hpp"
+#include "kernels/gemm/tma_tiles.cuh"
+
+namespace moekit::kernels {
+
+namespace {
+
+using tma::Epilogue;
+using tma::kBoxBytes;
+using tma::kSwizzleAlign;
+using tma::Scales;
+using Barrier = cutlass::arch::ClusterTransactionBarrier;
+namespace gmma = cute::SM90::GMMA;
+
+constexpr int kWarpgroup = 128;
+constexpr int kConsumers = 2;                          // consumer warpgroups
+constexpr int kThreads = kWarpgroup * (1 + kConsumers);  // + the producer warpgroup
+constexpr int kTileRows = 64 * kConsumers;             // token rows of a tile
+constexpr int kRowBoxBytes = kTileRows * kBoxBytes;    // 16 KB
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 65536 registers over 384 threads
+
+struct Fp8 {};
+
+// The tile of each operand kind. cols: weight rows (output columns) of a
+// tile; stage_k: k of one stage (one 128-byte box row); mma_k: k of one wgmma.
+template <class Op>
+struct Tile {  // bf16 / fp16
+  static constexpr int kCols = 256, kStageK = 64, kMmaK = 16, kStages = 4;
+  static constexpr bool kFp8 = false;
+};
+template <>
+struct Tile<Fp8> {
+  static constexpr int kCols = 128, kStageK = 128, kMmaK = 32, kStages = 6;
+  static constexpr bool kFp8 = true;
+};
+template <class Op>
+constexpr int kStageBytes = kRowBoxBytes + Tile<Op>::kCols * kBoxBytes;
+template <class Op>
+constexpr int kAcc = Tile<Op>::kCols / 2;  // accumulators a thread holds: 64 rows x kCols / 128
+
+// The epilogue's staging tile per consumer warpgroup: 64 rows of a 64-column
+// chunk, rows padded by 16 bytes (conflict-free 4-byte writes, 16-byte reads).
+constexpr int kChunk = 64, kStageRows = 64, kStagePitch = kChunk + 8;
+constexpr size_t kStagingBytes = size_t{kConsumers} * kStageRows * kStagePitch * 2;
+
+size_t smem_bytes_of(int stage_bytes, int stages, int num_experts) {
+  return kSwizzleAlign + static_cast<size_t>(stages) * stage_bytes + 2 * stages * sizeof(uint64_t) +
+         2 * (static_cast<size_t>(num_experts) + 1) * sizeof(int32_t) + 16 + kStagingBytes;  // 16: alignment
+}
+
+// Named barrier of consumer warpgroup cw (ids 1 and 2; 0 is __syncthreads).
+__device__ __forceinline__ void wg_barrier(int cw) {
+  if (cw == 0)
+    asm volatile("bar.sync 1, %0;" ::"n"(kWarpgroup) : "memory");
+  else
+    asm volatile("bar.sync 2, %0;" ::"n"(kWarpgroup) : "memory");
+}
+template <class Op>
+size_t smem_bytes(int num_experts) {
+  return smem_bytes_of(kStageBytes<Op>, Tile<Op>::kStages, num_experts);
+}
+
+// The wgmma of a stage's k step for 64 rows x kCols: T on 16-bit operands, e4m3 otherwise.
+template <class T, class Op>
+struct Mma {
+  using type = std::conditional_t<std::is_same_v<T, __nv_bfloat16>,
+                                  gmma::MMA_64x256x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>,
+                                  gmma::MMA_64x256x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>>;
+};
+template <class T>
+struct Mma<T, Fp8> {
+  using type = gmma::MMA_64x128x32_F32E4M3E4M3_SS_TN<>;
+};
+
+template <class M, class Acc, size_t... I>
+__device__ __forceinline__ void wgmma_call(uint64_t da, uint64_t db, Acc& d, gmma::ScaleOut s,
+                                           std::index_sequence<I...>) {
+  M::fma(da, db, d[I]..., s);
+}
+
+// f(std::integral_constant<int, I>{}) for I = 0 .. N-1: indices that stay
+// compile-time constants (accumulator registers cannot be indexed at run time).
+template <class F, int... I>
+__device__ __forceinline__ void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, class F>
+__device__ __forceinline__ void static_for(F&& f) {
+  static_for_impl(f, std::make_integer_sequence<int, N>{});
+}
+
+template <int N>
+__device__ __forceinline__ void fence(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(d[i]);
+}
+
+// Issues one stage's wgmmas (kStageK / kMmaK steps of +32 bytes of k: +2 in
+// the descriptors' address field) into d, as one committed batch; the first
+// step overwrites d when zero is set.
+template <class T, class Op, int N>
+__device__ __forceinline__ void issue_stage(float (&d)[N], uint32_t a_tile, uint32_t w_tile, bool zero) {
+  const uint64_t da = tma::smem_descriptor(a_tile), dw = tma::smem_descriptor(w_tile);
+  fence(d);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int kk = 0; kk < Tile<Op>::kStageK / Tile<Op>::kMmaK; ++kk)
+    wgmma_call<typename Mma<T, Op>::type>(da + 2 * kk, dw + 2 * kk, d,
+                                          zero && kk == 0 ? gmma::ScaleOut::Zero : gmma::ScaleOut::One,
+                                          std::make_index_sequence<N>{});
+  cute::warpgroup_commit_batch();
+}
+
+template <class T>
+using T2 = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, __nv_bfloat162, __half2>;
+template <class T>
+__device__ __forceinline__ void load_pair(const T* p, float& a, float& b) {
+  const T2<T> v = *reinterpret_cast<const T2<T>*>(p);
+  a = to_float(v.x);
+  b = to_float(v.y);
+}
+template <class T>
+__device__ __forceinline__ void store_pair(T* p, float a, float b) {
+  T2<T> v;
+  v.x = from_float<T>(a);
+  v.y = from_float<T>(b);
+  *reinterpret_cast<T2<T>*>(p) = v;
+}
+template <class T>
+__device__ __forceinline__ float rounded(float v) {
+  return to_float(from_float<T>(v));
+}
+
+template <class T, class Op>
+__global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
+    const __grid_constant__ CUtensorMap w_map,  // [E, N, K] weights, box (128 B of k, kCols rows, 1)
+    const __grid_constant__ CUtensorMap a_map,  // [rows, K] expert-ordered rows, box (128 B of k, 128 rows)
+    const int32_t* __restrict__ offsets,        // [E + 1]
+    int num_experts,
+    const T* __restrict__ bias,                 // [E, N] or null
+    T* __restrict__ c,                          // [rows, N], or fused: [rows, inter]
+    int n, int k, Epilogue ep, Scales sc) {
+  using S = Tile<Op>;
+  constexpr int kStages = S::kStages, kCols = S::kCols, kBytes = kStageBytes<Op>;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
+  const uint32_t stages = static_cast<uint32_t>(__cvta_generic_to_shared(base));  // kStages x kBytes
+  auto* full = reinterpret_cast<uint64_t*>(base + kStages * kBytes);             // [kStages]
+  uint64_t* empty = full + kStages;                                               // [kStages]
+  auto* offs = reinterpret_cast<int32_t*>(empty + kStages);                       // [E + 1]
+  int32_t* first_unit = offs + num_experts + 1;                                   // [E + 1]
+  // [kConsumers][kStageRows][kStagePitch]: each consumer warpgroup's epilogue tile.
+  T* staging = reinterpret_cast<T*>(
+      (reinterpret_cast<uintptr_t>(first_unit + num_experts + 1) + 15) / 16 * 16);
+  __shared__ typename cub::BlockScan<int, kThreads>::TempStorage scan_storage;
+
+  const int wg = threadIdx.x / kWarpgroup, lane = threadIdx.x % 32;
+  // Before pdl_wait(): the offsets and the weights only, as in the decode kernel.
+  tma::start_block<kThreads, kStages>(full, empty, kConsumers * 4, &w_map, &a_map, offsets, offs, first_unit,
+                                      num_experts, kTileRows, scan_storage);  // empty: every consumer warp
+  const bool gated = ep.fused && activation_is_gated(ep.act.kind);
+  // Output columns an item writes, slices per unit, and a slice's first
+  // weight coordinate (a row of w, or of each half with split_halves).
+  const int item_cols = gated ? kCols / 2 : kCols;
+  const int slices = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kCols - 1) / kCols;
+  const int slice_step = ep.split_halves ? kCols / 2 : kCols;
+  const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * slices;
+  const int k_stages = (k + S::kStageK - 1) / S::kStageK;
+  const tma::Items it{first_unit, offs, num_experts, kTileRows, slices, slice_step, k_stages, items};
+
+  if (wg == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<kProducerRegs>();
+    constexpr uint64_t kHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+    if (threadIdx.x == 0)
+      tma::produce<kStages>(
+          it, empty,
+          [&](int slot, const tma::Cursor& cur) {
+            Barrier::arrive_and_expect_tx(&full[slot], kBytes);
+            tma::load_weight_box(&w_map, &full[slot], kHint, base + slot * kBytes + kRowBoxBytes,
+                                 cur.kb * S::kStageK, cur, ep.split_halves);
+          },
+          [&](int slot, const tma::Cursor& cur) {
+            cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kHint, base + slot * kBytes,
+                                         cur.kb * S::kStageK, cur.u.begin + cur.u.row0);
+          });
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<kConsumerRegs>();
+    const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, g = lane / 4, q = lane % 4;
+    const uint32_t a_offset = static_cast<uint32_t>(cw * 64 * kBoxBytes);  // this warpgroup's 64 rows
+    pdl_wait();  // before the first store
+    int slot = 0;
+    uint32_t phase = 0;
+    auto release = [&](int s) {
+      __syncwarp();
+      if (lane == 0) Barrier::arrive(&empty[s]);
+    };
+    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+      const tma::Unit u =
+          tma::find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices), kTileRows);
+      const int slice = static_cast<int>(item % slices);
+      const int w_row0 = slice * slice_step;
+      // This thread's rows (within the expert): r_lo and r_lo + 8.
+      const int r_lo = u.row0 + cw * 64 + warp * 16 + g;
+      float acc[kAcc<Op>];
+      if constexpr (!S::kFp8) {
+        int prev = 0;
+        for (int kb = 0; kb < k_stages; ++kb) {
+          Barrier::wait(&full[slot], phase);
+          const uint32_t tile = stages + slot * kBytes;
+          issue_stage<T, Op>(acc, tile + a_offset, tile + kRowBoxBytes, kb == 0);
+          if (kb > 0) {
+            cute::warpgroup_wait<1>();  // the previous stage's wgmmas are done with its slot
+            release(prev);
+          }
+          prev = slot;
+          if (++slot == kStages) { slot = 0; phase ^= 1; }
+        }
+        cute::warpgroup_wait<0>();
+        fence(acc);
+        release(prev);
+      } else {
+        // Scales of block kb for rows r_lo, r_lo + 8 (0 past the expert's rows).
+        const float* sa_e = sc.a + static_cast<int64_t>(u.begin) * k_stages;
+        const float* sw_e =
+            sc.w != nullptr ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_row0 / 128) * k_stages
+                            : nullptr;
+        auto block_scales = [&](int kb, float (&s)[2]) {
+          const float sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = r_lo + 8 * h;
+            s[h] = r < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + r) * sw : 0.0f;
+          }
+        };
+        float part[kAcc<Op>];
+#pragma unroll
+        for (int i = 0; i < kAcc<Op>; ++i) acc[i] = 0.0f;
+        // Each block's wgmmas sum into part; once they are done the slot is
+        // released and part promoted: acc = fma(part, a_scale * w_scale, acc).
+        // While one warpgroup promotes, the other's wgmmas keep the tensor
+        // cores busy. (Promoting block b while block b + 1's wgmmas run on a
+        // second partial would overlap it within a warpgroup too, but ptxas
+        // then serializes every wgmma: it does not let a register of one
+        // accumulator be read while a later batch is pending.)
+        for (int kb = 0; kb < k_stages; ++kb) {
+          float s[2];
+          block_scales(kb, s);
+          Barrier::wait(&full[slot], phase);
+          const uint32_t tile = stages + slot * kBytes;
+          issue_stage<T, Op>(part, tile + a_offset, tile + kRowBoxBytes, true);
+          cute::warpgroup_wait<0>();
+          fence(part);
+          release(slot);
+          if (++slot == kStages) { slot = 0; phase ^= 1; }
+#pragma unroll
+          for (int i = 0; i < kAcc<Op>; ++i) acc[i] = fmaf(part[i], s[(i / 2) % 2], acc[i]);
+        }
+      }
+
+      // Epilogue, in chunks of 64 tile columns through this warpgroup's
+      // staging tile (a rolled loop then reads it: the activation's code
+      // exists once, not once per accumulator, and the stores are 16 bytes):
+      // the values GEMM 1 would store, [64 rows][64 columns]; for split
+      // halves the chunk is 32 columns of each half, laid out like a GEMM 1
+      // row of an intermediate size of 32 (half 0, then half 1), so
+      // gate_column / up_column and the activation formulas are the
+      // activation stage's own.
+      // acc[4i + 2h + e]: row r_lo + 8h, tile column 8i + 2q + e.
+      const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
+      T* tile_out = staging + cw * kStageRows * kStagePitch;
+      const int out_n = ep.fused ? ep.inter : n;
+      const int out_per_row = gated ? kChunk / 2 : kChunk;  // outputs a chunk row gives
+      static_for<kCols / kChunk>([&](auto ch_tag) {
+        constexpr int ch = decltype(ch_tag)::value;
+        wg_barrier(cw);  // the previous chunk's readers are done with the tile
+        // Block I of the accumulators into the tile at column `local`; w_col: its weight row.
+        auto put = [&](auto i_tag, int local, int w_col, bool valid) {
+          constexpr int i = decltype(i_tag)::value;
+          float b0 = 0.0f, b1 = 0.0f;
+          if (bias_e && valid) load_pair(bias_e + w_col, b0, b1);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            T2<T> v;
+            v.x = from_float<T>(valid ? acc[4 * i + 2 * h] + b0 : 0.0f);
+            v.y = from_float<T>(valid ? acc[4 * i + 2 * h + 1] + b1 : 0.0f);
+            *reinterpret_cast<T2<T>*>(tile_out + (warp * 16 + g + 8 * h) * kStagePitch + local) = v;
+          }
+        };
+        if (ep.split_halves) {  // 32 columns of half 0, then the same of half 1
+          static_for<2 * (kChunk / 16)>([&](auto hb_tag) {
+            constexpr int half = decltype(hb_tag)::value / (kChunk / 16), b = decltype(hb_tag)::value % (kChunk / 16);
+            const int j = slice * item_cols + ch * (kChunk / 2) + b * 8 + 2 * q;
+            put(std::integral_constant<int, half * (kCols / 16) + ch * (kChunk / 16) + b>{},
+                half * (kChunk / 2) + b * 8 + 2 * q, half * ep.inter + j, j < ep.inter);
+          });
+        } else {
+          static_for<kChunk / 8>([&](auto b_tag) {
+            constexpr int i = ch * (kChunk / 8) + decltype(b_tag)::value;
+            const int w_col = w_row0 + 8 * i + 2 * q;
+            put(std::integral_constant<int, i>{}, decltype(b_tag)::value * 8 + 2 * q, w_col, w_col < n);
+          });
+        }
+        wg_barrier(cw);
+        // Output column of the chunk's first output, then groups of 8 outputs.
+        const int col0 = gated ? slice * item_cols + ch * (kChunk / 2) : w_row0 + ch * kChunk;
+        const int groups = kStageRows * out_per_row / 8;
+        for (int gi = threadIdx.x % kWarpgroup; gi < groups; gi += kWarpgroup) {
+          const int lr = gi / (out_per_row / 8), j0 = (gi % (out_per_row / 8)) * 8;
+          const int r = u.row0 + cw * 64 + lr;
+          if (r >= u.rows) continue;
+          const T* src = tile_out + lr * kStagePitch;
+          float v[8];
+#pragma unroll
+          for (int jj = 0; jj < 8; ++jj) {
+            const int j = j0 + jj;
+            v[jj] = gated ? apply_gated_activation(ep.act, to_float(src[gate_column(ep.order, j, kChunk / 2)]),
+                                                   to_float(src[up_column(ep.order, j, kChunk / 2)]))
+                    : ep.fused ? apply_activation(ep.act.kind, to_float(src[j]))
+                               : to_float(src[j]);
+          }
+          T* dst = c + static_cast<int64_t>(u.begin + r) * out_n + col0 + j0;
+          if (col0 + j0 + 8 <= out_n && out_n % 8 == 0) {
+            store8(dst, v);
+          } else {
+            for (int jj = 0; jj < 8 && col0 + j0 + jj < out_n; ++jj) dst[jj] = from_float<T>(v[jj]);
+          }
+        }
+      });
+    }
+  }
+  pdl_launch_dependents();
+}
+
+}  // namespace
+
+cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
+                                 const FusedActivation* fuse) {
+  const bool fp8 = p.a_scale != nullptr;
+  if (!tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
+  if (fp8 && fuse != nullptr) return cudaErrorNotSupported;  // the activation stage quantizes
+  Epilogue ep{};
+  if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
+  const int elem_bytes = fp8 ? 1 : 2;
+  const int cols = fp8 ? Tile<Fp8>::kCols : Tile<__nv_bfloat16>::kCols;
+  CUtensorMap w_map{}, a_map{};
+  if (!tma::encode_weights(&w_map, tma::map_type(p), p.w, p.num_experts, p.n, p.k, elem_bytes, cols,
+                           ep.split_halves) ||
+      !tma::encode_rows(&a_map, tma::map_type(p), p.a, rows_capacity, p.k, elem_bytes, kTileRows))
+    return cudaErrorNotSupported;
+  const Scales sc = tma::scales_of(p);
+
+  // Items: at most min(E, rows) experts with rows, rows / 128 more units, times the slices.
+  const int64_t slices = (p.n + cols - 1) / cols;
+  const int64_t units = std::min<int64_t>(p.num_experts, rows_capacity) + rows_capacity / kTileRows;
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(p.sm_count, units * slices));
+
+  auto launch = [&](auto out_tag, auto op_tag) {
+    using T = decltype(out_tag);
+    using Op = decltype(op_tag);
+    static const cudaError_t opt_in =
+        cudaFuncSetAttribute(prefill_gemm_kernel<T, Op>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem_bytes<Op>(kPrefillMaxExperts)));
+    if (opt_in != cudaSuccess) return opt_in;
+    return launch_pdl(prefill_gemm_kernel<T, Op>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
+                      smem_bytes<Op>(p.num_experts), stream, w_map, a_map, p.expert_offsets,
+                      p.num_experts, static_cast<const T*>(p.bias), static_cast<T*>(p.c),
+                      static_cast<int>(p.n), static_cast<int>(p.k), ep, sc);
+  };
+  if (p.dtype == MOEKIT_DTYPE_BF16)
+    return fp8 ? launch(__nv_bfloat16{}, Fp8{}) : launch(__nv_bfloat16{}, __nv_bfloat16{});
+  return fp8 ? launch(__half{}, Fp8{}) : launch(__half{}, __half{});
+}
+
+}  // namespace moekit::kernels
