@@ -3,10 +3,11 @@
 # own T. Runs bench over BENCH_TOKENS and run at RUN_TOKENS (a member of the
 # sweep, at position ROW) with the same COMMON options and compares the
 # oracle's errors, which depend on every weight and input value, exactly.
-#   cmake -DCLI=... -DDIR=... -DCOMMON="--model;...;--device;cpu" -DBENCH_TOKENS=300,8
+# TAG names its files, so tests of different options can run at once (ctest -j).
+#   cmake -DCLI=... -DDIR=... -DTAG=bf16 -DCOMMON="--model;...;--device;cpu" -DBENCH_TOKENS=300,8
 #         -DRUN_TOKENS=8 -DROW=1 -P cli_same_layer_check.cmake
-set(bench_json "${DIR}/cli_same_layer_bench.json")
-set(run_json "${DIR}/cli_same_layer_run.json")
+set(bench_json "${DIR}/cli_same_layer_bench_${TAG}.json")
+set(run_json "${DIR}/cli_same_layer_run_${TAG}.json")
 file(REMOVE "${bench_json}" "${run_json}")
 execute_process(COMMAND "${CLI}" bench ${COMMON} --tokens ${BENCH_TOKENS} --json "${bench_json}"
                 RESULT_VARIABLE rc OUTPUT_QUIET)
