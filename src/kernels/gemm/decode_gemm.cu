@@ -227,7 +227,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
     int slot = 0;
     uint32_t phase = 0;
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-      const tma::Unit u = tma::find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices), kTokens);
+      const tma::Cursor cur = tma::cursor_at(it, item);  // the item as the producer loads it
+      const tma::Unit& u = cur.u;
       const int slice = static_cast<int>(item % slices);
       const int w_row0 = slice * kSliceRows + warp * kRowsPerWarp;  // unfused: D columns
       const bool two_blocks = u.rows - u.row0 > 8;  // warp-uniform: tokens 8-15 exist
@@ -355,23 +356,12 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
   const int64_t units = std::min<int64_t>(p.num_experts, rows_capacity) + rows_capacity / kTokens;
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(int64_t{kCtasPerSm} * p.sm_count, units * slices));
 
-  auto launch = [&](auto out_tag, auto op_tag) {
+  return tma::for_types<Fp8>(p, [&](auto out_tag, auto op_tag) {
     using T = decltype(out_tag);
-    using Op = decltype(op_tag);
-    // Above 48 KB of shared memory needs an opt-in, once per kernel (for the
-    // largest expert count, so one setting serves every call).
-    static const cudaError_t opt_in = cudaFuncSetAttribute(
-        decode_gemm_kernel<T, Op>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(smem_bytes(kDecodeMaxExperts)));
-    if (opt_in != cudaSuccess) return opt_in;
-    return launch_pdl(decode_gemm_kernel<T, Op>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
-                      smem_bytes(p.num_experts), stream, w_map, a_map, p.expert_offsets,
-                      p.num_experts, static_cast<const T*>(p.bias), static_cast<T*>(p.c),
-                      static_cast<int>(p.n), static_cast<int>(p.k), ep, sc);
-  };
-  if (p.dtype == MOEKIT_DTYPE_BF16)
-    return fp8 ? launch(__nv_bfloat16{}, Fp8{}) : launch(__nv_bfloat16{}, __nv_bfloat16{});
-  return fp8 ? launch(__half{}, Fp8{}) : launch(__half{}, __half{});
+    return tma::launch<T, decode_gemm_kernel<T, decltype(op_tag)>>(
+        smem_bytes(kDecodeMaxExperts), dim3(static_cast<unsigned>(grid)), dim3(kThreads),
+        smem_bytes(p.num_experts), stream, p, w_map, a_map, ep, sc);
+  });
 }
 
 }  // namespace moekit::kernels

@@ -19,6 +19,10 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kFp8Decode: return "fp8 block-scaled decode TMA + wgmma swap-AB 64x16x128";
     case GemmKernel::kPrefill: return "prefill TMA + wgmma 128x256x64";
     case GemmKernel::kFp8Prefill: return "fp8 block-scaled prefill TMA + wgmma 128x128x128, overlapped promotion";
+    case GemmKernel::kTile128x256Cluster2x1: return "sm90 128x256x64, cluster 2x1";
+    case GemmKernel::kTile128x256Cluster1x2: return "sm90 128x256x64, cluster 1x2";
+    case GemmKernel::kFp8Tile128x128Cluster2x1: return "sm90 fp8 block-scaled 128x128x128, cluster 2x1";
+    case GemmKernel::kFp8Tile128x128Cluster1x2: return "sm90 fp8 block-scaled 128x128x128, cluster 1x2";
   }
   return "unknown";
 }
@@ -36,7 +40,11 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
       {"fp8_pingpong64x128", GemmKernel::kFp8Pingpong64x128},
       {"fp8_decode", GemmKernel::kFp8Decode},
       {"prefill", GemmKernel::kPrefill},
-      {"fp8_prefill", GemmKernel::kFp8Prefill}};
+      {"fp8_prefill", GemmKernel::kFp8Prefill},
+      {"tile128x256_2x1", GemmKernel::kTile128x256Cluster2x1},
+      {"tile128x256_1x2", GemmKernel::kTile128x256Cluster1x2},
+      {"fp8_tile128x128_2x1", GemmKernel::kFp8Tile128x128Cluster2x1},
+      {"fp8_tile128x128_1x2", GemmKernel::kFp8Tile128x128Cluster1x2}};
   for (const auto& n : kNames)
     if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
   return false;
@@ -45,7 +53,8 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
 bool gemm_kernel_runs_fp8(GemmKernel k) {
   return k == GemmKernel::kSimple || k == GemmKernel::kFp8Swap128x16 ||
          k == GemmKernel::kFp8Tile128x128 || k == GemmKernel::kFp8Pingpong64x128 ||
-         k == GemmKernel::kFp8Decode || k == GemmKernel::kFp8Prefill;
+         k == GemmKernel::kFp8Decode || k == GemmKernel::kFp8Prefill ||
+         k == GemmKernel::kFp8Tile128x128Cluster2x1 || k == GemmKernel::kFp8Tile128x128Cluster1x2;
 }
 bool gemm_kernel_runs_16bit(GemmKernel k) {
   return k == GemmKernel::kSimple || !gemm_kernel_runs_fp8(k);

@@ -29,8 +29,12 @@ enum class GemmKernel : int {
   kFp8Decode = 9,       // the decode kernel on e4m3 operands with block scales
   kPrefill = 10,        // TMA + wgmma 128x256, expert as a TMA coordinate, PDL (prefill_gemm.cu)
   kFp8Prefill = 11,     // the prefill kernel on e4m3 operands with block scales, 128x128
+  kTile128x256Cluster2x1 = 12,     // 128x256, 2-CTA clusters along M (weight tile multicast)
+  kTile128x256Cluster1x2 = 13,     // 128x256, 2-CTA clusters along N (row tile multicast)
+  kFp8Tile128x128Cluster2x1 = 14,  // fp8 block-scaled 128x128, clusters along M
+  kFp8Tile128x128Cluster1x2 = 15,  // fp8 block-scaled 128x128, clusters along N
 };
-constexpr int kNumGemmKernels = 12;
+constexpr int kNumGemmKernels = 16;
 
 // The decode kernel keeps every expert's offsets and first work unit in
 // shared memory (8 bytes an expert) beside its 90 KB pipeline, two CTAs an SM.

@@ -248,10 +248,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
       if (lane == 0) Barrier::arrive(&empty[s]);
     };
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-      const tma::Unit u =
-          tma::find_unit(first_unit, offs, num_experts, static_cast<int>(item / slices), kTileRows);
-      const int slice = static_cast<int>(item % slices);
-      const int w_row0 = slice * slice_step;
+      const tma::Cursor cur = tma::cursor_at(it, item);  // the item as the producer loads it
+      const tma::Unit& u = cur.u;
+      const int slice = static_cast<int>(item % slices), w_row0 = cur.w_row0;
       // This thread's rows (within the expert): r_lo and r_lo + 8.
       const int r_lo = u.row0 + cw * 64 + warp * 16 + g;
       float acc[kAcc<Op>];
@@ -407,21 +406,13 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
   const int64_t units = std::min<int64_t>(p.num_experts, rows_capacity) + rows_capacity / kTileRows;
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(p.sm_count, units * slices));
 
-  auto launch = [&](auto out_tag, auto op_tag) {
+  return tma::for_types<Fp8>(p, [&](auto out_tag, auto op_tag) {
     using T = decltype(out_tag);
     using Op = decltype(op_tag);
-    static const cudaError_t opt_in =
-        cudaFuncSetAttribute(prefill_gemm_kernel<T, Op>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem_bytes<Op>(kPrefillMaxExperts)));
-    if (opt_in != cudaSuccess) return opt_in;
-    return launch_pdl(prefill_gemm_kernel<T, Op>, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
-                      smem_bytes<Op>(p.num_experts), stream, w_map, a_map, p.expert_offsets,
-                      p.num_experts, static_cast<const T*>(p.bias), static_cast<T*>(p.c),
-                      static_cast<int>(p.n), static_cast<int>(p.k), ep, sc);
-  };
-  if (p.dtype == MOEKIT_DTYPE_BF16)
-    return fp8 ? launch(__nv_bfloat16{}, Fp8{}) : launch(__nv_bfloat16{}, __nv_bfloat16{});
-  return fp8 ? launch(__half{}, Fp8{}) : launch(__half{}, __half{});
+    return tma::launch<T, prefill_gemm_kernel<T, Op>>(
+        smem_bytes<Op>(kPrefillMaxExperts), dim3(static_cast<unsigned>(grid)), dim3(kThreads),
+        smem_bytes<Op>(p.num_experts), stream, p, w_map, a_map, ep, sc);
+  });
 }
 
 }  // namespace moekit::kernels

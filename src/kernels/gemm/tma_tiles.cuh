@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
@@ -266,6 +268,32 @@ inline bool operands_fit(const GroupedGemmParams& p, int64_t rows_capacity, int6
       p.k > (1 << 30))
     return false;
   return reinterpret_cast<uintptr_t>(p.a) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
+}
+
+// The launch of a kernel of the common signature (both kernels files'):
+// programmatic dependent launch, after raising its dynamic shared-memory
+// limit to max_smem once per kernel (the largest expert count's, so one
+// setting serves every call). T: the output element type.
+template <class T, auto kKernel>
+cudaError_t launch(size_t max_smem, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   const GroupedGemmParams& p, const CUtensorMap& w_map, const CUtensorMap& a_map,
+                   const Epilogue& ep, const Scales& sc) {
+  static const cudaError_t opt_in =
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(max_smem));
+  if (opt_in != cudaSuccess) return opt_in;
+  return launch_pdl(kKernel, grid, block, smem, stream, w_map, a_map, p.expert_offsets, p.num_experts,
+                    static_cast<const T*>(p.bias), static_cast<T*>(p.c), static_cast<int>(p.n),
+                    static_cast<int>(p.k), ep, sc);
+}
+
+// launch(T{}, Op{}) for p's output type T and operand kind Op: T itself for
+// 16-bit operands, Fp8 (the kernel file's tag) for e4m3 with block scales.
+template <class Fp8, class F>
+cudaError_t for_types(const GroupedGemmParams& p, F&& launch) {
+  const bool fp8 = p.a_scale != nullptr;
+  if (p.dtype == MOEKIT_DTYPE_BF16)
+    return fp8 ? launch(__nv_bfloat16{}, Fp8{}) : launch(__nv_bfloat16{}, __nv_bfloat16{});
+  return fp8 ? launch(__half{}, Fp8{}) : launch(__half{}, __half{});
 }
 
 inline CUtensorMapDataType map_type(const GroupedGemmParams& p) {
