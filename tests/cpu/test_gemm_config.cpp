@@ -100,9 +100,9 @@ TEST(GemmConfig, Fp8UsesTheBlockScaledFamiliesOnly) {
   EXPECT_EQ(select_config(gemm(1, 8, 2048, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Swap128x16);
   EXPECT_EQ(select_config(gemm(257, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Pingpong64x128);
   EXPECT_EQ(select_config(gemm(2048, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Pingpong64x128);
-  EXPECT_EQ(select_config(gemm(2049, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Tile128x128);
+  EXPECT_EQ(select_config(gemm(2049, 8, 256, 4096, 7168, fp8)).kernel, GemmKernel::kFp8Tile128x128Cluster1x2);
   // Narrow N makes no difference to fp8 (one 128x128 tile family).
-  EXPECT_EQ(select_config(gemm(4096, 8, 128, 768, 2048, fp8)).kernel, GemmKernel::kFp8Tile128x128);
+  EXPECT_EQ(select_config(gemm(4096, 8, 128, 768, 2048, fp8)).kernel, GemmKernel::kFp8Tile128x128Cluster1x2);
   // TMA needs 16-byte rows: 16 e4m3 values.
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 1544, 2048, fp8)).kernel, GemmKernel::kSimple);
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2056, fp8)).kernel, GemmKernel::kSimple);

@@ -85,8 +85,15 @@ GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
     return {GemmKernel::kFp8Pingpong64x128,
             "fp8, 9-64 rows per expert: 64-row tiles, two warpgroups in ping-pong so one's "
             "scale promotion overlaps the other's wgmmas"};
-  return {GemmKernel::kFp8Tile128x128,
-          "fp8, > 64 rows per expert: 128x128x128 tiles, one k-tile per scale block"};
+  // Clusters of two CTAs along N (the row tile multicast to both) won at
+  // 128 rows per expert and tied above (H200, 2026-12-02, layer us, forced
+  // 128x128 vs 1x2 clusters, two calls: deepseek-v3 T=4096 5399 / 5371 vs
+  // 5149 / 5207, T=1024 3571 / 3580 vs 3247 / 3232; qwen3 T=4096 703 / 704
+  // vs 700 / 703; mixtral T=4096 3289 vs 3276). Along M (the weight tile
+  // multicast) lost everywhere (deepseek-v3 T=4096 6430, qwen3 758).
+  return {GemmKernel::kFp8Tile128x128Cluster1x2,
+          "fp8, > 64 rows per expert: 128x128x128 tiles, one k-tile per scale block, clusters "
+          "of 2 along N sharing the row tile (TMA multicast)"};
 }
 
 }  // namespace
