@@ -49,7 +49,6 @@
 #include "cutlass/arch/reg_reconfig.h"
 
 #include "common/activation_math.hpp"
-#include "kernels/activation/activation.cuh"
 #include "kernels/common.cuh"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
 #include "kernels/gemm/tma_tiles.cuh"
@@ -311,23 +310,20 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
       }
 
       // Epilogue, in chunks of 64 tile columns through this warpgroup's
-      // staging tile: the values GEMM 1 would store, [64 rows][64 columns];
-      // for split halves the chunk is 32 columns of each half, laid out like
-      // a GEMM 1 row of an intermediate size of 32 (half 0, then half 1), so
-      // the activation stage's own activation8 reads it. The chunk loop is
-      // rolled and only the accumulator copy-in is unrolled per chunk
-      // (registers need constant indices): the read-back and activation code
-      // exists once. ncu (qwen3 T=4096 GEMM 1, 2026-12-02): the version with
-      // the whole epilogue unrolled per chunk and one 2-byte shared load per
-      // value spent a third of the consumer warps' samples and half of the
-      // kernel's instructions here.
+      // staging tile (a rolled loop then reads it: the activation's code
+      // exists once, not once per accumulator, and the stores are 16 bytes):
+      // the values GEMM 1 would store, [64 rows][64 columns]; for split
+      // halves the chunk is 32 columns of each half, laid out like a GEMM 1
+      // row of an intermediate size of 32 (half 0, then half 1), so
+      // gate_column / up_column and the activation formulas are the
+      // activation stage's own.
       // acc[4i + 2h + e]: row r_lo + 8h, tile column 8i + 2q + e.
       const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
       T* tile_out = staging + cw * kStageRows * kStagePitch;
       const int out_n = ep.fused ? ep.inter : n;
       const int out_per_row = gated ? kChunk / 2 : kChunk;  // outputs a chunk row gives
-#pragma unroll 1
-      for (int ch = 0; ch < kCols / kChunk; ++ch) {
+      static_for<kCols / kChunk>([&](auto ch_tag) {
+        constexpr int ch = decltype(ch_tag)::value;
         wg_barrier(cw);  // the previous chunk's readers are done with the tile
         // Block I of the accumulators into the tile at column `local`; w_col: its weight row.
         auto put = [&](auto i_tag, int local, int w_col, bool valid) {
@@ -342,27 +338,22 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
             *reinterpret_cast<T2<T>*>(tile_out + (warp * 16 + g + 8 * h) * kStagePitch + local) = v;
           }
         };
-        static_for<kCols / kChunk>([&](auto ch_tag) {
-          constexpr int cc = decltype(ch_tag)::value;
-          if (cc != ch) return;
-          if (ep.split_halves) {  // 32 columns of half 0, then the same of half 1
-            static_for<2 * (kChunk / 16)>([&](auto hb_tag) {
-              constexpr int half = decltype(hb_tag)::value / (kChunk / 16), b = decltype(hb_tag)::value % (kChunk / 16);
-              const int j = slice * item_cols + cc * (kChunk / 2) + b * 8 + 2 * q;
-              put(std::integral_constant<int, half * (kCols / 16) + cc * (kChunk / 16) + b>{},
-                  half * (kChunk / 2) + b * 8 + 2 * q, half * ep.inter + j, j < ep.inter);
-            });
-          } else {
-            static_for<kChunk / 8>([&](auto b_tag) {
-              constexpr int i = cc * (kChunk / 8) + decltype(b_tag)::value;
-              const int w_col = w_row0 + 8 * i + 2 * q;
-              put(std::integral_constant<int, i>{}, decltype(b_tag)::value * 8 + 2 * q, w_col, w_col < n);
-            });
-          }
-        });
+        if (ep.split_halves) {  // 32 columns of half 0, then the same of half 1
+          static_for<2 * (kChunk / 16)>([&](auto hb_tag) {
+            constexpr int half = decltype(hb_tag)::value / (kChunk / 16), b = decltype(hb_tag)::value % (kChunk / 16);
+            const int j = slice * item_cols + ch * (kChunk / 2) + b * 8 + 2 * q;
+            put(std::integral_constant<int, half * (kCols / 16) + ch * (kChunk / 16) + b>{},
+                half * (kChunk / 2) + b * 8 + 2 * q, half * ep.inter + j, j < ep.inter);
+          });
+        } else {
+          static_for<kChunk / 8>([&](auto b_tag) {
+            constexpr int i = ch * (kChunk / 8) + decltype(b_tag)::value;
+            const int w_col = w_row0 + 8 * i + 2 * q;
+            put(std::integral_constant<int, i>{}, decltype(b_tag)::value * 8 + 2 * q, w_col, w_col < n);
+          });
+        }
         wg_barrier(cw);
-        // Output column of the chunk's first output, then groups of 8 outputs
-        // of one row: one or two 16-byte shared loads and one 16-byte store.
+        // Output column of the chunk's first output, then groups of 8 outputs.
         const int col0 = gated ? slice * item_cols + ch * (kChunk / 2) : w_row0 + ch * kChunk;
         const int groups = kStageRows * out_per_row / 8;
         for (int gi = threadIdx.x % kWarpgroup; gi < groups; gi += kWarpgroup) {
@@ -370,24 +361,23 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
           const int r = u.row0 + cw * 64 + lr;
           if (r >= u.rows) continue;
           const T* src = tile_out + lr * kStagePitch;
-          T* dst = c + static_cast<int64_t>(u.begin + r) * out_n + col0 + j0;
-          const bool whole = col0 + j0 + 8 <= out_n && out_n % 8 == 0;
-          if (!ep.fused && whole) {  // D as staged: a 16-byte copy
-            *reinterpret_cast<Vec8<T>*>(dst) = *reinterpret_cast<const Vec8<T>*>(src + j0);
-            continue;
-          }
           float v[8];
-          if (ep.fused)
-            activation8(src, j0, kChunk / 2, ep.act, ep.order, v);
-          else
-            load8(src + j0, v);
-          if (whole) {
+#pragma unroll
+          for (int jj = 0; jj < 8; ++jj) {
+            const int j = j0 + jj;
+            v[jj] = gated ? apply_gated_activation(ep.act, to_float(src[gate_column(ep.order, j, kChunk / 2)]),
+                                                   to_float(src[up_column(ep.order, j, kChunk / 2)]))
+                    : ep.fused ? apply_activation(ep.act.kind, to_float(src[j]))
+                               : to_float(src[j]);
+          }
+          T* dst = c + static_cast<int64_t>(u.begin + r) * out_n + col0 + j0;
+          if (col0 + j0 + 8 <= out_n && out_n % 8 == 0) {
             store8(dst, v);
           } else {
             for (int jj = 0; jj < 8 && col0 + j0 + jj < out_n; ++jj) dst[jj] = from_float<T>(v[jj]);
           }
         }
-      }
+      });
     }
   }
   pdl_launch_dependents();
