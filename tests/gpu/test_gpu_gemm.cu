@@ -105,9 +105,7 @@ const kernels::GemmKernel kFamilies[] = {kernels::GemmKernel::kSwap128x16,
                                          kernels::GemmKernel::kTile128x256,
                                          kernels::GemmKernel::kTile64x256,
                                          kernels::GemmKernel::kDecode,
-                                         kernels::GemmKernel::kPrefill,
-                                         kernels::GemmKernel::kTile128x256Cluster2x1,
-                                         kernels::GemmKernel::kTile128x256Cluster1x2};
+                                         kernels::GemmKernel::kPrefill};
 
 }  // namespace
 
@@ -208,7 +206,6 @@ const kernels::GemmKernel kFp8Families[] = {kernels::GemmKernel::kFp8Swap128x16,
                                             kernels::GemmKernel::kFp8Pingpong64x128,
                                             kernels::GemmKernel::kFp8Decode,
                                             kernels::GemmKernel::kFp8Prefill,
-                                            kernels::GemmKernel::kFp8Tile128x128Cluster2x1,
                                             kernels::GemmKernel::kFp8Tile128x128Cluster1x2};
 
 }  // namespace

@@ -19,9 +19,6 @@ const char* gemm_kernel_name(GemmKernel k) {
     case GemmKernel::kFp8Decode: return "fp8 block-scaled decode TMA + wgmma swap-AB 64x16x128";
     case GemmKernel::kPrefill: return "prefill TMA + wgmma 128x256x64";
     case GemmKernel::kFp8Prefill: return "fp8 block-scaled prefill TMA + wgmma 128x128x128, overlapped promotion";
-    case GemmKernel::kTile128x256Cluster2x1: return "sm90 128x256x64, cluster 2x1";
-    case GemmKernel::kTile128x256Cluster1x2: return "sm90 128x256x64, cluster 1x2";
-    case GemmKernel::kFp8Tile128x128Cluster2x1: return "sm90 fp8 block-scaled 128x128x128, cluster 2x1";
     case GemmKernel::kFp8Tile128x128Cluster1x2: return "sm90 fp8 block-scaled 128x128x128, cluster 1x2";
   }
   return "unknown";
@@ -41,9 +38,6 @@ bool gemm_kernel_from_name(const char* name, GemmKernel* out) {
       {"fp8_decode", GemmKernel::kFp8Decode},
       {"prefill", GemmKernel::kPrefill},
       {"fp8_prefill", GemmKernel::kFp8Prefill},
-      {"tile128x256_2x1", GemmKernel::kTile128x256Cluster2x1},
-      {"tile128x256_1x2", GemmKernel::kTile128x256Cluster1x2},
-      {"fp8_tile128x128_2x1", GemmKernel::kFp8Tile128x128Cluster2x1},
       {"fp8_tile128x128_1x2", GemmKernel::kFp8Tile128x128Cluster1x2}};
   for (const auto& n : kNames)
     if (std::strcmp(name, n.name) == 0) { *out = n.kernel; return true; }
@@ -54,7 +48,7 @@ bool gemm_kernel_runs_fp8(GemmKernel k) {
   return k == GemmKernel::kSimple || k == GemmKernel::kFp8Swap128x16 ||
          k == GemmKernel::kFp8Tile128x128 || k == GemmKernel::kFp8Pingpong64x128 ||
          k == GemmKernel::kFp8Decode || k == GemmKernel::kFp8Prefill ||
-         k == GemmKernel::kFp8Tile128x128Cluster2x1 || k == GemmKernel::kFp8Tile128x128Cluster1x2;
+         k == GemmKernel::kFp8Tile128x128Cluster1x2;
 }
 bool gemm_kernel_runs_16bit(GemmKernel k) {
   return k == GemmKernel::kSimple || !gemm_kernel_runs_fp8(k);
@@ -90,7 +84,8 @@ GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
   // 128x128 vs 1x2 clusters, two calls: deepseek-v3 T=4096 5399 / 5371 vs
   // 5149 / 5207, T=1024 3571 / 3580 vs 3247 / 3232; qwen3 T=4096 703 / 704
   // vs 700 / 703; mixtral T=4096 3289 vs 3276). Along M (the weight tile
-  // multicast) lost everywhere (deepseek-v3 T=4096 6430, qwen3 758).
+  // multicast) lost everywhere (deepseek-v3 T=4096 6430, qwen3 758), and
+  // so did both cluster shapes of the 16-bit 128x256 kernel.
   return {GemmKernel::kFp8Tile128x128Cluster1x2,
           "fp8, > 64 rows per expert: 128x128x128 tiles, one k-tile per scale block, clusters "
           "of 2 along N sharing the row tile (TMA multicast)"};

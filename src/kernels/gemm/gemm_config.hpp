@@ -15,7 +15,9 @@ namespace moekit::kernels {
 // the few token rows its narrow N side, so a decode batch wastes no
 // tensor-core rows. Families that lost at every point of the H100/H200
 // sweeps (bench/RESULTS.md, 2026-11-27) were dropped: swap-AB 128x64 and
-// 64x16 ping-pong, and 256x128 (128x256 beat it by 10-70%).
+// 64x16 ping-pong, and 256x128 (128x256 beat it by 10-70%); so were 2-CTA
+// clusters of 128x256 (along M or N) and of fp8 128x128 along M (2026-12-02).
+// fp8 128x128 without clusters stays as the bitwise reference of fp8_prefill.
 enum class GemmKernel : int {
   kSimple = 0,       // CUDA-core fallback (fp32, or no sm90 kernel fits)
   kSwap128x16 = 1,   // <= 8 rows per expert when E > kDecodeMaxExperts
@@ -29,12 +31,9 @@ enum class GemmKernel : int {
   kFp8Decode = 9,       // the decode kernel on e4m3 operands with block scales
   kPrefill = 10,        // TMA + wgmma 128x256, expert as a TMA coordinate, PDL (prefill_gemm.cu)
   kFp8Prefill = 11,     // the prefill kernel on e4m3 operands with block scales, 128x128
-  kTile128x256Cluster2x1 = 12,     // 128x256, 2-CTA clusters along M (weight tile multicast)
-  kTile128x256Cluster1x2 = 13,     // 128x256, 2-CTA clusters along N (row tile multicast)
-  kFp8Tile128x128Cluster2x1 = 14,  // fp8 block-scaled 128x128, clusters along M
-  kFp8Tile128x128Cluster1x2 = 15,  // fp8 block-scaled 128x128, clusters along N
+  kFp8Tile128x128Cluster1x2 = 12,  // fp8 block-scaled 128x128, 2-CTA clusters along N (> 64 rows)
 };
-constexpr int kNumGemmKernels = 16;
+constexpr int kNumGemmKernels = 13;
 
 // The decode kernel keeps every expert's offsets and first work unit in
 // shared memory (8 bytes an expert) beside its 90 KB pipeline, two CTAs an SM.

@@ -13,9 +13,6 @@ size_t grouped_gemm_scratch_bytes(int64_t num_experts, int sm_count) {
                                       sm90_grouped_gemm_fp8_swap128x16_workspace(num_experts, sm_count),
                                       sm90_grouped_gemm_fp8_tile128x128_workspace(num_experts, sm_count),
                                       sm90_grouped_gemm_fp8_pingpong64x128_workspace(num_experts, sm_count),
-                                      sm90_grouped_gemm_tile128x256_2x1_workspace(num_experts, sm_count),
-                                      sm90_grouped_gemm_tile128x256_1x2_workspace(num_experts, sm_count),
-                                      sm90_grouped_gemm_fp8_tile128x128_2x1_workspace(num_experts, sm_count),
                                       sm90_grouped_gemm_fp8_tile128x128_1x2_workspace(num_experts, sm_count)});
   return kGroupArrays * group_array_bytes(num_experts) + (cutlass_ws + 255) / 256 * 256;
 }
@@ -30,9 +27,6 @@ cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams&
     case GemmKernel::kFp8Swap128x16: return sm90_grouped_gemm_fp8_swap128x16(p, stream);
     case GemmKernel::kFp8Tile128x128: return sm90_grouped_gemm_fp8_tile128x128(p, stream);
     case GemmKernel::kFp8Pingpong64x128: return sm90_grouped_gemm_fp8_pingpong64x128(p, stream);
-    case GemmKernel::kTile128x256Cluster2x1: return sm90_grouped_gemm_tile128x256_2x1(p, stream);
-    case GemmKernel::kTile128x256Cluster1x2: return sm90_grouped_gemm_tile128x256_1x2(p, stream);
-    case GemmKernel::kFp8Tile128x128Cluster2x1: return sm90_grouped_gemm_fp8_tile128x128_2x1(p, stream);
     case GemmKernel::kFp8Tile128x128Cluster1x2: return sm90_grouped_gemm_fp8_tile128x128_1x2(p, stream);
     case GemmKernel::kSimple:
     case GemmKernel::kDecode:

@@ -270,7 +270,7 @@ inline bool operands_fit(const GroupedGemmParams& p, int64_t rows_capacity, int6
   return reinterpret_cast<uintptr_t>(p.a) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
 }
 
-// The launch of a kernel of the common signature (both kernels files'):
+// The launch of a kernel of the common signature (both kernel files'):
 // programmatic dependent launch, after raising its dynamic shared-memory
 // limit to max_smem once per kernel (the largest expert count's, so one
 // setting serves every call). T: the output element type.
@@ -286,14 +286,14 @@ cudaError_t launch(size_t max_smem, dim3 grid, dim3 block, size_t smem, cudaStre
                     static_cast<int>(p.k), ep, sc);
 }
 
-// launch(T{}, Op{}) for p's output type T and operand kind Op: T itself for
+// f(T{}, Op{}) for p's output type T and operand kind Op: T itself for
 // 16-bit operands, Fp8 (the kernel file's tag) for e4m3 with block scales.
 template <class Fp8, class F>
-cudaError_t for_types(const GroupedGemmParams& p, F&& launch) {
+cudaError_t for_types(const GroupedGemmParams& p, F&& f) {
   const bool fp8 = p.a_scale != nullptr;
   if (p.dtype == MOEKIT_DTYPE_BF16)
-    return fp8 ? launch(__nv_bfloat16{}, Fp8{}) : launch(__nv_bfloat16{}, __nv_bfloat16{});
-  return fp8 ? launch(__half{}, Fp8{}) : launch(__half{}, __half{});
+    return fp8 ? f(__nv_bfloat16{}, Fp8{}) : f(__nv_bfloat16{}, __nv_bfloat16{});
+  return fp8 ? f(__half{}, Fp8{}) : f(__half{}, __half{});
 }
 
 inline CUtensorMapDataType map_type(const GroupedGemmParams& p) {
