@@ -9,15 +9,16 @@
 //  - One tensor map over all experts' weights, [E, N, K] with the expert as
 //    the third coordinate, and one over the expert-ordered rows [rows, K]:
 //    encoded on the host once per call, never rewritten on the device.
-//  - A persistent grid, two CTAs per SM. Work items are (expert, 16-token
+//  - A persistent grid, as many CTAs per SM as fit (two with the full ring
+//    of 9 slots). Work items are (expert, 16-token
 //    pass, 64-row weight slice); each CTA walks items blockIdx.x, +gridDim.x,
 //    ... . Only experts with rows have items, found from expert_offsets by a
 //    block scan.
 //  - Programmatic dependent launch: the launch, barrier set-up, descriptor
-//    prefetch, the scan and the first kStages weight tiles all overlap the
+//    prefetch, the scan and the first ring of weight tiles all overlap the
 //    previous kernel; only the token tiles and the stores wait for it.
 //  - One producer thread streams (64 weight rows x 128 bytes of k) and (16
-//    token rows x 128 bytes) tiles with TMA (128-byte swizzle) into a ring of kStages shared
+//    token rows x 128 bytes) tiles with TMA (128-byte swizzle) into a ring of shared
 //    slots; four consumer warps take 16 weight rows each through ldmatrix
 //    into mma.sync m16n8k16 (weights on M, tokens on N: swap-AB) and write
 //    D^T back as row-major D. Weights are loaded evict-first: read once.
@@ -43,6 +44,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+
 #include "cute/arch/copy_sm90_desc.hpp"
 #include "cute/arch/copy_sm90_tma.hpp"
 #include "cute/arch/mma_sm90_gmma.hpp"
@@ -67,21 +72,21 @@ using tma::kSwizzleAlign;
 constexpr int kWeightBoxBytes = kSliceRows * kBoxBytes;  // 8 KB
 constexpr int kTokenBoxBytes = kTokens * kBoxBytes;      // 2 KB
 constexpr int kMmaBytes = 32;                         // k bytes of one mma: k16 bf16/fp16, k32 e4m3
-constexpr int kCtasPerSm = 2;
 
 // One pipeline stage: a 64-deep box of the weight tile and of the token tile.
 // Measured on an H200 (bench/RESULTS.md, 2026-12-01): two boxes a stage (256
 // contiguous bytes of each weight row at a time), fewer stages, or weights
 // loaded evict-normal all ran the decode layer 0-4% slower than this.
 constexpr int kStageBytes = kWeightBoxBytes + kTokenBoxBytes;
-constexpr int kStages = 9;  // 90 KB a CTA: about 140 KB of weights in flight per SM
+constexpr int kMaxStages = 9;  // 90 KB a CTA: about 140 KB of weights in flight per SM
+constexpr int kMaxCtasPerSm = 4;
 constexpr uint64_t kWeightHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST);
 constexpr uint64_t kTokenHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_LAST);
 
 // Shared memory after the stages: the barriers, then expert_offsets and each
 // expert's first work unit (both [E + 1]).
-size_t smem_bytes(int num_experts) {
-  return kSwizzleAlign + static_cast<size_t>(kStages) * kStageBytes + 2 * kStages * sizeof(uint64_t) +
+size_t smem_bytes(int num_experts, int stages) {
+  return kSwizzleAlign + static_cast<size_t>(stages) * kStageBytes + 2 * stages * sizeof(uint64_t) +
          2 * (static_cast<size_t>(num_experts) + 1) * sizeof(int32_t);
 }
 
@@ -162,21 +167,22 @@ __device__ __forceinline__ void consumer_barrier() {
 }
 
 template <class T, class Op>
-__global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
+__global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
     const __grid_constant__ CUtensorMap w_map,  // [E, N, K] weights, box (128 B of k, 64 rows, 1)
     const __grid_constant__ CUtensorMap a_map,  // [rows, K] expert-ordered rows, box (128 B of k, 16 rows)
     const int32_t* __restrict__ offsets,        // [E + 1]
     int num_experts,
     const T* __restrict__ bias,                 // [E, N] or null
     T* __restrict__ c,                          // [rows, N], or fused: [rows, inter]
-    int n, int k, Epilogue ep, Scales sc) {
+    int n, int k, Epilogue ep, Scales sc,
+    int stages) {                               // ring slots, <= kMaxStages
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
-  const uint32_t stages = static_cast<uint32_t>(__cvta_generic_to_shared(base));  // kStages x kStageBytes
-  auto* full = reinterpret_cast<uint64_t*>(base + kStages * kStageBytes);        // [kStages]
-  uint64_t* empty = full + kStages;                                               // [kStages]
-  auto* offs = reinterpret_cast<int32_t*>(empty + kStages);                       // [E + 1]
+  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(base));  // stages x kStageBytes
+  auto* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);         // [stages]
+  uint64_t* empty = full + stages;                                                // [stages]
+  auto* offs = reinterpret_cast<int32_t*>(empty + stages);                        // [E + 1]
   int32_t* first_unit = offs + num_experts + 1;                                   // [E + 1]
   __shared__ typename cub::BlockScan<int, kThreads>::TempStorage scan_storage;
   __shared__ alignas(16) uint16_t staged_raw[kTokens * kSliceRows];  // fused: [16 tokens, 64 rows]
@@ -190,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
   // one has finished. The weights are the caller's inputs. So the offsets
   // and the first stages' weights are read before the wait; the token rows
   // (the previous kernel's output) and every store come after it.
-  tma::start_block<kThreads, kStages>(full, empty, kConsumerWarps, &w_map, &a_map, offsets, offs, first_unit,
+  tma::start_block<kThreads>(full, empty, stages, kConsumerWarps, &w_map, &a_map, offsets, offs, first_unit,
                                       num_experts, kTokens, scan_storage);
   const bool gated = ep.fused && activation_is_gated(ep.act.kind);
   const int item_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns an item writes
@@ -203,10 +209,10 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
 
   if (warp == kConsumerWarps) {
     // Producer: one thread walks the same (item, k-stage) sequence as the
-    // consumers, kStages ahead.
+    // consumers, a ring ahead.
     if (lane == 0)
-      tma::produce<kStages>(
-          it, empty,
+      tma::produce(
+          it, empty, stages,
           [&](int slot, const tma::Cursor& cur) {
             Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
             tma::load_weight_box(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
@@ -252,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
             }
         }
         Barrier::wait(&full[slot], phase);
-        const uint32_t w_tile = stages + slot * kStageBytes;
+        const uint32_t w_tile = ring + slot * kStageBytes;
         const uint32_t a_tile = w_tile + kWeightBoxBytes;
         float part[2][4];  // e4m3: this block's sum, scaled into acc below
         if constexpr (kIsFp8<Op>) {
@@ -269,7 +275,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
         }
         __syncwarp();  // every lane's reads of this slot are done
         if (lane == 0) Barrier::arrive(&empty[slot]);
-        if (++slot == kStages) { slot = 0; phase ^= 1; }
+        if (++slot == stages) { slot = 0; phase ^= 1; }
         if constexpr (kIsFp8<Op>) {
 #pragma unroll
           for (int j = 0; j < 2; ++j)
@@ -332,6 +338,49 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decode_gemm_kernel(
 
 }  // namespace
 
+namespace {
+
+// Ring slots. 16-bit operands: the full ring, two CTAs per SM. e4m3: six
+// slots, three CTAs per SM (128 registers a thread), about the same bytes in
+// flight from one more consumer warpgroup: it waits on each block's wgmmas
+// and scale loads, so more CTAs keep more stages streaming. On an H200
+// (2026-12-03, layer µs, two calls, 9 / 6 / 4 slots) qwen3 T=1 29.9 / 28.9 /
+// 27.7 and 26.8 / - / 25.0, T=8 88.0 / - / 80.9, T=64 191.1 / 175.1 / 172.5
+// and 177.1 / - / 182.3; deepseek-v3 T=64 2372 / - / 2518 (4 slots cover too
+// few bytes there). The 16-bit layer lost with fewer slots (mixtral T=1 187
+// vs 201 with 6). MOEKIT_DECODE_STAGES (2..kMaxStages) overrides both, for tuning.
+constexpr int kFp8Stages = 6;
+int ring_stages(bool fp8) {
+  static const int forced = [] {
+    const char* s = std::getenv("MOEKIT_DECODE_STAGES");
+    const int v = s ? std::atoi(s) : 0;
+    return v >= 2 && v <= kMaxStages ? v : 0;
+  }();
+  return forced != 0 ? forced : fp8 ? kFp8Stages : kMaxStages;
+}
+
+// CTAs of `kernel` with `smem` dynamic bytes that fit on one SM (registers
+// and shared memory), at most kMaxCtasPerSm.
+// Read once per kernel and size (the size changes with E and the ring only).
+template <auto kKernel>
+int ctas_per_sm(size_t smem) {
+  static std::atomic<uint64_t> cached{0};  // smem << 8 | ctas
+  const uint64_t c = cached.load(std::memory_order_relaxed);
+  if (c != 0 && (c >> 8) == smem) return static_cast<int>(c & 0xff);
+  int ctas = 0;
+  if (cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem_bytes(kDecodeMaxExperts, kMaxStages))) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kKernel, kThreads, smem) != cudaSuccess) {
+    cudaGetLastError();
+    ctas = 1;
+  }
+  ctas = std::max(1, std::min(ctas, kMaxCtasPerSm));
+  cached.store(static_cast<uint64_t>(smem) << 8 | static_cast<uint64_t>(ctas), std::memory_order_relaxed);
+  return ctas;
+}
+
+}  // namespace
+
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
                                 const FusedActivation* fuse) {
   const bool fp8 = p.a_scale != nullptr;  // e4m3 a and w with block scales
@@ -350,17 +399,20 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
       !tma::encode_rows(&a_map, type, p.a, rows_capacity, p.k, elem_bytes, kTokens))
     return cudaErrorNotSupported;
   const Scales sc = tma::scales_of(p);
+  const int stages = ring_stages(fp8);
+  const size_t smem = smem_bytes(p.num_experts, stages);
 
   // Items: at most min(E, rows) experts with rows, rows / 16 more passes, times the slices.
   const int64_t slices = (p.n + kSliceRows - 1) / kSliceRows;
   const int64_t units = std::min<int64_t>(p.num_experts, rows_capacity) + rows_capacity / kTokens;
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(int64_t{kCtasPerSm} * p.sm_count, units * slices));
 
   return tma::for_types<Fp8>(p, [&](auto out_tag, auto op_tag) {
     using T = decltype(out_tag);
-    return tma::launch<T, decode_gemm_kernel<T, decltype(op_tag)>>(
-        smem_bytes(kDecodeMaxExperts), dim3(static_cast<unsigned>(grid)), dim3(kThreads),
-        smem_bytes(p.num_experts), stream, p, w_map, a_map, ep, sc);
+    constexpr auto kernel = decode_gemm_kernel<T, decltype(op_tag)>;
+    const int64_t grid = std::max<int64_t>(
+        1, std::min<int64_t>(int64_t{ctas_per_sm<kernel>(smem)} * p.sm_count, units * slices));
+    return tma::launch<T, kernel>(smem_bytes(kDecodeMaxExperts, kMaxStages), dim3(static_cast<unsigned>(grid)),
+                                  dim3(kThreads), smem, stream, p, w_map, a_map, ep, sc, stages);
   });
 }
 

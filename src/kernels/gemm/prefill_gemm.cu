@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
 
   const int wg = threadIdx.x / kWarpgroup, lane = threadIdx.x % 32;
   // Before pdl_wait(): the offsets and the weights only, as in the decode kernel.
-  tma::start_block<kThreads, kStages>(full, empty, kConsumers * 4, &w_map, &a_map, offsets, offs, first_unit,
+  tma::start_block<kThreads>(full, empty, kStages, kConsumers * 4, &w_map, &a_map, offsets, offs, first_unit,
                                       num_experts, kTileRows, scan_storage);  // empty: every consumer warp
   const bool gated = ep.fused && activation_is_gated(ep.act.kind);
   // Output columns an item writes, slices per unit, and a slice's first
@@ -225,8 +225,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegs>();
     constexpr uint64_t kHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
     if (threadIdx.x == 0)
-      tma::produce<kStages>(
-          it, empty,
+      tma::produce(
+          it, empty, kStages,
           [&](int slot, const tma::Cursor& cur) {
             Barrier::arrive_and_expect_tx(&full[slot], kBytes);
             tma::load_weight_box(&w_map, &full[slot], kHint, base + slot * kBytes + kRowBoxBytes,

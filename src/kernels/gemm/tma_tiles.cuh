@@ -125,15 +125,15 @@ __device__ __forceinline__ void scan_units(const int32_t* offs, int32_t* first_u
 // then the block copies expert_offsets to offs and scans the units.
 // It runs before the PDL wait: expert_offsets come from the sort, two or
 // more kernels back (decode_gemm.cu).
-template <int kThreads, int kStages>
-__device__ __forceinline__ void start_block(uint64_t* full, uint64_t* empty, int empty_arrivals,
+template <int kThreads>
+__device__ __forceinline__ void start_block(uint64_t* full, uint64_t* empty, int stages, int empty_arrivals,
                                             const CUtensorMap* w_map, const CUtensorMap* a_map,
                                             const int32_t* offsets, int32_t* offs, int32_t* first_unit,
                                             int num_experts, int unit_rows,
                                             typename cub::BlockScan<int, kThreads>::TempStorage& storage) {
   using Barrier = cutlass::arch::ClusterTransactionBarrier;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < stages; ++s) {
       Barrier::init(&full[s], 1);
       Barrier::init(&empty[s], empty_arrivals);
     }
@@ -193,20 +193,21 @@ __device__ __forceinline__ void load_weight_box(const CUtensorMap* map, uint64_t
 }
 
 // The producer thread: walks the consumers' (item, stage) sequence over
-// items blockIdx.x, + gridDim.x, ..., kStages ahead. load_weights(slot, cur)
-// arms full[slot] for the whole stage and loads its weights;
-// load_rows(slot, cur) loads its rows. The first kStages stages' weights
-// stream before the PDL wait (while the previous kernel finishes), their
-// rows (the previous kernel's output) after it.
-template <int kStages, class W, class A>
-__device__ __forceinline__ void produce(const Items& it, uint64_t* empty, W&& load_weights, A&& load_rows) {
+// items blockIdx.x, + gridDim.x, ..., a ring of `stages` slots ahead.
+// load_weights(slot, cur) arms full[slot] for the whole stage and loads its
+// weights; load_rows(slot, cur) loads its rows. The first `stages` stages'
+// weights stream before the PDL wait (while the previous kernel finishes),
+// their rows (the previous kernel's output) after it.
+template <class W, class A>
+__device__ __forceinline__ void produce(const Items& it, uint64_t* empty, int stages, W&& load_weights,
+                                        A&& load_rows) {
   using Barrier = cutlass::arch::ClusterTransactionBarrier;
   auto advance = [&](Cursor& cur) {
     if (++cur.kb == it.k_stages) cur = cursor_at(it, cur.item + gridDim.x);
   };
   Cursor cur = cursor_at(it, blockIdx.x), pre = cur;
   int ahead = 0;
-  for (; ahead < kStages && cur.item < it.count; ++ahead, advance(cur)) load_weights(ahead, cur);
+  for (; ahead < stages && cur.item < it.count; ++ahead, advance(cur)) load_weights(ahead, cur);
   pdl_wait();
   for (int s = 0; s < ahead; ++s, advance(pre)) load_rows(s, pre);
   int slot = 0;
@@ -215,7 +216,7 @@ __device__ __forceinline__ void produce(const Items& it, uint64_t* empty, W&& lo
     Barrier::wait(&empty[slot], phase ^ 1);
     load_weights(slot, cur);
     load_rows(slot, cur);
-    if (++slot == kStages) { slot = 0; phase ^= 1; }
+    if (++slot == stages) { slot = 0; phase ^= 1; }
   }
 }
 
@@ -270,20 +271,21 @@ inline bool operands_fit(const GroupedGemmParams& p, int64_t rows_capacity, int6
   return reinterpret_cast<uintptr_t>(p.a) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
 }
 
-// The launch of a kernel of the common signature (both kernel files'):
-// programmatic dependent launch, after raising its dynamic shared-memory
-// limit to max_smem once per kernel (the largest expert count's, so one
-// setting serves every call). T: the output element type.
-template <class T, auto kKernel>
+// The launch of a kernel of the common signature (both kernel files'),
+// followed by the kernel's own parameters (extra): programmatic dependent
+// launch, after raising its dynamic shared-memory limit to max_smem once per
+// kernel (the largest expert count's, so one setting serves every call).
+// T: the output element type.
+template <class T, auto kKernel, class... Extra>
 cudaError_t launch(size_t max_smem, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    const GroupedGemmParams& p, const CUtensorMap& w_map, const CUtensorMap& a_map,
-                   const Epilogue& ep, const Scales& sc) {
+                   const Epilogue& ep, const Scales& sc, const Extra&... extra) {
   static const cudaError_t opt_in =
       cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(max_smem));
   if (opt_in != cudaSuccess) return opt_in;
   return launch_pdl(kKernel, grid, block, smem, stream, w_map, a_map, p.expert_offsets, p.num_experts,
                     static_cast<const T*>(p.bias), static_cast<T*>(p.c), static_cast<int>(p.n),
-                    static_cast<int>(p.k), ep, sc);
+                    static_cast<int>(p.k), ep, sc, extra...);
 }
 
 // f(T{}, Op{}) for p's output type T and operand kind Op: T itself for

@@ -97,10 +97,13 @@ __device__ __forceinline__ float lanes_max(float v) {
   return v;
 }
 
+// The max of fp8_magnitude over v: fmaxf returns the other operand for a
+// NaN, so a NaN counts as 0, and |x| is a free operand modifier (one
+// instruction a value).
 __device__ __forceinline__ float amax8(const float (&v)[8]) {
   float a = 0.0f;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) a = fmaxf(a, fp8_magnitude(v[i]));
+  for (int i = 0; i < 8; ++i) a = fmaxf(a, fabsf(v[i]));
   return a;
 }
 
@@ -171,7 +174,9 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
       }
       const float inv = fp8_inverse(s);
       walk([&](int64_t col, const float(&v)[8]) {
-        *reinterpret_cast<uint2*>(dst + col) = quantize8(v, s, inv);
+        // A dynamic scale is the row's own amax: no Inf check (quantize8).
+        *reinterpret_cast<uint2*>(dst + col) =
+            static_scale != nullptr ? quantize8<true>(v, s, inv) : quantize8<false>(v, s, inv);
       });
       const float row_scale = s * __ldg(w_scale + e);
       for (int64_t g = lane; g < groups; g += 32) sc[g * rows_e] = row_scale;
@@ -195,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
       for (int j = 0; j < kSteps; ++j) {
         const int64_t g = g0 + 2 * j + half, col = g * kFp8Block + sub * kLaneCols;
         const float s = fp8_scale_of(lanes_max<kGroupLanes>(amax8(v[j])));
-        if (in_row[j]) *reinterpret_cast<uint2*>(dst + col) = quantize8(v[j], s, fp8_inverse(s));
+        if (in_row[j]) *reinterpret_cast<uint2*>(dst + col) = quantize8<false>(v[j], s, fp8_inverse(s));
         if (sub == 0 && g < g_end) sc[g * rows_e] = s;
       }
     }
