@@ -340,27 +340,28 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
 
 namespace {
 
-// Ring slots. The full ring, two CTAs per SM, except for e4m3 experts of
-// at most 4 MiB (N x K bytes): six slots and three CTAs per SM (128
-// registers a thread), about the same bytes in flight from one more consumer
-// warpgroup, which keeps more stages streaming while each waits on its
-// block's wgmmas and scale loads. Measured on an H200 (2026-12-03, layer µs,
-// 9 vs 6 slots for both GEMMs, two calls): qwen3 (1.5 and 3 MiB experts)
-// T=1 26.9 / 26.0, T=8 88.2 / 83.6, T=64 177.6 / 170.8 and 191.1 / 175.1;
-// but deepseek-v3 (15 and 29 MiB) T=64 2367 / 2580 and mixtral (58 and
-// 117 MiB) T=8 316 / 325, where 2 CTAs already stream at the copy rate; the
-// 16-bit layer lost with 6 slots (mixtral T=1 187 / 201).
-// MOEKIT_DECODE_STAGES (2..kMaxStages) overrides the choice, for tuning.
+// Ring slots. The full ring, two CTAs per SM, except for experts of at most
+// 8 MiB (N x K x element bytes, either operand kind): six slots and three
+// CTAs per SM, about the same bytes in flight from one more consumer, which
+// keeps more stages streaming while each waits on its MMAs (e4m3: and on its
+// block's scale loads). Measured on an H200 (2026-12-03, layer µs, 9 vs 6
+// slots for both GEMMs): qwen3 (fp8 experts of 1.5 and 3 MiB) T=1 26.9 /
+// 26.0, T=8 88.2 / 83.6, T=64 177.6 / 170.8 and 191.1 / 175.1; qwen3 bf16
+// (3 and 6 MiB) T=1 32.6 / 32.4, T=8 139.2 / 137.5, T=64 295.0 / 291.2; but
+// deepseek-v3 fp8 (15 and 29 MiB) T=64 2367 / 2580, mixtral fp8 (58 and 117
+// MiB) T=8 316 / 325 and mixtral bf16 T=1 187 / 201, where two CTAs already
+// stream at the copy rate. MOEKIT_DECODE_STAGES (2..kMaxStages) overrides
+// the choice, for tuning.
 constexpr int kSmallExpertStages = 6;
-constexpr int64_t kSmallExpertBytes = int64_t{4} << 20;
-int ring_stages(bool fp8, int64_t n, int64_t k) {
+constexpr int64_t kSmallExpertBytes = int64_t{8} << 20;
+int ring_stages(int64_t n, int64_t k, int elem_bytes) {
   static const int forced = [] {
     const char* s = std::getenv("MOEKIT_DECODE_STAGES");
     const int v = s ? std::atoi(s) : 0;
     return v >= 2 && v <= kMaxStages ? v : 0;
   }();
   if (forced != 0) return forced;
-  return fp8 && n * k <= kSmallExpertBytes ? kSmallExpertStages : kMaxStages;
+  return n * k * elem_bytes <= kSmallExpertBytes ? kSmallExpertStages : kMaxStages;
 }
 
 // CTAs of `kernel` with `smem` dynamic bytes that fit on one SM (registers
@@ -403,7 +404,7 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
       !tma::encode_rows(&a_map, type, p.a, rows_capacity, p.k, elem_bytes, kTokens))
     return cudaErrorNotSupported;
   const Scales sc = tma::scales_of(p);
-  const int stages = ring_stages(fp8, p.n, p.k);
+  const int stages = ring_stages(p.n, p.k, elem_bytes);
   const size_t smem = smem_bytes(p.num_experts, stages);
 
   // Items: at most min(E, rows) experts with rows, rows / 16 more passes, times the slices.
