@@ -112,3 +112,32 @@ TEST(GemmConfig, Fp8UsesTheBlockScaledFamiliesOnly) {
   for (int64_t T : {1, 64, 300, 5000})
     EXPECT_TRUE(moekit::kernels::gemm_kernel_runs_16bit(select_config(gemm(T, 8, 128, 1536, 2048)).kernel));
 }
+
+// The decode kernel's ring: 6 stages at three CTAs per SM for experts of at
+// most 8 MiB (N x K x element bytes), the full ring for larger ones; the
+// reason says which.
+TEST(GemmConfig, DecodeRingBySizeOfTheExpert) {
+  using moekit::kernels::decode_ring_stages;
+  const int small = moekit::kernels::kDecodeSmallExpertStages, full = moekit::kernels::kDecodeMaxStages;
+  // qwen3-30b-a3b: GEMM 1 1536 x 2048, GEMM 2 2048 x 768, in both operand kinds.
+  EXPECT_EQ(decode_ring_stages(1536, 2048, 2), small);
+  EXPECT_EQ(decode_ring_stages(2048, 768, 2), small);
+  EXPECT_EQ(decode_ring_stages(1536, 2048, 1), small);
+  // deepseek-v3 (4096 x 7168, 7168 x 2048) and mixtral (28672 x 4096) in fp8 and bf16.
+  EXPECT_EQ(decode_ring_stages(7168, 2048, 1), full);
+  EXPECT_EQ(decode_ring_stages(4096, 7168, 1), full);
+  EXPECT_EQ(decode_ring_stages(28672, 4096, 2), full);
+  // The boundary: exactly 8 MiB is small, one more row is not.
+  EXPECT_EQ(decode_ring_stages(2048, 2048, 2), small);
+  EXPECT_EQ(decode_ring_stages(2049, 2048, 2), full);
+  EXPECT_EQ(decode_ring_stages(4096, 2048, 1), small);
+  EXPECT_EQ(decode_ring_stages(4104, 2048, 1), full);
+  const std::string qwen = select_config(gemm(1, 8, 128, 1536, 2048)).reason;
+  const std::string mixtral = select_config(gemm(8, 2, 8, 28672, 4096)).reason;
+  const std::string qwen_fp8 = select_config(gemm(1, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3)).reason;
+  const std::string deepseek_fp8 = select_config(gemm(1, 8, 256, 4096, 7168, MOEKIT_DTYPE_FP8_E4M3)).reason;
+  EXPECT_NE(qwen.find("6 stages, 3 CTAs per SM"), std::string::npos) << qwen;
+  EXPECT_NE(qwen_fp8.find("6 stages, 3 CTAs per SM"), std::string::npos) << qwen_fp8;
+  EXPECT_NE(mixtral.find("9 stages, 2 CTAs per SM"), std::string::npos) << mixtral;
+  EXPECT_NE(deepseek_fp8.find("9 stages, 2 CTAs per SM"), std::string::npos) << deepseek_fp8;
+}

@@ -78,7 +78,7 @@ constexpr int kMmaBytes = 32;                         // k bytes of one mma: k16
 // contiguous bytes of each weight row at a time), fewer stages, or weights
 // loaded evict-normal all ran the decode layer 0-4% slower than this.
 constexpr int kStageBytes = kWeightBoxBytes + kTokenBoxBytes;
-constexpr int kMaxStages = 9;  // 90 KB a CTA: about 140 KB of weights in flight per SM
+constexpr int kMaxStages = kDecodeMaxStages;  // 90 KB a CTA
 constexpr int kMaxCtasPerSm = 4;
 constexpr uint64_t kWeightHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST);
 constexpr uint64_t kTokenHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_LAST);
@@ -340,28 +340,24 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
 
 namespace {
 
-// Ring slots. The full ring, two CTAs per SM, except for experts of at most
-// 8 MiB (N x K x element bytes, either operand kind): six slots and three
-// CTAs per SM, about the same bytes in flight from one more consumer, which
-// keeps more stages streaming while each waits on its MMAs (e4m3: and on its
-// block's scale loads). Measured on an H200 (2026-12-03, layer µs, 9 vs 6
-// slots for both GEMMs): qwen3 (fp8 experts of 1.5 and 3 MiB) T=1 26.9 /
-// 26.0, T=8 88.2 / 83.6, T=64 177.6 / 170.8 and 191.1 / 175.1; qwen3 bf16
-// (3 and 6 MiB) T=1 32.6 / 32.4, T=8 139.2 / 137.5, T=64 295.0 / 291.2; but
-// deepseek-v3 fp8 (15 and 29 MiB) T=64 2367 / 2580, mixtral fp8 (58 and 117
-// MiB) T=8 316 / 325 and mixtral bf16 T=1 187 / 201, where two CTAs already
-// stream at the copy rate. MOEKIT_DECODE_STAGES (2..kMaxStages) overrides
-// the choice, for tuning.
-constexpr int kSmallExpertStages = 6;
-constexpr int64_t kSmallExpertBytes = int64_t{8} << 20;
+// Ring slots: decode_ring_stages (gemm_config.hpp), by expert size. Six
+// slots at three CTAs per SM carry about the bytes in flight of nine at two,
+// from one more consumer, which keeps more stages streaming while each waits
+// on its MMAs (e4m3: and on its block's scale loads). Measured on an H200
+// (2026-12-03, layer µs, 9 vs 6 slots for both GEMMs): qwen3 (fp8 experts of
+// 1.5 and 3 MiB) T=1 26.9 / 26.0, T=8 88.2 / 83.6, T=64 177.6 / 170.8 and
+// 191.1 / 175.1; qwen3 bf16 (3 and 6 MiB) T=1 32.6 / 32.4, T=8 139.2 /
+// 137.5, T=64 295.0 / 291.2; but deepseek-v3 fp8 (15 and 29 MiB) T=64 2367
+// / 2580, mixtral fp8 (58 and 117 MiB) T=8 316 / 325 and mixtral bf16 T=1
+// 187 / 201, where two CTAs already stream at the copy rate.
+// MOEKIT_DECODE_STAGES (2..kMaxStages) overrides the choice, for tuning.
 int ring_stages(int64_t n, int64_t k, int elem_bytes) {
   static const int forced = [] {
     const char* s = std::getenv("MOEKIT_DECODE_STAGES");
     const int v = s ? std::atoi(s) : 0;
     return v >= 2 && v <= kMaxStages ? v : 0;
   }();
-  if (forced != 0) return forced;
-  return n * k * elem_bytes <= kSmallExpertBytes ? kSmallExpertStages : kMaxStages;
+  return forced != 0 ? forced : decode_ring_stages(n, k, elem_bytes);
 }
 
 // CTAs of `kernel` with `smem` dynamic bytes that fit on one SM (registers

@@ -54,6 +54,10 @@ bool gemm_kernel_runs_16bit(GemmKernel k) {
   return k == GemmKernel::kSimple || !gemm_kernel_runs_fp8(k);
 }
 
+int decode_ring_stages(int64_t n, int64_t k, int elem_bytes) {
+  return n * k * elem_bytes <= kDecodeSmallExpertBytes ? kDecodeSmallExpertStages : kDecodeMaxStages;
+}
+
 namespace {
 
 GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
@@ -67,9 +71,13 @@ GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
   // (measurements in bench/RESULTS.md, 2026-12-02).
   if (rows_per_expert <= 8 && p.num_experts <= kDecodeMaxExperts)
     return {GemmKernel::kFp8Decode,
-            "fp8, <= 8 rows per expert: weight streaming, weight rows on the MMA's M side, one "
-            "stage per 128-deep scale block, no per-group set-up, weights prefetched under the "
-            "previous kernel"};
+            decode_ring_stages(p.n, p.k, 1) == kDecodeSmallExpertStages
+                ? "fp8, <= 8 rows per expert: weight streaming, weight rows on the MMA's M side, one "
+                  "stage per 128-deep scale block, no per-group set-up, weights prefetched under "
+                  "the previous kernel; experts of <= 8 MiB: 6 stages, 3 CTAs per SM"
+                : "fp8, <= 8 rows per expert: weight streaming, weight rows on the MMA's M side, one "
+                  "stage per 128-deep scale block, no per-group set-up, weights prefetched under "
+                  "the previous kernel; experts over 8 MiB: 9 stages, 2 CTAs per SM"};
   if (rows_per_expert <= 8)
     return {GemmKernel::kFp8Swap128x16,
             "fp8, <= 8 rows per expert, more experts than the decode kernel holds: swap-AB, "
@@ -119,8 +127,13 @@ GemmConfig select_config(const GemmProblem& p) {
   // per 16 tokens and loses (mixtral T=64: 898 vs 689 for 64x256).
   if (rows_per_expert <= 8 && experts <= kDecodeMaxExperts)
     return {GemmKernel::kDecode,
-            "<= 8 rows per expert: weight streaming, weight rows on the MMA's M side and tokens "
-            "on its N side, no per-group set-up, weights prefetched under the previous kernel"};
+            decode_ring_stages(p.n, p.k, 2) == kDecodeSmallExpertStages
+                ? "<= 8 rows per expert: weight streaming, weight rows on the MMA's M side and "
+                  "tokens on its N side, no per-group set-up, weights prefetched under the "
+                  "previous kernel; experts of <= 8 MiB: 6 stages, 3 CTAs per SM"
+                : "<= 8 rows per expert: weight streaming, weight rows on the MMA's M side and "
+                  "tokens on its N side, no per-group set-up, weights prefetched under the "
+                  "previous kernel; experts over 8 MiB: 9 stages, 2 CTAs per SM"};
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,
             "<= 8 rows per expert, more experts than the decode kernel holds: swap-AB, weight "

@@ -36,8 +36,19 @@ enum class GemmKernel : int {
 constexpr int kNumGemmKernels = 13;
 
 // The decode kernel keeps every expert's offsets and first work unit in
-// shared memory (8 bytes an expert) beside its 90 KB pipeline, two CTAs an SM.
+// shared memory (8 bytes an expert) beside its 60-90 KB pipeline.
 constexpr int64_t kDecodeMaxExperts = 1024;
+
+// The decode kernel's ring of TMA stages (10 KB each) for one GEMM: 6 slots
+// at three CTAs per SM for experts of at most kDecodeSmallExpertBytes
+// (N x K x element bytes), else kDecodeMaxStages at two. Small experts end
+// their items quickly and gain from the third consumer; large ones already
+// stream at the copy rate with two CTAs and lose with three (H200
+// measurements in decode_gemm.cu and bench/RESULTS.md, 2026-12-03).
+constexpr int kDecodeMaxStages = 9;
+constexpr int kDecodeSmallExpertStages = 6;
+constexpr int64_t kDecodeSmallExpertBytes = int64_t{8} << 20;
+int decode_ring_stages(int64_t n, int64_t k, int elem_bytes);
 // The prefill kernel keeps the same 8 bytes an expert beside its 192 KB pipeline.
 constexpr int64_t kPrefillMaxExperts = 1024;
 
