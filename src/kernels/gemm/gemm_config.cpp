@@ -60,6 +60,27 @@ int decode_ring_stages(int64_t n, int64_t k, int elem_bytes) {
 
 namespace {
 
+// The decode kernels' reasons, each with the ring decode_ring_stages picks.
+#define MOEKIT_DECODE_WHY                                                                        \
+  "<= 8 rows per expert: weight streaming, weight rows on the MMA's M side and tokens on its N " \
+  "side, no per-group set-up, weights prefetched under the previous kernel"
+#define MOEKIT_FP8_DECODE_WHY                                                                   \
+  "fp8, <= 8 rows per expert: weight streaming, weight rows on the MMA's M side, one stage per " \
+  "128-deep scale block, no per-group set-up, weights prefetched under the previous kernel"
+#define MOEKIT_SMALL_RING "; experts of <= 8 MiB: 6 stages, 3 CTAs per SM"
+#define MOEKIT_FULL_RING "; experts over 8 MiB: 9 stages, 2 CTAs per SM"
+GemmConfig decode_config(GemmKernel kernel, const GemmProblem& p) {
+  const bool fp8 = kernel == GemmKernel::kFp8Decode;
+  const bool small = decode_ring_stages(p.n, p.k, fp8 ? 1 : 2) == kDecodeSmallExpertStages;
+  if (fp8)
+    return {kernel, small ? MOEKIT_FP8_DECODE_WHY MOEKIT_SMALL_RING : MOEKIT_FP8_DECODE_WHY MOEKIT_FULL_RING};
+  return {kernel, small ? MOEKIT_DECODE_WHY MOEKIT_SMALL_RING : MOEKIT_DECODE_WHY MOEKIT_FULL_RING};
+}
+#undef MOEKIT_DECODE_WHY
+#undef MOEKIT_FP8_DECODE_WHY
+#undef MOEKIT_SMALL_RING
+#undef MOEKIT_FULL_RING
+
 GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
   if (p.n % 16 != 0 || p.k % 16 != 0)
     return {GemmKernel::kSimple, "fp8: N or K not a multiple of 16: TMA needs 16-byte rows"};
@@ -70,14 +91,7 @@ GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
   // The decode kernel on e4m3 replaced swap-AB 128x16 there, as in 16 bits
   // (measurements in bench/RESULTS.md, 2026-12-02).
   if (rows_per_expert <= 8 && p.num_experts <= kDecodeMaxExperts)
-    return {GemmKernel::kFp8Decode,
-            decode_ring_stages(p.n, p.k, 1) == kDecodeSmallExpertStages
-                ? "fp8, <= 8 rows per expert: weight streaming, weight rows on the MMA's M side, one "
-                  "stage per 128-deep scale block, no per-group set-up, weights prefetched under "
-                  "the previous kernel; experts of <= 8 MiB: 6 stages, 3 CTAs per SM"
-                : "fp8, <= 8 rows per expert: weight streaming, weight rows on the MMA's M side, one "
-                  "stage per 128-deep scale block, no per-group set-up, weights prefetched under "
-                  "the previous kernel; experts over 8 MiB: 9 stages, 2 CTAs per SM"};
+    return decode_config(GemmKernel::kFp8Decode, p);
   if (rows_per_expert <= 8)
     return {GemmKernel::kFp8Swap128x16,
             "fp8, <= 8 rows per expert, more experts than the decode kernel holds: swap-AB, "
@@ -126,14 +140,7 @@ GemmConfig select_config(const GemmProblem& p) {
   // copy floor either way, within 1.2%). Above 8 rows it re-streams weights
   // per 16 tokens and loses (mixtral T=64: 898 vs 689 for 64x256).
   if (rows_per_expert <= 8 && experts <= kDecodeMaxExperts)
-    return {GemmKernel::kDecode,
-            decode_ring_stages(p.n, p.k, 2) == kDecodeSmallExpertStages
-                ? "<= 8 rows per expert: weight streaming, weight rows on the MMA's M side and "
-                  "tokens on its N side, no per-group set-up, weights prefetched under the "
-                  "previous kernel; experts of <= 8 MiB: 6 stages, 3 CTAs per SM"
-                : "<= 8 rows per expert: weight streaming, weight rows on the MMA's M side and "
-                  "tokens on its N side, no per-group set-up, weights prefetched under the "
-                  "previous kernel; experts over 8 MiB: 9 stages, 2 CTAs per SM"};
+    return decode_config(GemmKernel::kDecode, p);
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,
             "<= 8 rows per expert, more experts than the decode kernel holds: swap-AB, weight "
