@@ -360,26 +360,23 @@ int ring_stages(int64_t n, int64_t k, int elem_bytes) {
   return forced != 0 ? forced : decode_ring_stages(n, k, elem_bytes);
 }
 
-// CTAs of kKernel with a ring of `stages` that fit on one SM (registers and
-// shared memory), at most kMaxCtasPerSm. Queried once per kernel and ring at
-// the largest expert count's shared memory (the expert tables add at most
-// 8 KB, which changes no count for the rings decode_ring_stages picks), so
-// calls with other E ask nothing.
+// CTAs of `kernel` with `smem` dynamic bytes that fit on one SM (registers
+// and shared memory), at most kMaxCtasPerSm.
+// Read once per kernel and size (the size changes with E and the ring only).
 template <auto kKernel>
-int ctas_per_sm(int stages) {
-  static std::atomic<int> cached[kMaxStages + 1]{};  // 0: not queried yet
-  if (const int c = cached[stages].load(std::memory_order_relaxed); c != 0) return c;
-  const size_t max_smem = smem_bytes(kDecodeMaxExperts, kMaxStages);
+int ctas_per_sm(size_t smem) {
+  static std::atomic<uint64_t> cached{0};  // smem << 8 | ctas
+  const uint64_t c = cached.load(std::memory_order_relaxed);
+  if (c != 0 && (c >> 8) == smem) return static_cast<int>(c & 0xff);
   int ctas = 0;
-  if (cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(max_smem)) !=
-          cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kKernel, kThreads,
-                                                    smem_bytes(kDecodeMaxExperts, stages)) != cudaSuccess) {
+  if (cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem_bytes(kDecodeMaxExperts, kMaxStages))) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kKernel, kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     ctas = 1;
   }
   ctas = std::max(1, std::min(ctas, kMaxCtasPerSm));
-  cached[stages].store(ctas, std::memory_order_relaxed);
+  cached.store(static_cast<uint64_t>(smem) << 8 | static_cast<uint64_t>(ctas), std::memory_order_relaxed);
   return ctas;
 }
 
@@ -414,7 +411,7 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
     using T = decltype(out_tag);
     constexpr auto kernel = decode_gemm_kernel<T, decltype(op_tag)>;
     const int64_t grid = std::max<int64_t>(
-        1, std::min<int64_t>(int64_t{ctas_per_sm<kernel>(stages)} * p.sm_count, units * slices));
+        1, std::min<int64_t>(int64_t{ctas_per_sm<kernel>(smem)} * p.sm_count, units * slices));
     return tma::launch<T, kernel>(smem_bytes(kDecodeMaxExperts, kMaxStages), dim3(static_cast<unsigned>(grid)),
                                   dim3(kThreads), smem, stream, p, w_map, a_map, ep, sc, stages);
   });
