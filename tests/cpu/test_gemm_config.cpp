@@ -22,11 +22,21 @@ TEST(GemmConfig, DecodeStreamsWeightsAndLargerBatchesUseTiles) {
   EXPECT_EQ(select_config(gemm(1, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
-  EXPECT_EQ(select_config(gemm(129, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
+  // 9-16 rows per expert on experts of <= 8 MiB: decode with 32-token passes.
+  EXPECT_EQ(select_config(gemm(129, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(256, 8, 128, 2048, 768)).kernel, GemmKernel::kDecode);
+  EXPECT_NE(std::string(select_config(gemm(256, 8, 128, 1536, 2048)).reason).find("32-token"), std::string::npos);
+  EXPECT_EQ(std::string(select_config(gemm(128, 8, 128, 1536, 2048)).reason).find("32-token"), std::string::npos);
+  EXPECT_EQ(select_config(gemm(257, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
+  // Not for e4m3 (it measured no faster there).
+  EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3)).kernel,
+            GemmKernel::kFp8Pingpong64x128);
   EXPECT_EQ(select_config(gemm(1024, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
   EXPECT_EQ(select_config(gemm(1025, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
-  // mixtral-8x7b: E = 8, k = 2: 2 rows per expert at T = 8, 16 at T = 64.
+  // mixtral-8x7b: E = 8, k = 2: 2 rows per expert at T = 8, 16 at T = 64
+  // (experts over 8 MiB: no 32-token decode).
   EXPECT_EQ(select_config(gemm(8, 2, 8, 28672, 4096)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(64, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile64x256);
   EXPECT_EQ(select_config(gemm(16384, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile128x256);
@@ -40,12 +50,16 @@ TEST(GemmConfig, BoundariesOfRowsPerExpertAndN) {
   const int64_t e = moekit::kernels::kDecodeMaxExperts;
   EXPECT_EQ(select_config(gemm(8 * e, 1, e, 64, 64)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(8 * e, 1, e + 1, 64, 64)).kernel, GemmKernel::kSwap128x16);
-  for (int64_t rows : {9, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
-  for (int64_t rows : {9, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
+  // 9-16 rows per expert: decode on experts of <= 8 MiB, tiles above.
+  for (int64_t rows : {9, 16}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kDecode) << rows;
+  EXPECT_EQ(select_config(gemm(16, 1, 1, 4096, 1024)).kernel, GemmKernel::kDecode);   // exactly 8 MiB
+  EXPECT_EQ(select_config(gemm(16, 1, 1, 4104, 1024)).kernel, GemmKernel::kTile64x256);  // over
+  for (int64_t rows : {17, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
+  for (int64_t rows : {17, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
   for (int64_t rows : {65, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
-  // Rounded up: 17 rows over 2 experts is 9 per expert.
-  EXPECT_EQ(select_config(gemm(16, 1, 2, 64, 64)).kernel, GemmKernel::kDecode);
-  EXPECT_EQ(select_config(gemm(17, 1, 2, 64, 64)).kernel, GemmKernel::kTile128x128);
+  // Rounded up: 33 rows over 2 experts is 17 per expert.
+  EXPECT_EQ(select_config(gemm(32, 1, 2, 64, 64)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(33, 1, 2, 64, 64)).kernel, GemmKernel::kTile128x128);
 }
 
 TEST(GemmConfig, SimplePathForFp32AndUnalignedShapes) {
@@ -132,6 +146,10 @@ TEST(GemmConfig, DecodeRingBySizeOfTheExpert) {
   EXPECT_EQ(decode_ring_stages(2049, 2048, 2), full);
   EXPECT_EQ(decode_ring_stages(4096, 2048, 1), small);
   EXPECT_EQ(decode_ring_stages(4104, 2048, 1), full);
+  // 32-token passes: 12 KB slots, the same ring bytes in 5 and 7 of them.
+  EXPECT_EQ(decode_ring_stages(1536, 2048, 2, 32), 5);
+  EXPECT_EQ(decode_ring_stages(28672, 4096, 2, 32), 7);
+  EXPECT_EQ(decode_ring_stages(1536, 2048, 2, 16), small);
   const std::string qwen = select_config(gemm(1, 8, 128, 1536, 2048)).reason;
   const std::string mixtral = select_config(gemm(8, 2, 8, 28672, 4096)).reason;
   const std::string qwen_fp8 = select_config(gemm(1, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3)).reason;
@@ -140,4 +158,14 @@ TEST(GemmConfig, DecodeRingBySizeOfTheExpert) {
   EXPECT_NE(qwen_fp8.find("6 stages, 3 CTAs per SM"), std::string::npos) << qwen_fp8;
   EXPECT_NE(mixtral.find("9 stages, 2 CTAs per SM"), std::string::npos) << mixtral;
   EXPECT_NE(deepseek_fp8.find("9 stages, 2 CTAs per SM"), std::string::npos) << deepseek_fp8;
+}
+
+// Token rows per decode pass: 16 up to 8 rows per expert, 32 above.
+TEST(GemmConfig, DecodePassTokensByRowsPerExpert) {
+  using moekit::kernels::decode_pass_tokens;
+  EXPECT_EQ(decode_pass_tokens(1), 16);
+  EXPECT_EQ(decode_pass_tokens(8), 16);
+  EXPECT_EQ(decode_pass_tokens(9), 32);
+  EXPECT_EQ(decode_pass_tokens(32), 32);
+  EXPECT_EQ(decode_pass_tokens(1000), 32);
 }

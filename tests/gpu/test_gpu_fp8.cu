@@ -160,7 +160,8 @@ void expect_same_bytes(const std::vector<SameBytesShape>& shapes, const char* ou
 // The decode kernel (wgmma m64n16k32) writes the bytes CUTLASS's wgmma
 // swap-AB kernel writes, for both schemes: partial scale blocks in N and K,
 // biases, fp16 output, an expert with two 16-token passes beside one with a
-// few rows, many experts, and the special values with extreme weight scales.
+// few rows, many experts, and the special values with extreme weight scales;
+// and the same with 32-token passes.
 TEST(GpuFp8, DecodeKernelWritesTheBytesOfCutlassSwapAB) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr)
@@ -171,6 +172,13 @@ TEST(GpuFp8, DecodeKernelWritesTheBytesOfCutlassSwapAB) {
                      {5, 130, 8, 128, 64, false, false, false, false}, // many experts, most empty
                      {20, 8, 3, 256, 128, false, false, false, true}}, // zero, NaN, Inf, huge, denormal tokens
                     "fp8_decode", "fp8_swap128x16", "fp8 block-scaled decode");
+  // 32-token passes (above 8 rows per expert; wgmma m64n32k32): 120 rows on
+  // one expert (four passes, the last partial) and 40 on another, and random
+  // routing at 15 rows per expert.
+  expect_same_bytes({{80, 8, 2, 384, 256, true, true, true, false},
+                     {60, 16, 4, 256, 128, false, false, false, false},
+                     {80, 8, 2, 256, 128, false, false, true, true}},
+                    "fp8_decode", "fp8_swap128x16", nullptr);
 }
 
 // The prefill kernel (two partial accumulators, promotion overlapped) writes

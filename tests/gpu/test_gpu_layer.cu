@@ -128,26 +128,25 @@ TEST(GpuLayer, EveryActivationOrderAndBias) {
 // activation stage writes, bit for bit: every kind and gate/up order, with
 // and without biases, against CUTLASS swap-AB (the same MMA arithmetic)
 // followed by the activation kernel. Partial slices (I = 80) and, at T = 20,
-// an expert with 30 rows (two 16-token passes) beside one with 10.
+// an expert with 30 rows (two 16-token passes) beside one with 10; at T = 64
+// (16 rows per expert: 32-token passes) one with 96 rows (three passes)
+// beside one with 32.
 TEST(GpuLayer, DecodeEpilogueActivationEqualsTheActivationStage) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr)
     GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
-  for (int64_t T : {1, 20})
+  for (int64_t T : {1, 20, 64})
     for_each_activation(problem(T, 8, 2, 128, 80), [](const Problem& p, const std::string& what,
                                                       uint64_t seed) {
       const int64_t T = p.num_tokens;
       ref::HostLayer l = ref::make_random_layer(p, 100 + seed);
-      if (T == 20)
+      if (T > 1)
         for (size_t i = 0; i < l.topk_ids.size(); ++i) l.topk_ids[i] = i % 4 == 3 ? 5 : 0;
       DeviceLayer d(l);
       std::string plan;
       MoeLayer::describe_plan(d.args.problem, &plan);
       ASSERT_NE(plan.find("decode"), std::string::npos) << what << ": " << plan;
-      Status s = d.run();
-      ASSERT_TRUE(s.ok()) << s.message();
-      CUDA_OK(cudaDeviceSynchronize());
-      const std::vector<uint8_t> fused = d.output.download();
+      const std::vector<uint8_t> fused = test::run_forced(d, "decode");
       const std::vector<uint8_t> staged = test::run_forced(d, "swap128x16");
       size_t first = 0;
       while (first < fused.size() && fused[first] == staged[first]) ++first;
@@ -523,8 +522,9 @@ TEST(GpuLayer, HundredsOfRandomConfigurationsSharingOneWorkspace) {
 
 // moekit.h: "The result does not depend on T." One token's row is bitwise the
 // same at every batch size, whichever GEMM kernel each T selects (the TMA +
-// mma.sync decode kernel at small T, 64x256 and 128x256 tiles from 9 rows
-// per expert up, and CUTLASS swap-AB 128x16, forced at T = 1 and 7) and across chunks
+// mma.sync decode kernel at small T, in 16-token passes and at T = 64 (16
+// rows per expert) in 32-token passes, 64x256 and 128x256 tiles above, and
+// CUTLASS swap-AB 128x16, forced at T = 1 and 7) and across chunks
 // (T = 20000 at top-4 runs as two chunks of 16384 and 3616 tokens).
 TEST(GpuLayer, BatchInvariantRowAtEveryT) {
   REQUIRE_GPU();
@@ -556,6 +556,7 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
                                      1, H, dt, tolerance(l.problem)));
       }
       EXPECT_EQ(row, first) << moekit_dtype_name(dt) << " T=" << T << ": " << plan;
+      if (T == 64) EXPECT_NE(plan.find("32-token"), std::string::npos) << plan;
       if (T <= 7) {  // CUTLASS's wgmma swap-AB kernel gives the same bits as mma.sync
         const std::vector<uint8_t> again = test::run_forced(d, "swap128x16");
         EXPECT_TRUE(std::equal(again.begin() + pos * H * b, again.begin() + (pos + 1) * H * b,

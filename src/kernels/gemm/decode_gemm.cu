@@ -10,7 +10,7 @@
 //    the third coordinate, and one over the expert-ordered rows [rows, K]:
 //    encoded on the host once per call, never rewritten on the device.
 //  - A persistent grid, as many CTAs per SM as fit (two with the full ring
-//    of 9 slots). Work items are (expert, 16-token
+//    of 9 slots). Work items are (expert, 16- or 32-token
 //    pass, 64-row weight slice); each CTA walks items blockIdx.x, +gridDim.x,
 //    ... . Only experts with rows have items, found from expert_offsets by a
 //    block scan.
@@ -18,15 +18,18 @@
 //    prefetch, the scan and the first ring of weight tiles all overlap the
 //    previous kernel; only the token tiles and the stores wait for it.
 //  - One producer thread streams (64 weight rows x 128 bytes of k) and (16
-//    token rows x 128 bytes) tiles with TMA (128-byte swizzle) into a ring of shared
+//    or 32 token rows x 128 bytes) tiles with TMA (128-byte swizzle) into a ring of shared
 //    slots; four consumer warps take 16 weight rows each through ldmatrix
 //    into mma.sync m16n8k16 (weights on M, tokens on N: swap-AB) and write
 //    D^T back as row-major D. Weights are loaded evict-first: read once.
+//  - 32-token passes (decode_pass_tokens: above 8 rows per expert) stream
+//    an expert of 9-32 rows once; at 16 rows per expert on small experts
+//    that beats CUTLASS's 64x256 tiles (select_config).
 //  - For GEMM 1 the epilogue can apply the activation instead (Epilogue),
 //    so the layer skips the activation stage at decode.
 //  - e4m3 operands with block scales (fp8 layers) run the same pipeline:
 //    a 128-byte box row is 128 k, one scale block, so a stage is one block.
-//    The four consumer warps are one warpgroup and run wgmma m64n16k32 on
+//    The four consumer warps are one warpgroup and run wgmma m64n16k32 (or n32) on
 //    the stage straight from shared memory: mma.sync on e4m3 accumulates
 //    differently from wgmma (more exactly: it matched the fp32 CUDA-core
 //    GEMM bit for bit where CUTLASS's wgmma kernels did not; H200,
@@ -66,27 +69,29 @@ constexpr int kConsumerWarps = 4;
 constexpr int kThreads = 32 * (kConsumerWarps + 1);  // + one producer warp
 constexpr int kRowsPerWarp = 16;                      // mma M: weight rows (output columns)
 constexpr int kSliceRows = kConsumerWarps * kRowsPerWarp;  // 64 weight rows per item
-constexpr int kTokens = 16;                           // token rows per pass: two mma n8 blocks
+// Token rows per pass (kTok): 16 (two mma n8 blocks) or 32 (four), decode_pass_tokens.
 using tma::kBoxBytes;
 using tma::kSwizzleAlign;
 constexpr int kWeightBoxBytes = kSliceRows * kBoxBytes;  // 8 KB
-constexpr int kTokenBoxBytes = kTokens * kBoxBytes;      // 2 KB
+template <int kTok>
+constexpr int kTokenBoxBytes = kTok * kBoxBytes;         // 2 or 4 KB
 constexpr int kMmaBytes = 32;                         // k bytes of one mma: k16 bf16/fp16, k32 e4m3
 
 // One pipeline stage: a 64-deep box of the weight tile and of the token tile.
 // Measured on an H200 (bench/RESULTS.md, 2026-12-01): two boxes a stage (256
 // contiguous bytes of each weight row at a time), fewer stages, or weights
 // loaded evict-normal all ran the decode layer 0-4% slower than this.
-constexpr int kStageBytes = kWeightBoxBytes + kTokenBoxBytes;
-constexpr int kMaxStages = kDecodeMaxStages;  // 90 KB a CTA
+template <int kTok>
+constexpr int kStageBytes = kWeightBoxBytes + kTokenBoxBytes<kTok>;
+constexpr int kMaxStages = kDecodeMaxStages;  // 90 KB a CTA at 16 tokens
 constexpr int kMaxCtasPerSm = 4;
 constexpr uint64_t kWeightHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST);
 constexpr uint64_t kTokenHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_LAST);
 
 // Shared memory after the stages: the barriers, then expert_offsets and each
 // expert's first work unit (both [E + 1]).
-size_t smem_bytes(int num_experts, int stages) {
-  return kSwizzleAlign + static_cast<size_t>(stages) * kStageBytes + 2 * stages * sizeof(uint64_t) +
+size_t smem_bytes(int num_experts, int stages, int stage_bytes) {
+  return kSwizzleAlign + static_cast<size_t>(stages) * stage_bytes + 2 * stages * sizeof(uint64_t) +
          2 * (static_cast<size_t>(num_experts) + 1) * sizeof(int32_t);
 }
 
@@ -125,24 +130,32 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem) {
 }
 
 // One stage of e4m3 operands on the consumer warpgroup: part = the 64 weight
-// rows x 16 tokens of this 128-deep block, four wgmma k32 steps (the first
+// rows x kTok tokens of this 128-deep block, four wgmma k32 steps (the first
 // overwrites part), as CUTLASS's blockwise mainloop issues them.
-// part[j][i] is laid out like mma.sync's D (acc below).
-__device__ __forceinline__ void wgmma_block(float (&part)[2][4], uint32_t w_tile, uint32_t a_tile) {
+// part[j][i] is laid out like mma.sync's D (acc below), for n8 block j.
+template <int kTok>
+__device__ __forceinline__ void wgmma_block(float (&part)[kTok / 8][4], uint32_t w_tile, uint32_t a_tile) {
+  using cute::SM90::GMMA::ScaleOut;
   const uint64_t dw = tma::smem_descriptor(w_tile), da = tma::smem_descriptor(a_tile);
   float* d = &part[0][0];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) cute::warpgroup_fence_operand(d[i]);
+  for (int i = 0; i < kTok / 2; ++i) cute::warpgroup_fence_operand(d[i]);
   cute::warpgroup_arrive();
 #pragma unroll
-  for (int kk = 0; kk < kBoxBytes / kMmaBytes; ++kk)  // +32 bytes of k: +2 in the 16-byte address field
-    cute::SM90::GMMA::MMA_64x16x32_F32E4M3E4M3_SS_TN<>::fma(
-        dw + 2 * kk, da + 2 * kk, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
-        kk == 0 ? cute::SM90::GMMA::ScaleOut::Zero : cute::SM90::GMMA::ScaleOut::One);
+  for (int kk = 0; kk < kBoxBytes / kMmaBytes; ++kk) {  // +32 bytes of k: +2 in the 16-byte address field
+    const ScaleOut acc = kk == 0 ? ScaleOut::Zero : ScaleOut::One;
+    if constexpr (kTok == 16)
+      cute::SM90::GMMA::MMA_64x16x32_F32E4M3E4M3_SS_TN<>::fma(dw + 2 * kk, da + 2 * kk, d[0], d[1], d[2], d[3],
+                                                              d[4], d[5], d[6], d[7], acc);
+    else
+      cute::SM90::GMMA::MMA_64x32x32_F32E4M3E4M3_SS_TN<>::fma(
+          dw + 2 * kk, da + 2 * kk, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11],
+          d[12], d[13], d[14], d[15], acc);
+  }
   cute::warpgroup_commit_batch();
   cute::warpgroup_wait<0>();
 #pragma unroll
-  for (int i = 0; i < 8; ++i) cute::warpgroup_fence_operand(d[i]);
+  for (int i = 0; i < kTok / 2; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a tile TMA wrote with
@@ -166,10 +179,10 @@ __device__ __forceinline__ void consumer_barrier() {
   asm volatile("bar.sync 1, %0;" ::"n"(32 * kConsumerWarps) : "memory");
 }
 
-template <class T, class Op>
+template <class T, class Op, int kTok>
 __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
     const __grid_constant__ CUtensorMap w_map,  // [E, N, K] weights, box (128 B of k, 64 rows, 1)
-    const __grid_constant__ CUtensorMap a_map,  // [rows, K] expert-ordered rows, box (128 B of k, 16 rows)
+    const __grid_constant__ CUtensorMap a_map,  // [rows, K] expert-ordered rows, box (128 B of k, kTok rows)
     const int32_t* __restrict__ offsets,        // [E + 1]
     int num_experts,
     const T* __restrict__ bias,                 // [E, N] or null
@@ -179,13 +192,14 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
-  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(base));  // stages x kStageBytes
-  auto* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);         // [stages]
+  constexpr int kStage = kStageBytes<kTok>;
+  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(base));  // stages x kStage
+  auto* full = reinterpret_cast<uint64_t*>(base + stages * kStage);              // [stages]
   uint64_t* empty = full + stages;                                                // [stages]
   auto* offs = reinterpret_cast<int32_t*>(empty + stages);                        // [E + 1]
   int32_t* first_unit = offs + num_experts + 1;                                   // [E + 1]
   __shared__ typename cub::BlockScan<int, kThreads>::TempStorage scan_storage;
-  __shared__ alignas(16) uint16_t staged_raw[kTokens * kSliceRows];  // fused: [16 tokens, 64 rows]
+  __shared__ alignas(16) uint16_t staged_raw[kTok * kSliceRows];  // fused: [kTok tokens, 64 rows]
   T* staged = reinterpret_cast<T*>(staged_raw);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -197,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
   // and the first stages' weights are read before the wait; the token rows
   // (the previous kernel's output) and every store come after it.
   tma::start_block<kThreads>(full, empty, stages, kConsumerWarps, &w_map, &a_map, offsets, offs, first_unit,
-                                      num_experts, kTokens, scan_storage);
+                                      num_experts, kTok, scan_storage);
   const bool gated = ep.fused && activation_is_gated(ep.act.kind);
   const int item_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns an item writes
   const int slices = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kSliceRows - 1) / kSliceRows;
@@ -205,7 +219,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
   const int slice_step = ep.split_halves ? kGatedCols : kSliceRows;
   const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * slices;
   const int k_stages = (k + kStageK<Op> - 1) / kStageK<Op>;
-  const tma::Items it{first_unit, offs, num_experts, kTokens, slices, slice_step, k_stages, items};
+  const tma::Items it{first_unit, offs, num_experts, kTok, slices, slice_step, k_stages, items};
 
   if (warp == kConsumerWarps) {
     // Producer: one thread walks the same (item, k-stage) sequence as the
@@ -214,19 +228,21 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       tma::produce(
           it, empty, stages,
           [&](int slot, const tma::Cursor& cur) {
-            Barrier::arrive_and_expect_tx(&full[slot], kStageBytes);
-            tma::load_weight_box(&w_map, &full[slot], kWeightHint, base + slot * kStageBytes,
+            Barrier::arrive_and_expect_tx(&full[slot], kStage);
+            tma::load_weight_box(&w_map, &full[slot], kWeightHint, base + slot * kStage,
                                  cur.kb * kStageK<Op>, cur, ep.split_halves);
           },
           [&](int slot, const tma::Cursor& cur) {
             cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint,
-                                         base + slot * kStageBytes + kWeightBoxBytes, cur.kb * kStageK<Op>,
+                                         base + slot * kStage + kWeightBoxBytes, cur.kb * kStageK<Op>,
                                          cur.u.begin + cur.u.row0);
           });
   } else {
     const int g = lane / 4, q = lane % 4;
+    constexpr int kBlocks = kTok / 8;  // mma n8 blocks of tokens
     // ldmatrix addresses: A rows (this warp's 16 weight rows) and B rows
-    // (tokens 0-15), each at its first 16-byte chunk of a k16 step.
+    // (tokens 0-15, +16 for the second half of 32), each at its first
+    // 16-byte chunk of a k16 step.
     const int a_row = warp * kRowsPerWarp + lane % 16, a_chunk = lane / 16;
     const int b_row = (lane / 16) * 8 + lane % 8, b_chunk = (lane / 8) % 2;
     pdl_wait();  // before the first store
@@ -237,8 +253,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       const tma::Unit& u = cur.u;
       const int slice = static_cast<int>(item % slices);
       const int w_row0 = slice * kSliceRows + warp * kRowsPerWarp;  // unfused: D columns
-      const bool two_blocks = u.rows - u.row0 > 8;  // warp-uniform: tokens 8-15 exist
-      float acc[2][4] = {};
+      const int blocks = min(kBlocks, (u.rows - u.row0 + 7) / 8);  // warp-uniform: n8 blocks with tokens
+      float acc[kBlocks][4] = {};
       // e4m3: this thread's scales of a block: its weight rows' (one 128-row
       // block: the warp's 16 rows start at a multiple of 16) and its 4 tokens'.
       const float* sa_e = kIsFp8<Op> ? sc.a + static_cast<int64_t>(u.begin) * k_stages : nullptr;
@@ -246,11 +262,11 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
                               ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_row0 / 128) * k_stages
                               : nullptr;
       for (int kb = 0; kb < k_stages; ++kb) {
-        float scale[2][2];
+        float scale[kBlocks][2];
         if constexpr (kIsFp8<Op>) {  // issued before the wait: the loads overlap it
           const float sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
 #pragma unroll
-          for (int j = 0; j < 2; ++j)
+          for (int j = 0; j < kBlocks; ++j)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const int t = u.row0 + 8 * j + 2 * q + h;
@@ -258,19 +274,24 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
             }
         }
         Barrier::wait(&full[slot], phase);
-        const uint32_t w_tile = ring + slot * kStageBytes;
+        const uint32_t w_tile = ring + slot * kStage;
         const uint32_t a_tile = w_tile + kWeightBoxBytes;
-        float part[2][4];  // e4m3: this block's sum, scaled into acc below
+        float part[kBlocks][4];  // e4m3: this block's sum, scaled into acc below
         if constexpr (kIsFp8<Op>) {
-          wgmma_block(part, w_tile, a_tile);
+          wgmma_block<kTok>(part, w_tile, a_tile);
         } else {
 #pragma unroll
           for (int kk = 0; kk < kBoxBytes / kMmaBytes; ++kk) {
-            uint32_t af[4], bf[4];
+            uint32_t af[4];
             ldmatrix_x4(af, w_tile + swizzled(a_row, 2 * kk + a_chunk));
-            ldmatrix_x4(bf, a_tile + swizzled(b_row, 2 * kk + b_chunk));
-            mma_16x8x16<Op>(acc[0], af, bf[0], bf[1]);
-            if (two_blocks) mma_16x8x16<Op>(acc[1], af, bf[2], bf[3]);
+#pragma unroll
+            for (int h = 0; h < kBlocks / 2; ++h) {  // 16 tokens: n8 blocks 2h, 2h + 1
+              if (2 * h >= blocks) break;
+              uint32_t bf[4];
+              ldmatrix_x4(bf, a_tile + swizzled(b_row + 16 * h, 2 * kk + b_chunk));
+              mma_16x8x16<Op>(acc[2 * h], af, bf[0], bf[1]);
+              if (2 * h + 1 < blocks) mma_16x8x16<Op>(acc[2 * h + 1], af, bf[2], bf[3]);
+            }
           }
         }
         __syncwarp();  // every lane's reads of this slot are done
@@ -278,7 +299,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
         if (++slot == stages) { slot = 0; phase ^= 1; }
         if constexpr (kIsFp8<Op>) {
 #pragma unroll
-          for (int j = 0; j < 2; ++j)
+          for (int j = 0; j < kBlocks; ++j)
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[j][i] = fmaf(part[j][i], scale[j][i & 1], acc[j][i]);
         }
@@ -288,7 +309,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
       if (!ep.fused) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
+        for (int j = 0; j < kBlocks; ++j)
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const int r = w_row0 + g + (i < 2 ? 0 : 8);
@@ -299,9 +320,9 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
           }
         continue;
       }
-      // Fused: GEMM 1's values as it would store them, [16 tokens, 64 local rows].
+      // Fused: GEMM 1's values as it would store them, [kTok tokens, 64 local rows].
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
+      for (int j = 0; j < kBlocks; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int r = warp * kRowsPerWarp + g + (i < 2 ? 0 : 8);  // local weight row
@@ -315,8 +336,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       consumer_barrier();
       {
         const int per = item_cols / 8;  // columns a thread computes: 4 gated, 8 otherwise
-        const int t = threadIdx.x / 8, j0 = (threadIdx.x % 8) * per;
-        if (u.row0 + t < u.rows) {
+        const int j0 = (threadIdx.x % 8) * per;
+        for (int t = threadIdx.x / 8; t < kTok && u.row0 + t < u.rows; t += 32 * kConsumerWarps / 8) {
           const T* row = staged + t * kSliceRows;
           T* out = c + static_cast<int64_t>(u.begin + u.row0 + t) * ep.inter + slice * item_cols;
           for (int jj = 0; jj < per; ++jj) {
@@ -350,14 +371,26 @@ namespace {
 // 137.5, T=64 295.0 / 291.2; but deepseek-v3 fp8 (15 and 29 MiB) T=64 2367
 // / 2580, mixtral fp8 (58 and 117 MiB) T=8 316 / 325 and mixtral bf16 T=1
 // 187 / 201, where two CTAs already stream at the copy rate.
-// MOEKIT_DECODE_STAGES (2..kMaxStages) overrides the choice, for tuning.
-int ring_stages(int64_t n, int64_t k, int elem_bytes) {
+// MOEKIT_DECODE_STAGES (2 up to the ring of kMaxStages 16-token slots)
+// overrides the choice, for tuning.
+int ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens) {
   static const int forced = [] {
     const char* s = std::getenv("MOEKIT_DECODE_STAGES");
-    const int v = s ? std::atoi(s) : 0;
-    return v >= 2 && v <= kMaxStages ? v : 0;
+    return s ? std::atoi(s) : 0;
   }();
-  return forced != 0 ? forced : decode_ring_stages(n, k, elem_bytes);
+  const int most = kMaxStages * kStageBytes<16> / (kWeightBoxBytes + pass_tokens * kBoxBytes);
+  return forced >= 2 ? std::min(forced, most) : decode_ring_stages(n, k, elem_bytes, pass_tokens);
+}
+
+// Token rows per pass: decode_pass_tokens, or MOEKIT_DECODE_TOKENS (16 or
+// 32), for tuning.
+int pass_tokens(int64_t rows_per_expert) {
+  static const int forced = [] {
+    const char* s = std::getenv("MOEKIT_DECODE_TOKENS");
+    const int v = s ? std::atoi(s) : 0;
+    return v == 16 || v == 32 ? v : 0;
+  }();
+  return forced != 0 ? forced : decode_pass_tokens(rows_per_expert);
 }
 
 // CTAs of `kernel` with `smem` dynamic bytes that fit on one SM (registers
@@ -370,7 +403,8 @@ int ctas_per_sm(size_t smem) {
   if (c != 0 && (c >> 8) == smem) return static_cast<int>(c & 0xff);
   int ctas = 0;
   if (cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem_bytes(kDecodeMaxExperts, kMaxStages))) != cudaSuccess ||
+                           static_cast<int>(smem_bytes(kDecodeMaxExperts, kMaxStages, kStageBytes<16>))) !=
+          cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kKernel, kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     ctas = 1;
@@ -393,27 +427,34 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
   Epilogue ep{};
   if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
   const CUtensorMapDataType type = tma::map_type(p);
+  // Token rows per pass, from the rows per expert as select_config counts them.
+  const int tokens = pass_tokens((rows_capacity + p.num_experts - 1) / p.num_experts);
   CUtensorMap w_map{}, a_map{};
   // Split halves: one box holds rows j.. of the gate and the up half.
   if (!tma::encode_weights(&w_map, type, p.w, p.num_experts, p.n, p.k, elem_bytes,
                            ep.split_halves ? 2 * kGatedCols : kSliceRows, ep.split_halves) ||
-      !tma::encode_rows(&a_map, type, p.a, rows_capacity, p.k, elem_bytes, kTokens))
+      !tma::encode_rows(&a_map, type, p.a, rows_capacity, p.k, elem_bytes, tokens))
     return cudaErrorNotSupported;
   const Scales sc = tma::scales_of(p);
-  const int stages = ring_stages(p.n, p.k, elem_bytes);
-  const size_t smem = smem_bytes(p.num_experts, stages);
+  const int stages = ring_stages(p.n, p.k, elem_bytes, tokens);
+  const size_t smem = smem_bytes(p.num_experts, stages, kWeightBoxBytes + tokens * kBoxBytes);
 
-  // Items: at most min(E, rows) experts with rows, rows / 16 more passes, times the slices.
+  // Items: at most min(E, rows) experts with rows, rows / tokens more passes, times the slices.
   const int64_t slices = (p.n + kSliceRows - 1) / kSliceRows;
-  const int64_t units = std::min<int64_t>(p.num_experts, rows_capacity) + rows_capacity / kTokens;
+  const int64_t units = std::min<int64_t>(p.num_experts, rows_capacity) + rows_capacity / tokens;
 
   return tma::for_types<Fp8>(p, [&](auto out_tag, auto op_tag) {
     using T = decltype(out_tag);
-    constexpr auto kernel = decode_gemm_kernel<T, decltype(op_tag)>;
-    const int64_t grid = std::max<int64_t>(
-        1, std::min<int64_t>(int64_t{ctas_per_sm<kernel>(smem)} * p.sm_count, units * slices));
-    return tma::launch<T, kernel>(smem_bytes(kDecodeMaxExperts, kMaxStages), dim3(static_cast<unsigned>(grid)),
-                                  dim3(kThreads), smem, stream, p, w_map, a_map, ep, sc, stages);
+    auto run = [&](auto tok) {
+      constexpr auto kernel = decode_gemm_kernel<T, decltype(op_tag), decltype(tok)::value>;
+      const int64_t grid = std::max<int64_t>(
+          1, std::min<int64_t>(int64_t{ctas_per_sm<kernel>(smem)} * p.sm_count, units * slices));
+      // One shared-memory limit for every form: the 16-token ring of kMaxStages is the largest.
+      return tma::launch<T, kernel>(smem_bytes(kDecodeMaxExperts, kMaxStages, kStageBytes<16>),
+                                    dim3(static_cast<unsigned>(grid)), dim3(kThreads), smem, stream, p, w_map,
+                                    a_map, ep, sc, stages);
+    };
+    return tokens == 32 ? run(std::integral_constant<int, 32>{}) : run(std::integral_constant<int, 16>{});
   });
 }
 

@@ -54,9 +54,13 @@ bool gemm_kernel_runs_16bit(GemmKernel k) {
   return k == GemmKernel::kSimple || !gemm_kernel_runs_fp8(k);
 }
 
-int decode_ring_stages(int64_t n, int64_t k, int elem_bytes) {
-  return n * k * elem_bytes <= kDecodeSmallExpertBytes ? kDecodeSmallExpertStages : kDecodeMaxStages;
+int decode_ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens) {
+  const int slots = n * k * elem_bytes <= kDecodeSmallExpertBytes ? kDecodeSmallExpertStages : kDecodeMaxStages;
+  constexpr int kWeightBox = 64 * 128, kBox16 = kWeightBox + 16 * 128;  // bytes of a 16-token slot
+  return slots * kBox16 / (kWeightBox + pass_tokens * 128);
 }
+
+int decode_pass_tokens(int64_t rows_per_expert) { return rows_per_expert <= 8 ? 16 : 32; }
 
 namespace {
 
@@ -69,17 +73,23 @@ namespace {
   "128-deep scale block, no per-group set-up, weights prefetched under the previous kernel"
 #define MOEKIT_SMALL_RING "; experts of <= 8 MiB: 6 stages, 3 CTAs per SM"
 #define MOEKIT_FULL_RING "; experts over 8 MiB: 9 stages, 2 CTAs per SM"
-GemmConfig decode_config(GemmKernel kernel, const GemmProblem& p) {
+// 16-bit only, small experts only (select_config).
+#define MOEKIT_DECODE32_WHY                                                                          \
+  "9-16 rows per expert, experts of <= 8 MiB: weight streaming in 32-token passes, so most "        \
+  "experts stream their weights once and the passes of one run side by side; 5 stages, 3 CTAs per SM"
+GemmConfig decode_config(GemmKernel kernel, const GemmProblem& p, int64_t rows_per_expert) {
   const bool fp8 = kernel == GemmKernel::kFp8Decode;
   const bool small = decode_ring_stages(p.n, p.k, fp8 ? 1 : 2) == kDecodeSmallExpertStages;
   if (fp8)
     return {kernel, small ? MOEKIT_FP8_DECODE_WHY MOEKIT_SMALL_RING : MOEKIT_FP8_DECODE_WHY MOEKIT_FULL_RING};
+  if (decode_pass_tokens(rows_per_expert) == 32) return {kernel, MOEKIT_DECODE32_WHY};
   return {kernel, small ? MOEKIT_DECODE_WHY MOEKIT_SMALL_RING : MOEKIT_DECODE_WHY MOEKIT_FULL_RING};
 }
 #undef MOEKIT_DECODE_WHY
 #undef MOEKIT_FP8_DECODE_WHY
 #undef MOEKIT_SMALL_RING
 #undef MOEKIT_FULL_RING
+#undef MOEKIT_DECODE32_WHY
 
 GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
   if (p.n % 16 != 0 || p.k % 16 != 0)
@@ -91,7 +101,7 @@ GemmConfig select_fp8(const GemmProblem& p, int64_t rows_per_expert) {
   // The decode kernel on e4m3 replaced swap-AB 128x16 there, as in 16 bits
   // (measurements in bench/RESULTS.md, 2026-12-02).
   if (rows_per_expert <= 8 && p.num_experts <= kDecodeMaxExperts)
-    return decode_config(GemmKernel::kFp8Decode, p);
+    return decode_config(GemmKernel::kFp8Decode, p, rows_per_expert);
   if (rows_per_expert <= 8)
     return {GemmKernel::kFp8Swap128x16,
             "fp8, <= 8 rows per expert, more experts than the decode kernel holds: swap-AB, "
@@ -139,8 +149,14 @@ GemmConfig select_config(const GemmProblem& p) {
   // 209.8, deepseek-v3 T=1 185.3 vs 192.7; deepseek-v3 T=64 and 256, at the
   // copy floor either way, within 1.2%). Above 8 rows it re-streams weights
   // per 16 tokens and loses (mixtral T=64: 898 vs 689 for 64x256).
-  if (rows_per_expert <= 8 && experts <= kDecodeMaxExperts)
-    return decode_config(GemmKernel::kDecode, p);
+  // With 32-token passes it wins at 9-16 rows where the experts are small
+  // (H200, 2026-12-03, layer us, 64x256 vs decode: qwen3 T=256 335.8 vs
+  // 327.1, T=257 337.2 vs 328.4) and loses elsewhere: large experts, whose
+  // passes do not run side by side (mixtral T=64 687 vs 716), more rows
+  // (qwen3 T=512 360 vs 469), and e4m3 (qwen3 T=256 208.1 vs 210.5).
+  if (experts <= kDecodeMaxExperts &&
+      (rows_per_expert <= 8 || (rows_per_expert <= 16 && p.n * p.k * 2 <= kDecodeSmallExpertBytes)))
+    return decode_config(GemmKernel::kDecode, p, rows_per_expert);
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,
             "<= 8 rows per expert, more experts than the decode kernel holds: swap-AB, weight "
@@ -150,8 +166,8 @@ GemmConfig select_config(const GemmProblem& p) {
             "> 8 rows per expert, N < 1024: 128x128 tiles keep enough CTAs busy on a narrow N"};
   if (rows_per_expert <= 64)
     return {GemmKernel::kTile64x256,
-            "9-64 rows per expert: 64-row tiles waste little of wgmma's M side, two in flight "
-            "per CTA (ping-pong)"};
+            "9-64 rows per expert (17-64 for experts of <= 8 MiB): 64-row tiles waste little of "
+            "wgmma's M side, two in flight per CTA (ping-pong)"};
   return {GemmKernel::kTile128x256,
           "> 64 rows per expert, N >= 1024: 128x256 tiles, twice the reuse of 128x128 "
           "(590-640 TFLOP/s on mixtral prefill, H100)"};

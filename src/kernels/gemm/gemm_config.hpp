@@ -48,7 +48,12 @@ constexpr int64_t kDecodeMaxExperts = 1024;
 constexpr int kDecodeMaxStages = 9;
 constexpr int kDecodeSmallExpertStages = 6;
 constexpr int64_t kDecodeSmallExpertBytes = int64_t{8} << 20;
-int decode_ring_stages(int64_t n, int64_t k, int elem_bytes);
+// With 32-token passes (decode_pass_tokens) a slot is 12 KB and the rings
+// hold the same bytes in fewer slots (5 and 7).
+int decode_ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens = 16);
+// Token rows per pass of the decode kernel: 16 at up to 8 rows per expert,
+// 32 above, so an expert of 9-32 rows streams its weights once.
+int decode_pass_tokens(int64_t rows_per_expert);
 // The prefill kernel keeps the same 8 bytes an expert beside its 192 KB pipeline.
 constexpr int64_t kPrefillMaxExperts = 1024;
 
