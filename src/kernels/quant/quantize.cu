@@ -5,8 +5,9 @@
 // 8 columns (one 16-byte load) per lane, so the group's
 // amax is a 16-lane shuffle reduction and each lane writes its 8 e4m3 bytes
 // in one 8-byte store. Dynamic per-tensor scaling needs the whole row's amax
-// first: a warp reduction, then the values are produced again (cheap: the
-// row is in L1/L2) and quantized.
+// first: a warp reduction (with few rows, a block per row and a block
+// reduction, so a long row is walked by all kThreads lanes at once), then
+// the values are produced again (cheap: the row is in L1/L2) and quantized.
 //
 // Scales are written where the CUTLASS blockwise GEMM reads them: for each
 // expert's rows [o_e, o_e + m_e) a column-major [ceil(K/128), m_e] block at
@@ -107,7 +108,8 @@ __device__ __forceinline__ float amax8(const float (&v)[8]) {
   return a;
 }
 
-// kTensor: per-tensor scaling (else block); kSplit: block rows in chunks.
+// kTensor: per-tensor scaling (else block); kSplit: few rows, so block
+// scaling's rows go in chunks and per tensor takes a block per row.
 // Each combination is its own instance: register use of one path must not
 // cost the others occupancy.
 template <class T, class Source, bool kSplit, bool kTensor>
@@ -133,11 +135,63 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
   auto offset = [&](int e) { return cached ? cached_offsets[e] : __ldg(offsets + e); };
   const int64_t valid = offset(num_experts);
   const int64_t groups = fp8_blocks(k);
+  constexpr int kSteps = Source::kSteps;
+  if constexpr (kTensor && kSplit) {
+    // Few rows (decode): a block per row. One warp walking a row step after
+    // step was most of a decode layer with long rows (mixtral T = 1 per
+    // tensor: 250 us against 105 with block scales, whose rows split into
+    // chunks over many warps); with many rows a warp per row is faster
+    // (qwen3 T = 4096: 713 us, a block per row 810).
+    __shared__ float warp_amax[kWarps];
+    constexpr int64_t kStride = kThreads * kLaneCols;  // columns of one block step
+    for (int64_t row = blockIdx.x; row < valid; row += gridDim.x) {
+      const int e = last_at_most(offset, num_experts, row);
+      const int64_t first = offset(e), rows_e = offset(e + 1) - first;
+      float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
+      const typename Source::Row in = src.row(row, k);
+      uint8_t* dst = out + row * k;
+      // Both passes walk the row the same way: kSteps block steps' loads in
+      // flight, then use(column, values) for each step inside the row.
+      auto walk = [&](auto use) {
+        for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
+          float v[kSteps][8];
+#pragma unroll
+          for (int j = 0; j < kSteps; ++j)
+            if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
+#pragma unroll
+          for (int j = 0; j < kSteps; ++j)
+            if (c0 + j * kStride < k) use(c0 + j * kStride, v[j]);
+        }
+      };
+      float s;
+      if (static_scale != nullptr) {
+        s = __ldg(static_scale);
+      } else {
+        float amax = 0.0f;
+        walk([&](int64_t, const float(&v)[8]) { amax = fmaxf(amax, amax8(v)); });
+        amax = lanes_max<32>(amax);
+        if (lane == 0) warp_amax[threadIdx.x / 32] = amax;
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) amax = fmaxf(amax, warp_amax[w]);
+        __syncthreads();  // warp_amax is rewritten for the next row
+        s = fp8_scale_of(amax);
+      }
+      const float inv = fp8_inverse(s);
+      walk([&](int64_t col, const float(&v)[8]) {
+        // A dynamic scale is the row's own amax: no Inf check (quantize8).
+        *reinterpret_cast<uint2*>(dst + col) =
+            static_scale != nullptr ? quantize8<true>(v, s, inv) : quantize8<false>(v, s, inv);
+      });
+      const float row_scale = s * __ldg(w_scale + e);
+      for (int64_t g = threadIdx.x; g < groups; g += kThreads) sc[g * rows_e] = row_scale;
+    }
+    return;
+  }
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
-  // Work items: a whole row (per tensor: one amax over the row), or for block
-  // scaling a row's chunk of chunk_groups groups, so that a few long rows
-  // (decode, I = 14336) still spread over many warps instead of one warp
-  // walking each row group after group.
+  // Work items: a whole row, or a row's chunk of chunk_groups groups, so
+  // that a few long rows (decode, I = 14336) still spread over many warps
+  // instead of one warp walking each row group after group.
   const int64_t chunks = (kSplit && !kTensor) ? (groups + chunk_groups - 1) / chunk_groups : 1;
   for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
        item < valid * chunks; item += warps) {
@@ -148,7 +202,6 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
     const typename Source::Row in = src.row(row, k);
     uint8_t* dst = out + row * k;
-    constexpr int kSteps = Source::kSteps;
     constexpr int64_t kStride = 32 * kLaneCols;  // columns of one warp step
     if constexpr (kTensor) {
       // Both passes walk the row the same way: kSteps warp steps' loads in
@@ -217,10 +270,13 @@ template <class Source, class T>
 cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int64_t k,
                    const DeviceInfo& dev, cudaStream_t stream) {
   const int64_t groups = fp8_blocks(k);
-  const bool split = q.kind == MOEKIT_QUANT_FP8_BLOCK && max_rows < kWholeRowsFrom * dev.sm_count;
-  const int64_t chunk_groups = split ? 2 * Source::kSteps : groups;
+  // Few rows: block scaling splits rows into chunks, per tensor takes a block a row.
+  const bool split = max_rows < kWholeRowsFrom * dev.sm_count;
+  const bool tensor = q.kind == MOEKIT_QUANT_FP8_TENSOR;
+  const int64_t chunk_groups = split && !tensor ? 2 * Source::kSteps : groups;
   const int64_t items = max_rows * ((groups + chunk_groups - 1) / chunk_groups);
-  const unsigned grid = grid_for((items + kWarps - 1) / kWarps, dev.sm_count, 16);
+  // A block per row (per tensor, few rows), else a warp per item.
+  const unsigned grid = grid_for(tensor && split ? max_rows : (items + kWarps - 1) / kWarps, dev.sm_count, 16);
   // Whole rows get their own instance: the chunk arithmetic cost the prefill
   // gather 50% (qwen3 T = 4096: 91 -> 144 us on an H200).
   auto go = [&](auto split_tag, auto tensor_tag) {
@@ -229,7 +285,8 @@ cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int6
         dim3(grid), dim3(kThreads), 0, stream, src, q.expert_offsets, q.num_experts, k,
         q.static_scale, q.w_scale, q.out, q.scales, chunk_groups);
   };
-  if (q.kind == MOEKIT_QUANT_FP8_TENSOR) return go(std::false_type{}, std::true_type{});
+  if (tensor && split) return go(std::true_type{}, std::true_type{});
+  if (tensor) return go(std::false_type{}, std::true_type{});
   if (split) return go(std::true_type{}, std::false_type{});
   return go(std::false_type{}, std::false_type{});
 }
