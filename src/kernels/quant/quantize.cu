@@ -108,6 +108,49 @@ __device__ __forceinline__ float amax8(const float (&v)[8]) {
   return a;
 }
 
+// One row with per-tensor scaling, by kLanes lanes (a warp, or the whole
+// block; lane_id in [0, kLanes)): unless the scale is static, the row's amax
+// first (reduce: the lanes' maxima to the row's, returned to every lane);
+// then the row is produced again and quantized, and every group's scale
+// entry set to the row's scale times the expert's weight scale. Both passes
+// walk the row the same way: kSteps steps' loads in flight, then
+// use(column, values) for each step inside the row.
+template <int kLanes, class Source, class Reduce>
+__device__ __forceinline__ void quantize_row_tensor(const Source& src, const typename Source::Row& in, int64_t k,
+                                                    int lane_id, const float* static_scale, float w_scale,
+                                                    uint8_t* dst, float* sc, int64_t rows_e, int64_t groups,
+                                                    Reduce&& reduce) {
+  constexpr int kSteps = Source::kSteps;
+  constexpr int64_t kStride = int64_t{kLanes} * kLaneCols;  // columns of one step
+  auto walk = [&](auto use) {
+    for (int64_t c0 = static_cast<int64_t>(lane_id) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
+      float v[kSteps][8];
+#pragma unroll
+      for (int j = 0; j < kSteps; ++j)
+        if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
+#pragma unroll
+      for (int j = 0; j < kSteps; ++j)
+        if (c0 + j * kStride < k) use(c0 + j * kStride, v[j]);
+    }
+  };
+  float s;
+  if (static_scale != nullptr) {
+    s = __ldg(static_scale);
+  } else {
+    float amax = 0.0f;
+    walk([&](int64_t, const float(&v)[8]) { amax = fmaxf(amax, amax8(v)); });
+    s = fp8_scale_of(reduce(amax));
+  }
+  const float inv = fp8_inverse(s);
+  walk([&](int64_t col, const float(&v)[8]) {
+    // A dynamic scale is the row's own amax: no Inf check (quantize8).
+    *reinterpret_cast<uint2*>(dst + col) =
+        static_scale != nullptr ? quantize8<true>(v, s, inv) : quantize8<false>(v, s, inv);
+  });
+  const float row_scale = s * w_scale;
+  for (int64_t g = lane_id; g < groups; g += kLanes) sc[g * rows_e] = row_scale;
+}
+
 // kTensor: per-tensor scaling (else block); kSplit: few rows, so block
 // scaling's rows go in chunks and per tensor takes a block per row.
 // Each combination is its own instance: register use of one path must not
@@ -143,48 +186,23 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     // chunks over many warps); with many rows a warp per row is faster
     // (qwen3 T = 4096: 713 us, a block per row 810).
     __shared__ float warp_amax[kWarps];
-    constexpr int64_t kStride = kThreads * kLaneCols;  // columns of one block step
     for (int64_t row = blockIdx.x; row < valid; row += gridDim.x) {
       const int e = last_at_most(offset, num_experts, row);
       const int64_t first = offset(e), rows_e = offset(e + 1) - first;
       float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
       const typename Source::Row in = src.row(row, k);
       uint8_t* dst = out + row * k;
-      // Both passes walk the row the same way: kSteps block steps' loads in
-      // flight, then use(column, values) for each step inside the row.
-      auto walk = [&](auto use) {
-        for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
-          float v[kSteps][8];
+      // The row's amax: each warp's, then the block's through shared memory.
+      quantize_row_tensor<kThreads>(src, in, k, threadIdx.x, static_scale, __ldg(w_scale + e), dst, sc, rows_e,
+                                    groups, [&](float amax) {
+                                      amax = lanes_max<32>(amax);
+                                      if (lane == 0) warp_amax[threadIdx.x / 32] = amax;
+                                      __syncthreads();
 #pragma unroll
-          for (int j = 0; j < kSteps; ++j)
-            if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
-#pragma unroll
-          for (int j = 0; j < kSteps; ++j)
-            if (c0 + j * kStride < k) use(c0 + j * kStride, v[j]);
-        }
-      };
-      float s;
-      if (static_scale != nullptr) {
-        s = __ldg(static_scale);
-      } else {
-        float amax = 0.0f;
-        walk([&](int64_t, const float(&v)[8]) { amax = fmaxf(amax, amax8(v)); });
-        amax = lanes_max<32>(amax);
-        if (lane == 0) warp_amax[threadIdx.x / 32] = amax;
-        __syncthreads();
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) amax = fmaxf(amax, warp_amax[w]);
-        __syncthreads();  // warp_amax is rewritten for the next row
-        s = fp8_scale_of(amax);
-      }
-      const float inv = fp8_inverse(s);
-      walk([&](int64_t col, const float(&v)[8]) {
-        // A dynamic scale is the row's own amax: no Inf check (quantize8).
-        *reinterpret_cast<uint2*>(dst + col) =
-            static_scale != nullptr ? quantize8<true>(v, s, inv) : quantize8<false>(v, s, inv);
-      });
-      const float row_scale = s * __ldg(w_scale + e);
-      for (int64_t g = threadIdx.x; g < groups; g += kThreads) sc[g * rows_e] = row_scale;
+                                      for (int w = 0; w < kWarps; ++w) amax = fmaxf(amax, warp_amax[w]);
+                                      __syncthreads();  // warp_amax is rewritten for the next row
+                                      return amax;
+                                    });
     }
     return;
   }
@@ -202,37 +220,9 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
     const typename Source::Row in = src.row(row, k);
     uint8_t* dst = out + row * k;
-    constexpr int64_t kStride = 32 * kLaneCols;  // columns of one warp step
     if constexpr (kTensor) {
-      // Both passes walk the row the same way: kSteps warp steps' loads in
-      // flight, then use(column, values) for each step inside the row.
-      auto walk = [&](auto use) {
-        for (int64_t c0 = static_cast<int64_t>(lane) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
-          float v[kSteps][8];
-#pragma unroll
-          for (int j = 0; j < kSteps; ++j)
-            if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
-#pragma unroll
-          for (int j = 0; j < kSteps; ++j)
-            if (c0 + j * kStride < k) use(c0 + j * kStride, v[j]);
-        }
-      };
-      float s;
-      if (static_scale != nullptr) {
-        s = __ldg(static_scale);
-      } else {
-        float amax = 0.0f;
-        walk([&](int64_t, const float(&v)[8]) { amax = fmaxf(amax, amax8(v)); });
-        s = fp8_scale_of(lanes_max<32>(amax));
-      }
-      const float inv = fp8_inverse(s);
-      walk([&](int64_t col, const float(&v)[8]) {
-        // A dynamic scale is the row's own amax: no Inf check (quantize8).
-        *reinterpret_cast<uint2*>(dst + col) =
-            static_scale != nullptr ? quantize8<true>(v, s, inv) : quantize8<false>(v, s, inv);
-      });
-      const float row_scale = s * __ldg(w_scale + e);
-      for (int64_t g = lane; g < groups; g += 32) sc[g * rows_e] = row_scale;
+      quantize_row_tensor<32>(src, in, k, lane, static_scale, __ldg(w_scale + e), dst, sc, rows_e, groups,
+                              [](float amax) { return lanes_max<32>(amax); });
       continue;
     }
     // FP8_BLOCK: one scale per 128 columns; two groups per warp step, and
