@@ -73,8 +73,6 @@ constexpr int kSliceRows = kConsumerWarps * kRowsPerWarp;  // 64 weight rows per
 using tma::kBoxBytes;
 using tma::kSwizzleAlign;
 constexpr int kWeightBoxBytes = kSliceRows * kBoxBytes;  // 8 KB
-template <int kTok>
-constexpr int kTokenBoxBytes = kTok * kBoxBytes;         // 2 or 4 KB
 constexpr int kMmaBytes = 32;                         // k bytes of one mma: k16 bf16/fp16, k32 e4m3
 
 // One pipeline stage: a 64-deep box of the weight tile and of the token tile.
@@ -82,7 +80,8 @@ constexpr int kMmaBytes = 32;                         // k bytes of one mma: k16
 // contiguous bytes of each weight row at a time), fewer stages, or weights
 // loaded evict-normal all ran the decode layer 0-4% slower than this.
 template <int kTok>
-constexpr int kStageBytes = kWeightBoxBytes + kTokenBoxBytes<kTok>;
+constexpr int kStageBytes = decode_slot_bytes(kTok);
+static_assert(kStageBytes<16> == kWeightBoxBytes + 16 * kBoxBytes && kStageBytes<32> % kSwizzleAlign == 0);
 constexpr int kMaxStages = kDecodeMaxStages;  // 90 KB a CTA at 16 tokens
 constexpr int kMaxCtasPerSm = 4;
 constexpr uint64_t kWeightHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST);
@@ -378,7 +377,7 @@ int ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens) {
     const char* s = std::getenv("MOEKIT_DECODE_STAGES");
     return s ? std::atoi(s) : 0;
   }();
-  const int most = kMaxStages * kStageBytes<16> / (kWeightBoxBytes + pass_tokens * kBoxBytes);
+  const int most = kMaxStages * kStageBytes<16> / decode_slot_bytes(pass_tokens);
   return forced >= 2 ? std::min(forced, most) : decode_ring_stages(n, k, elem_bytes, pass_tokens);
 }
 
@@ -437,7 +436,7 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
     return cudaErrorNotSupported;
   const Scales sc = tma::scales_of(p);
   const int stages = ring_stages(p.n, p.k, elem_bytes, tokens);
-  const size_t smem = smem_bytes(p.num_experts, stages, kWeightBoxBytes + tokens * kBoxBytes);
+  const size_t smem = smem_bytes(p.num_experts, stages, decode_slot_bytes(tokens));
 
   // Items: at most min(E, rows) experts with rows, rows / tokens more passes, times the slices.
   const int64_t slices = (p.n + kSliceRows - 1) / kSliceRows;

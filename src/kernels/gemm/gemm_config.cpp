@@ -56,8 +56,7 @@ bool gemm_kernel_runs_16bit(GemmKernel k) {
 
 int decode_ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens) {
   const int slots = n * k * elem_bytes <= kDecodeSmallExpertBytes ? kDecodeSmallExpertStages : kDecodeMaxStages;
-  constexpr int kWeightBox = 64 * 128, kBox16 = kWeightBox + 16 * 128;  // bytes of a 16-token slot
-  return slots * kBox16 / (kWeightBox + pass_tokens * 128);
+  return slots * decode_slot_bytes(16) / decode_slot_bytes(pass_tokens);
 }
 
 int decode_pass_tokens(int64_t rows_per_expert) { return rows_per_expert <= 8 ? 16 : 32; }

@@ -48,8 +48,11 @@ constexpr int64_t kDecodeMaxExperts = 1024;
 constexpr int kDecodeMaxStages = 9;
 constexpr int kDecodeSmallExpertStages = 6;
 constexpr int64_t kDecodeSmallExpertBytes = int64_t{8} << 20;
-// With 32-token passes (decode_pass_tokens) a slot is 12 KB and the rings
-// hold the same bytes in fewer slots (5 and 7).
+// Bytes of one ring slot: a box of 64 weight rows and one of the pass's
+// token rows, 128 bytes of k each (10 KB at 16 tokens, 12 KB at 32).
+constexpr int decode_slot_bytes(int pass_tokens) { return (64 + pass_tokens) * 128; }
+// With 32-token passes (decode_pass_tokens) the rings hold the same bytes in
+// fewer slots (5 and 7).
 int decode_ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens = 16);
 // Token rows per pass of the decode kernel: 16 at up to 8 rows per expert,
 // 32 above, so an expert of 9-32 rows streams its weights once.
