@@ -267,7 +267,7 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
     if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
       if (sc.a != nullptr) fuse = nullptr;  // fp8: the activation stage quantizes GEMM 2's input
       if (fuse != nullptr) gp.c = act_out;
-      e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, fuse);
+      e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, fuse, cfg.pass_tokens);
       if (e == cudaSuccess && fuse != nullptr) *activated = true;
     } else {
       e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);

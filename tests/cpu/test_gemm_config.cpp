@@ -169,3 +169,26 @@ TEST(GemmConfig, DecodePassTokensByRowsPerExpert) {
   EXPECT_EQ(decode_pass_tokens(32), 32);
   EXPECT_EQ(decode_pass_tokens(1000), 32);
 }
+
+// The decode kernels get their pass size from the plan, which counts rows
+// per expert as select_config does. Under expert parallelism the plan's rows
+// are the rank's share (T*k*E_local/E), so the launcher's own count
+// (T*k / E_local) would differ: deepseek-v3 on 4 ranks at T = 128 is 4 rows
+// per local expert (16-token passes), where 1024 pairs over 64 local
+// experts would be 16 (32-token passes).
+TEST(GemmConfig, DecodeKernelsCarryThePassSizeOfTheirRowCount) {
+  const int64_t ep_rows = 128 * 8 * 64 / 256;
+  EXPECT_EQ(select_config({MOEKIT_DTYPE_BF16, ep_rows, 64, 4096, 7168}).pass_tokens, 16);
+  EXPECT_EQ(select_config({MOEKIT_DTYPE_FP8_E4M3, ep_rows, 64, 4096, 7168}).pass_tokens, 16);
+  // qwen3-30b-a3b: 8 rows per expert at T = 128, 16 at T = 256 (small experts).
+  EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048)).pass_tokens, 16);
+  EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048)).pass_tokens, 32);
+  EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3)).pass_tokens, 16);
+  // Kernels that are not the decode kernel carry none.
+  for (const GemmProblem& q : {gemm(257, 8, 128, 1536, 2048), gemm(4096, 8, 128, 1536, 2048),
+                               gemm(256, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3), gemm(8, 1, 1, 64, 64, MOEKIT_DTYPE_FP32)}) {
+    const auto c = select_config(q);
+    EXPECT_NE(c.kernel, GemmKernel::kDecode);
+    EXPECT_EQ(c.pass_tokens, 0) << moekit::kernels::gemm_kernel_name(c.kernel);
+  }
+}

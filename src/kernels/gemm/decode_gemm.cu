@@ -381,15 +381,17 @@ int ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens) {
   return forced >= 2 ? std::min(forced, most) : decode_ring_stages(n, k, elem_bytes, pass_tokens);
 }
 
-// Token rows per pass: decode_pass_tokens, or MOEKIT_DECODE_TOKENS (16 or
-// 32), for tuning.
-int pass_tokens(int64_t rows_per_expert) {
+// Token rows per pass: the plan's (16 or 32), else decode_pass_tokens of
+// rows / experts; MOEKIT_DECODE_TOKENS (16 or 32) overrides both, for tuning.
+int pass_tokens(int planned, int64_t rows_capacity, int64_t num_experts) {
   static const int forced = [] {
     const char* s = std::getenv("MOEKIT_DECODE_TOKENS");
     const int v = s ? std::atoi(s) : 0;
     return v == 16 || v == 32 ? v : 0;
   }();
-  return forced != 0 ? forced : decode_pass_tokens(rows_per_expert);
+  if (forced != 0) return forced;
+  if (planned == 16 || planned == 32) return planned;
+  return decode_pass_tokens((rows_capacity + num_experts - 1) / num_experts);
 }
 
 // CTAs of `kernel` with `smem` dynamic bytes that fit on one SM (registers
@@ -416,7 +418,7 @@ int ctas_per_sm(size_t smem) {
 }  // namespace
 
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
-                                const FusedActivation* fuse) {
+                                const FusedActivation* fuse, int planned_tokens) {
   const bool fp8 = p.a_scale != nullptr;  // e4m3 a and w with block scales
   if (!tma::operands_fit(p, rows_capacity, kDecodeMaxExperts)) return cudaErrorNotSupported;
   const int elem_bytes = fp8 ? 1 : 2;
@@ -426,8 +428,8 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
   Epilogue ep{};
   if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
   const CUtensorMapDataType type = tma::map_type(p);
-  // Token rows per pass, from the rows per expert as select_config counts them.
-  const int tokens = pass_tokens((rows_capacity + p.num_experts - 1) / p.num_experts);
+  // Token rows per pass: select_config's, from the rows per expert as it counts them.
+  const int tokens = pass_tokens(planned_tokens, rows_capacity, p.num_experts);
   CUtensorMap w_map{}, a_map{};
   // Split halves: one box holds rows j.. of the gate and the up half.
   if (!tma::encode_weights(&w_map, type, p.w, p.num_experts, p.n, p.k, elem_bytes,

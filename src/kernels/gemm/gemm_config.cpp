@@ -79,10 +79,12 @@ namespace {
 GemmConfig decode_config(GemmKernel kernel, const GemmProblem& p, int64_t rows_per_expert) {
   const bool fp8 = kernel == GemmKernel::kFp8Decode;
   const bool small = decode_ring_stages(p.n, p.k, fp8 ? 1 : 2) == kDecodeSmallExpertStages;
+  const int tokens = decode_pass_tokens(rows_per_expert);
   if (fp8)
-    return {kernel, small ? MOEKIT_FP8_DECODE_WHY MOEKIT_SMALL_RING : MOEKIT_FP8_DECODE_WHY MOEKIT_FULL_RING};
-  if (decode_pass_tokens(rows_per_expert) == 32) return {kernel, MOEKIT_DECODE32_WHY};
-  return {kernel, small ? MOEKIT_DECODE_WHY MOEKIT_SMALL_RING : MOEKIT_DECODE_WHY MOEKIT_FULL_RING};
+    return {kernel, small ? MOEKIT_FP8_DECODE_WHY MOEKIT_SMALL_RING : MOEKIT_FP8_DECODE_WHY MOEKIT_FULL_RING,
+            tokens};
+  if (tokens == 32) return {kernel, MOEKIT_DECODE32_WHY, tokens};
+  return {kernel, small ? MOEKIT_DECODE_WHY MOEKIT_SMALL_RING : MOEKIT_DECODE_WHY MOEKIT_FULL_RING, tokens};
 }
 #undef MOEKIT_DECODE_WHY
 #undef MOEKIT_FP8_DECODE_WHY

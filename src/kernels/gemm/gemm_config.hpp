@@ -86,6 +86,11 @@ struct GemmProblem {
 struct GemmConfig {
   GemmKernel kernel;
   const char* reason;  // one line, printed when MOEKIT_PRINT_CONFIG is set
+  // The decode kernels' token rows per pass (decode_pass_tokens of the rows
+  // per expert counted here, which under expert parallelism is the rank's
+  // share, not rows / local experts); 0 for the other kernels, and for a
+  // forced kernel, whose launcher then counts rows / local experts itself.
+  int pass_tokens = 0;
 };
 
 GemmConfig select_config(const GemmProblem& p);

@@ -44,10 +44,10 @@ bool gemm_kernel_is_hand_written(GemmKernel kernel) {
 
 cudaError_t launch_hand_written_gemm(GemmKernel kernel, const GroupedGemmParams& p,
                                      int64_t rows_capacity, cudaStream_t stream,
-                                     const FusedActivation* fuse) {
+                                     const FusedActivation* fuse, int pass_tokens) {
   switch (kernel) {
     case GemmKernel::kDecode:
-    case GemmKernel::kFp8Decode: return decode_grouped_gemm(p, rows_capacity, stream, fuse);
+    case GemmKernel::kFp8Decode: return decode_grouped_gemm(p, rows_capacity, stream, fuse, pass_tokens);
     case GemmKernel::kPrefill:
     case GemmKernel::kFp8Prefill: return prefill_grouped_gemm(p, rows_capacity, stream, fuse);
     default: break;

@@ -46,8 +46,11 @@ struct FusedActivation {
 // It reads expert_offsets and the weights before its griddepcontrol.wait, so
 // they must be complete before the previous kernel on the stream starts
 // (the layer's sort runs two or more kernels earlier; see decode_gemm.cu).
+// pass_tokens: token rows per pass (16 or 32, GemmConfig::pass_tokens), or 0
+// for decode_pass_tokens of rows_capacity / p.num_experts.
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity,
-                                cudaStream_t stream, const FusedActivation* fuse = nullptr);
+                                cudaStream_t stream, const FusedActivation* fuse = nullptr,
+                                int pass_tokens = 0);
 
 // The hand-written prefill kernel (prefill_gemm.cu): TMA + wgmma, 128 rows x
 // 256 columns (e4m3 with block scales: 128 x 128, the promotion of one block
@@ -61,8 +64,9 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
 // The kernels above (decode, prefill, their fp8 forms) through one entry:
 // cudaErrorNotSupported for any other kernel or a problem it cannot take.
 bool gemm_kernel_is_hand_written(GemmKernel kernel);
+// pass_tokens: the decode kernels' (decode_grouped_gemm), else unused.
 cudaError_t launch_hand_written_gemm(GemmKernel kernel, const GroupedGemmParams& p,
                                      int64_t rows_capacity, cudaStream_t stream,
-                                     const FusedActivation* fuse = nullptr);
+                                     const FusedActivation* fuse = nullptr, int pass_tokens = 0);
 
 }  // namespace moekit::kernels

@@ -5,8 +5,8 @@
 // 8 columns (one 16-byte load) per lane, so the group's
 // amax is a 16-lane shuffle reduction and each lane writes its 8 e4m3 bytes
 // in one 8-byte store. Dynamic per-tensor scaling needs the whole row's amax
-// first: a warp reduction (with few rows, a block per row and a block
-// reduction, so a long row is walked by all kThreads lanes at once), then
+// first: a warp reduction (with few rows, a block per row with a lane per 8
+// columns and a block reduction, so a long row is one or two steps), then
 // the values are produced again (cheap: the row is in L1/L2) and quantized.
 //
 // Scales are written where the CUTLASS blockwise GEMM reads them: for each
@@ -108,29 +108,29 @@ __device__ __forceinline__ float amax8(const float (&v)[8]) {
   return a;
 }
 
-// One row with per-tensor scaling, by kLanes lanes (a warp, or the whole
-// block; lane_id in [0, kLanes)): unless the scale is static, the row's amax
+// One row with per-tensor scaling, by `lanes` lanes (a warp, or the whole
+// block; lane_id in [0, lanes)): unless the scale is static, the row's amax
 // first (reduce: the lanes' maxima to the row's, returned to every lane);
 // then the row is produced again and quantized, and every group's scale
 // entry set to the row's scale times the expert's weight scale. Both passes
 // walk the row the same way: kSteps steps' loads in flight, then
 // use(column, values) for each step inside the row.
-template <int kLanes, class Source, class Reduce>
+template <class Source, class Reduce>
 __device__ __forceinline__ void quantize_row_tensor(const Source& src, const typename Source::Row& in, int64_t k,
-                                                    int lane_id, const float* static_scale, float w_scale,
+                                                    int lanes, int lane_id, const float* static_scale, float w_scale,
                                                     uint8_t* dst, float* sc, int64_t rows_e, int64_t groups,
                                                     Reduce&& reduce) {
   constexpr int kSteps = Source::kSteps;
-  constexpr int64_t kStride = int64_t{kLanes} * kLaneCols;  // columns of one step
+  const int64_t stride = int64_t{lanes} * kLaneCols;  // columns of one step
   auto walk = [&](auto use) {
-    for (int64_t c0 = static_cast<int64_t>(lane_id) * kLaneCols; c0 < k; c0 += kSteps * kStride) {
+    for (int64_t c0 = static_cast<int64_t>(lane_id) * kLaneCols; c0 < k; c0 += kSteps * stride) {
       float v[kSteps][8];
 #pragma unroll
       for (int j = 0; j < kSteps; ++j)
-        if (c0 + j * kStride < k) src.values(in, c0 + j * kStride, v[j]);
+        if (c0 + j * stride < k) src.values(in, c0 + j * stride, v[j]);
 #pragma unroll
       for (int j = 0; j < kSteps; ++j)
-        if (c0 + j * kStride < k) use(c0 + j * kStride, v[j]);
+        if (c0 + j * stride < k) use(c0 + j * stride, v[j]);
     }
   };
   float s;
@@ -148,11 +148,68 @@ __device__ __forceinline__ void quantize_row_tensor(const Source& src, const typ
         static_scale != nullptr ? quantize8<true>(v, s, inv) : quantize8<false>(v, s, inv);
   });
   const float row_scale = s * w_scale;
-  for (int64_t g = lane_id; g < groups; g += kLanes) sc[g * rows_e] = row_scale;
+  for (int64_t g = lane_id; g < groups; g += lanes) sc[g * rows_e] = row_scale;
 }
 
-// kTensor: per-tensor scaling (else block); kSplit: few rows, so block
-// scaling's rows go in chunks and per tensor takes a block per row.
+// The expert offsets in shared memory (cache, [kCachedExperts + 1]) when they
+// fit: a row's expert is then one search without dependent global loads (at
+// decode that chain, one load per halving of E, was most of the stage's
+// time). Called by every thread of the block; offset(e) reads either copy.
+struct ExpertOffsets {
+  const int32_t* global;
+  const int32_t* cache;
+  bool cached;
+  __device__ int32_t operator()(int e) const { return cached ? cache[e] : __ldg(global + e); }
+};
+__device__ __forceinline__ ExpertOffsets cache_offsets(const int32_t* offsets, int num_experts, int32_t* cache) {
+  const bool cached = num_experts <= kCachedExperts;
+  if (cached) {
+    for (int e = threadIdx.x; e <= num_experts; e += blockDim.x) cache[e] = __ldg(offsets + e);
+    __syncthreads();
+  }
+  return {offsets, cache, cached};
+}
+
+// Per-tensor scaling with few rows (decode): a block per row with a lane per
+// 8 columns (up to kRowBlockThreads), the row's amax a block reduction, so a
+// long row is one or two steps a pass. One warp walking a row step after
+// step was most of a decode layer with long rows (mixtral T = 1 per tensor:
+// 250 us against 105 with block scales, whose rows split into chunks over
+// many warps; 138 with a block of 128 threads a row); with many rows a warp
+// per row is faster (qwen3 T = 4096: 713 us, a block per row 810).
+constexpr int kRowBlockThreads = 1024;
+template <class T, class Source>
+__global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
+    Source src, const int32_t* __restrict__ offsets, int num_experts, int64_t k,
+    const float* __restrict__ static_scale,  // the static scale, or null (dynamic)
+    const float* __restrict__ w_scale,       // [E]
+    uint8_t* __restrict__ out,               // [rows, K] e4m3
+    float* __restrict__ scales) {
+  pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
+  pdl_launch_dependents();
+  __shared__ int32_t cached_offsets[kCachedExperts + 1];
+  __shared__ float warp_amax[kRowBlockThreads / 32];
+  const ExpertOffsets offset = cache_offsets(offsets, num_experts, cached_offsets);
+  const int64_t valid = offset(num_experts), groups = fp8_blocks(k);
+  const int warps = static_cast<int>(blockDim.x / 32);
+  for (int64_t row = blockIdx.x; row < valid; row += gridDim.x) {
+    const int e = last_at_most(offset, num_experts, row);
+    const int64_t first = offset(e), rows_e = offset(e + 1) - first;
+    float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
+    quantize_row_tensor(src, src.row(row, k), k, static_cast<int>(blockDim.x), static_cast<int>(threadIdx.x),
+                        static_scale, __ldg(w_scale + e), out + row * k, sc, rows_e, groups, [&](float amax) {
+                          amax = lanes_max<32>(amax);
+                          if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+                          __syncthreads();
+                          for (int w = 0; w < warps; ++w) amax = fmaxf(amax, warp_amax[w]);
+                          __syncthreads();  // warp_amax is rewritten for the next row
+                          return amax;
+                        });
+  }
+}
+
+// A warp per row (per tensor, or block scaling with many rows), or per chunk
+// of a row (block scaling, kSplit: few rows). kTensor: per-tensor scaling.
 // Each combination is its own instance: register use of one path must not
 // cost the others occupancy.
 template <class T, class Source, bool kSplit, bool kTensor>
@@ -162,50 +219,16 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     const float* __restrict__ w_scale,                            // [E] per tensor, else unused
     uint8_t* __restrict__ out,                                    // [rows, K] e4m3
     float* __restrict__ scales, int64_t chunk_groups) {
+  static_assert(!(kSplit && kTensor), "per tensor with few rows: quantize_rows_tensor_kernel");
   pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
   pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
   const int half = lane / kGroupLanes, sub = lane % kGroupLanes;  // group slot, lane in group
-  // The expert offsets in shared memory when they fit: a row's expert is
-  // then one search without dependent global loads (at decode that chain,
-  // one load per halving of E, was most of the stage's time).
   __shared__ int32_t cached_offsets[kCachedExperts + 1];
-  const bool cached = num_experts <= kCachedExperts;
-  if (cached) {
-    for (int e = threadIdx.x; e <= num_experts; e += kThreads) cached_offsets[e] = __ldg(offsets + e);
-    __syncthreads();
-  }
-  auto offset = [&](int e) { return cached ? cached_offsets[e] : __ldg(offsets + e); };
+  const ExpertOffsets offset = cache_offsets(offsets, num_experts, cached_offsets);
   const int64_t valid = offset(num_experts);
   const int64_t groups = fp8_blocks(k);
   constexpr int kSteps = Source::kSteps;
-  if constexpr (kTensor && kSplit) {
-    // Few rows (decode): a block per row. One warp walking a row step after
-    // step was most of a decode layer with long rows (mixtral T = 1 per
-    // tensor: 250 us against 105 with block scales, whose rows split into
-    // chunks over many warps); with many rows a warp per row is faster
-    // (qwen3 T = 4096: 713 us, a block per row 810).
-    __shared__ float warp_amax[kWarps];
-    for (int64_t row = blockIdx.x; row < valid; row += gridDim.x) {
-      const int e = last_at_most(offset, num_experts, row);
-      const int64_t first = offset(e), rows_e = offset(e + 1) - first;
-      float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
-      const typename Source::Row in = src.row(row, k);
-      uint8_t* dst = out + row * k;
-      // The row's amax: each warp's, then the block's through shared memory.
-      quantize_row_tensor<kThreads>(src, in, k, threadIdx.x, static_scale, __ldg(w_scale + e), dst, sc, rows_e,
-                                    groups, [&](float amax) {
-                                      amax = lanes_max<32>(amax);
-                                      if (lane == 0) warp_amax[threadIdx.x / 32] = amax;
-                                      __syncthreads();
-#pragma unroll
-                                      for (int w = 0; w < kWarps; ++w) amax = fmaxf(amax, warp_amax[w]);
-                                      __syncthreads();  // warp_amax is rewritten for the next row
-                                      return amax;
-                                    });
-    }
-    return;
-  }
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   // Work items: a whole row, or a row's chunk of chunk_groups groups, so
   // that a few long rows (decode, I = 14336) still spread over many warps
@@ -221,8 +244,8 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     const typename Source::Row in = src.row(row, k);
     uint8_t* dst = out + row * k;
     if constexpr (kTensor) {
-      quantize_row_tensor<32>(src, in, k, lane, static_scale, __ldg(w_scale + e), dst, sc, rows_e, groups,
-                              [](float amax) { return lanes_max<32>(amax); });
+      quantize_row_tensor(src, in, k, 32, lane, static_scale, __ldg(w_scale + e), dst, sc, rows_e, groups,
+                          [](float amax) { return lanes_max<32>(amax); });
       continue;
     }
     // FP8_BLOCK: one scale per 128 columns; two groups per warp step, and
@@ -265,8 +288,14 @@ cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int6
   const bool tensor = q.kind == MOEKIT_QUANT_FP8_TENSOR;
   const int64_t chunk_groups = split && !tensor ? 2 * Source::kSteps : groups;
   const int64_t items = max_rows * ((groups + chunk_groups - 1) / chunk_groups);
-  // A block per row (per tensor, few rows), else a warp per item.
-  const unsigned grid = grid_for(tensor && split ? max_rows : (items + kWarps - 1) / kWarps, dev.sm_count, 16);
+  if (tensor && split) {
+    // A lane per 8 columns, whole warps, at most kRowBlockThreads.
+    const int64_t lanes = std::min<int64_t>(kRowBlockThreads, ((k + kLaneCols - 1) / kLaneCols + 31) / 32 * 32);
+    return launch_pdl(quantize_rows_tensor_kernel<T, Source>, dim3(grid_for(max_rows, dev.sm_count, 16)),
+                      dim3(static_cast<unsigned>(lanes)), 0, stream, src, q.expert_offsets, q.num_experts, k,
+                      q.static_scale, q.w_scale, q.out, q.scales);
+  }
+  const unsigned grid = grid_for((items + kWarps - 1) / kWarps, dev.sm_count, 16);  // a warp per item
   // Whole rows get their own instance: the chunk arithmetic cost the prefill
   // gather 50% (qwen3 T = 4096: 91 -> 144 us on an H200).
   auto go = [&](auto split_tag, auto tensor_tag) {
@@ -275,7 +304,6 @@ cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int6
         dim3(grid), dim3(kThreads), 0, stream, src, q.expert_offsets, q.num_experts, k,
         q.static_scale, q.w_scale, q.out, q.scales, chunk_groups);
   };
-  if (tensor && split) return go(std::true_type{}, std::true_type{});
   if (tensor) return go(std::false_type{}, std::true_type{});
   if (split) return go(std::true_type{}, std::false_type{});
   return go(std::false_type{}, std::false_type{});
