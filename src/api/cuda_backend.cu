@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <initializer_list>
 #include <utility>
 
 #include <cstdio>
@@ -217,20 +218,26 @@ LayerPlan plan_layer(const Problem& p) {
   plan.gemm1 = kernels::select_config({p.weight_dtype, rows, p.num_local_experts, gemm1_columns(p),
                                        p.hidden_size});
   plan.gemm2 = kernels::select_config({p.weight_dtype, rows, p.num_local_experts, p.hidden_size,
-                                       p.intermediate_size});
+                                       p.intermediate_size, 2});
   // MOEKIT_GEMM=<family> forces one kernel for both GEMMs (where it can run):
   // "simple" is the CUDA-core oracle the benchmark and the GPU suite compare
-  // the fast path with; the others are for tuning. Unknown names are ignored.
-  // A family of the other operand kind (fp8 vs 16-bit) is ignored.
-  kernels::GemmKernel forced{};
+  // the fast path with; the others are for tuning, as are MOEKIT_GEMM1 and
+  // MOEKIT_GEMM2, which force one GEMM (after MOEKIT_GEMM). Unknown names are
+  // ignored, and so is a family of the other operand kind (fp8 vs 16-bit).
   const bool fp8 = p.quant.kind != MOEKIT_QUANT_NONE;
-  if (const char* force = std::getenv("MOEKIT_GEMM");
-      force && kernels::gemm_kernel_from_name(force, &forced) &&
-      (fp8 ? kernels::gemm_kernel_runs_fp8(forced) : kernels::gemm_kernel_runs_16bit(forced))) {
-    for (kernels::GemmConfig* g : {&plan.gemm1, &plan.gemm2})
+  auto force = [fp8](const char* var, std::initializer_list<kernels::GemmConfig*> gemms) {
+    kernels::GemmKernel forced{};
+    const char* name = std::getenv(var);
+    if (name == nullptr || !kernels::gemm_kernel_from_name(name, &forced) ||
+        !(fp8 ? kernels::gemm_kernel_runs_fp8(forced) : kernels::gemm_kernel_runs_16bit(forced)))
+      return;
+    for (kernels::GemmConfig* g : gemms)
       if (g->kernel != kernels::GemmKernel::kSimple || forced == kernels::GemmKernel::kSimple)
         *g = {forced, "forced by MOEKIT_GEMM"};
-  }
+  };
+  force("MOEKIT_GEMM", {&plan.gemm1, &plan.gemm2});
+  force("MOEKIT_GEMM1", {&plan.gemm1});
+  force("MOEKIT_GEMM2", {&plan.gemm2});
   return plan;
 }
 

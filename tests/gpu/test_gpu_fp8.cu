@@ -197,6 +197,26 @@ TEST(GpuFp8, PrefillKernelWritesTheBytesOfCutlass128x128) {
                     "fp8_prefill", "fp8_tile128x128", nullptr);
 }
 
+// Rows longer than one pass of the quantizing stages' widest block (1024
+// lanes x 8 columns) at decode, where per-tensor scaling takes a block per
+// row: the activation rows (I = 8336) take two steps a lane, the second
+// partial; the gather's (H = 2064) one, in a block of 288 lanes. The row's
+// amax must span every step and warp.
+TEST(GpuFp8, LongRowsAtDecode) {
+  REQUIRE_GPU();
+  int seed = 0;
+  for (const Scheme& sc : kSchemes)
+    for (int64_t T : {1, 3}) {
+      Problem p = test::fp8_problem(T, 4, 2, 2064, 8336, sc.kind, sc.static_scale);
+      p.gate_up_order = static_cast<moekit_gate_up_order_t>(seed % 3);
+      ref::HostLayer l = ref::make_random_layer(p, 1300 + seed++);
+      // One large value late in token 0's hidden row: its dynamic scale must
+      // come from it (a static scale saturates it, by design).
+      if (!sc.static_scale) ref::store_from_float(p.input_dtype, l.hidden.data(), 2000, 10.0f);
+      expect_fp8_gpu_matches(l, std::string(sc.name) + " T=" + std::to_string(T) + " H=2064 I=8336");
+    }
+}
+
 TEST(GpuFp8, SpecialValuesStayFiniteAndInTheirRows) {
   REQUIRE_GPU();
   for (const Scheme& sc : kSchemes) {

@@ -529,7 +529,7 @@ TEST(GpuLayer, HundredsOfRandomConfigurationsSharingOneWorkspace) {
 TEST(GpuLayer, BatchInvariantRowAtEveryT) {
   REQUIRE_GPU();
   for (auto dt : {MOEKIT_DTYPE_BF16, MOEKIT_DTYPE_FP16}) {
-    const int64_t H = 1024, I = 512, k = 4;  // N >= 1024: both GEMMs reach the 128x256 family
+    const int64_t H = 1024, I = 512, k = 4;  // N >= 1024: GEMM 1 reaches 128x256 tiles, GEMM 2 64x256
     const ref::HostLayer base = ref::make_random_layer(problem(1, 16, k, H, I, dt), 31);
     std::vector<uint8_t> first;
     for (int64_t T : {1, 7, 64, 257, 1025, 4097, 20000}) {

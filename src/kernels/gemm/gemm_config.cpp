@@ -169,6 +169,15 @@ GemmConfig select_config(const GemmProblem& p) {
     return {GemmKernel::kTile64x256,
             "9-64 rows per expert (17-64 for experts of <= 8 MiB): 64-row tiles waste little of "
             "wgmma's M side, two in flight per CTA (ping-pong)"};
+  // GEMM 2 above 64 rows per expert: the 64x256 ping-pong tiles won where
+  // 128x256 won for GEMM 1 (H200, 2026-12-03, layer us, GEMM 2 alone forced,
+  // same call: mixtral T=4096 4709 vs 4592, deepseek-v3 T=4096 7345 vs 7247,
+  // qwen3 T=4096 776 vs 769, T=16384 2907 vs 2911; GEMM 1 on 64x256 tied or
+  // lost: qwen3 T=16384 2939).
+  if (p.gemm == 2)
+    return {GemmKernel::kTile64x256,
+            "GEMM 2, > 64 rows per expert, N >= 1024: 64x256 ping-pong tiles, one warpgroup's "
+            "epilogue under the other's mainloop (beat 128x256 by 1-2.5% on mixtral and deepseek-v3 prefill)"};
   return {GemmKernel::kTile128x256,
           "> 64 rows per expert, N >= 1024: 128x256 tiles, twice the reuse of 128x128 "
           "(590-640 TFLOP/s on mixtral prefill, H100)"};

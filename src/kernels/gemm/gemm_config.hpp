@@ -81,6 +81,7 @@ struct GemmProblem {
   int64_t num_experts;        // local experts (groups)
   int64_t n;                  // output columns
   int64_t k;                  // reduction depth
+  int gemm = 1;               // 1: the gate/up GEMM, 2: the down GEMM (N = H)
 };
 
 struct GemmConfig {
