@@ -173,10 +173,12 @@ GemmConfig select_config(const GemmProblem& p) {
   // 128x256 won for GEMM 1 (H200, 2026-12-03, layer us, GEMM 2 alone forced,
   // same call: mixtral T=4096 4709 vs 4592, deepseek-v3 T=4096 7345 vs 7247,
   // qwen3 T=4096 776 vs 769, T=16384 2907 vs 2911; GEMM 1 on 64x256 tied or
-  // lost: qwen3 T=16384 2939).
-  if (p.gemm == 2)
+  // lost: qwen3 T=16384 2939). A second call: mixtral T=4096 4636 vs 4697,
+  // deepseek-v3 7248 vs 7362, but mixtral T=16384 (4096 rows per expert)
+  // 18932 vs 18479: so up to 1024 rows per expert only.
+  if (p.gemm == 2 && rows_per_expert <= 1024)
     return {GemmKernel::kTile64x256,
-            "GEMM 2, > 64 rows per expert, N >= 1024: 64x256 ping-pong tiles, one warpgroup's "
+            "GEMM 2, 65-1024 rows per expert, N >= 1024: 64x256 ping-pong tiles, one warpgroup's "
             "epilogue under the other's mainloop (beat 128x256 by 1-2.5% on mixtral and deepseek-v3 prefill)"};
   return {GemmKernel::kTile128x256,
           "> 64 rows per expert, N >= 1024: 128x256 tiles, twice the reuse of 128x128 "
