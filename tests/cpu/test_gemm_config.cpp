@@ -33,7 +33,8 @@ TEST(GemmConfig, DecodeStreamsWeightsAndLargerBatchesUseTiles) {
   EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3)).kernel,
             GemmKernel::kFp8Pingpong64x128);
   EXPECT_EQ(select_config(gemm(1024, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
-  EXPECT_EQ(select_config(gemm(1025, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
+  EXPECT_EQ(select_config(gemm(2048, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);   // 128 rows
+  EXPECT_EQ(select_config(gemm(2049, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   // mixtral-8x7b: E = 8, k = 2: 2 rows per expert at T = 8, 16 at T = 64
   // (experts over 8 MiB: no 32-token decode).
@@ -51,7 +52,7 @@ TEST(GemmConfig, SecondGemmOfPrefillUsesPingPongTiles) {
   EXPECT_EQ(second(gemm(4096, 2, 8, 4096, 14336)).kernel, GemmKernel::kTile64x256);   // mixtral
   EXPECT_EQ(second(gemm(4096, 8, 256, 7168, 2048)).kernel, GemmKernel::kTile64x256);  // deepseek-v3
   EXPECT_EQ(second(gemm(16384, 2, 8, 4096, 14336)).kernel, GemmKernel::kTile128x256);  // 4096 rows per expert
-  EXPECT_EQ(select_config(gemm(4096, 8, 256, 4096, 7168)).kernel, GemmKernel::kTile128x256);
+  EXPECT_EQ(select_config(gemm(8192, 8, 256, 4096, 7168)).kernel, GemmKernel::kTile128x256);  // GEMM 1, 256 rows
   EXPECT_NE(std::string(second(gemm(4096, 8, 128, 2048, 768)).reason).find("GEMM 2"), std::string::npos);
   for (const GemmProblem& q : {gemm(1, 8, 128, 2048, 768), gemm(256, 8, 128, 2048, 768), gemm(4096, 8, 128, 768, 2048),
                                gemm(4096, 8, 128, 2048, 768, MOEKIT_DTYPE_FP8_E4M3), gemm(1024, 8, 128, 2048, 768)}) {
@@ -73,7 +74,9 @@ TEST(GemmConfig, BoundariesOfRowsPerExpertAndN) {
   EXPECT_EQ(select_config(gemm(16, 1, 1, 4104, 1024)).kernel, GemmKernel::kTile64x256);  // over
   for (int64_t rows : {17, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
   for (int64_t rows : {17, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
-  for (int64_t rows : {65, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
+  // 65-128 rows: 64-row tiles still (about half the experts would spill into a second 128-row tile).
+  for (int64_t rows : {65, 128}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
+  for (int64_t rows : {129, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
   // Rounded up: 33 rows over 2 experts is 17 per expert.
   EXPECT_EQ(select_config(gemm(32, 1, 2, 64, 64)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(33, 1, 2, 64, 64)).kernel, GemmKernel::kTile128x128);

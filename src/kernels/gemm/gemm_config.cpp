@@ -169,7 +169,21 @@ GemmConfig select_config(const GemmProblem& p) {
     return {GemmKernel::kTile64x256,
             "9-64 rows per expert (17-64 for experts of <= 8 MiB): 64-row tiles waste little of "
             "wgmma's M side, two in flight per CTA (ping-pong)"};
-  // GEMM 2 above 64 rows per expert: the 64x256 ping-pong tiles won where
+  // 65-128 rows per expert: 64-row tiles for GEMM 1 as well. Routed rows
+  // scatter around their mean (about +-11 at 128 for random routing), so
+  // about half the experts spill into a second, nearly empty 128-row tile
+  // (a third more tensor-core work in all), where 64-row tiles pad half as
+  // much. H200, 2026-12-03, layer us, GEMM 1 on 64x256 vs 128x256, same
+  // call, two calls: mixtral T=512 917.9 / 920.9 vs 989.3 / 962.3,
+  // deepseek-v3 T=4096 7436 / 7118 vs 7521 / 7260, T=3072 (96 rows) 6494 vs
+  // 6588, qwen3 T=2048 501.3 / 498.6 vs 509.0 / 503.2; at 192 and 256 rows
+  // it tied or lost (mixtral T=768 1080.8 vs 1071.0, T=1024 1410.0 vs
+  // 1404.6, qwen3 T=3072 627.9 vs 622.4).
+  if (rows_per_expert <= 128)
+    return {GemmKernel::kTile64x256,
+            "65-128 rows per expert, N >= 1024: 64-row ping-pong tiles, since about half the experts "
+            "of a 128-row mean would spill into a second, nearly empty 128-row tile"};
+  // GEMM 2 above 128 rows per expert: the 64x256 ping-pong tiles won where
   // 128x256 won for GEMM 1 (H200, 2026-12-03, layer us, GEMM 2 alone forced,
   // same call: mixtral T=4096 4709 vs 4592, deepseek-v3 T=4096 7345 vs 7247,
   // qwen3 T=4096 776 vs 769, T=16384 2907 vs 2911; GEMM 1 on 64x256 tied or
@@ -178,7 +192,7 @@ GemmConfig select_config(const GemmProblem& p) {
   // 18932 vs 18479: so up to 1024 rows per expert only.
   if (p.gemm == 2 && rows_per_expert <= 1024)
     return {GemmKernel::kTile64x256,
-            "GEMM 2, 65-1024 rows per expert, N >= 1024: 64x256 ping-pong tiles, one warpgroup's "
+            "GEMM 2, 129-1024 rows per expert, N >= 1024: 64x256 ping-pong tiles, one warpgroup's "
             "epilogue under the other's mainloop (beat 128x256 by 1-2.5% on mixtral and deepseek-v3 prefill)"};
   return {GemmKernel::kTile128x256,
           "> 64 rows per expert, N >= 1024: 128x256 tiles, twice the reuse of 128x128 "
