@@ -326,6 +326,43 @@ TEST(GpuFp8, BatchInvariantRowAtEveryT) {
   }
 }
 
+// Per-tensor scaling quantizes GEMM 2's input rows in one pass with the
+// values held in registers in the block-a-row form (decode) and walks each
+// row twice in the warp-a-row form (8000 rows: the warp form on any GPU of
+// up to 250 SMs), for a row of one and of several steps a lane (I = 384
+// and 1152, partial last steps). One token's row is the same bytes at T = 1
+// and 2000, and both batches match the CPU.
+TEST(GpuFp8, PerTensorRowsHeldOrWalkedGiveOneAnswer) {
+  REQUIRE_GPU();
+  const int64_t H = 128, k = 4, E = 8;
+  int seed = 0;
+  for (const Scheme& sc : kSchemes) {
+    if (sc.kind != MOEKIT_QUANT_FP8_TENSOR) continue;
+    for (int64_t I : {384, 1152}) {
+      const ref::HostLayer base = ref::make_random_layer(test::fp8_problem(1, E, k, H, I, sc.kind, sc.static_scale), 1400 + seed);
+      std::vector<uint8_t> first;
+      for (int64_t T : {1, 2000}) {
+        ref::HostLayer l = ref::make_random_layer(test::fp8_problem(T, E, k, H, I, sc.kind, sc.static_scale), 1500 + seed++);
+        l.w13 = base.w13;
+        l.w2 = base.w2;
+        l.w13_scale = base.w13_scale;
+        l.w2_scale = base.w2_scale;
+        l.a13_scale = base.a13_scale;
+        l.a2_scale = base.a2_scale;
+        const int64_t pos = T / 3, b = 2;
+        std::copy_n(base.hidden.begin(), H * b, l.hidden.begin() + pos * H * b);
+        std::copy_n(base.topk_ids.begin(), k, l.topk_ids.begin() + pos * k);
+        std::copy_n(base.topk_weights.begin(), k, l.topk_weights.begin() + pos * k);
+        const std::string what = std::string(sc.name) + " T=" + std::to_string(T) + " I=" + std::to_string(I);
+        const std::vector<uint8_t> out = expect_fp8_gpu_matches(l, what);
+        std::vector<uint8_t> row(out.begin() + pos * H * b, out.begin() + (pos + 1) * H * b);
+        if (first.empty()) first = row;
+        EXPECT_EQ(row, first) << what;
+      }
+    }
+  }
+}
+
 namespace {
 
 // The kernels' encoding (hardware cvt + the Inf rule) for value i of x with scale s[i].

@@ -19,40 +19,53 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
     TOut* __restrict__ out) {                  // [T, H]
   // One thread per 8 columns of one token; blocks tile (token, column block),
   // so a single decode token still spreads over H / 1024 blocks.
-  pdl_wait();  // GEMM 2's output
-  pdl_launch_dependents();
   const int64_t vecs = hidden_size / 8;
   const int64_t col_blocks = (vecs + kThreads - 1) / kThreads;
-  for (int64_t work = blockIdx.x; work < num_tokens * col_blocks; work += gridDim.x) {
+  const int64_t items = num_tokens * col_blocks;
+  // Slots in groups of kBatch: the group's rows are loaded before any is
+  // used (independent loads in flight), then summed in slot order, so the
+  // result is the same as one slot at a time. An invalid or remote id's
+  // weight is never read.
+  constexpr int kBatch = 4;
+  int32_t row[kBatch];
+  float w[kBatch];
+  auto load_slots = [&](int64_t t, int64_t s0) {
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int64_t s = s0 + j;
+      row[j] = s < top_k ? pair_to_row[t * top_k + s] : -1;
+      w[j] = row[j] >= 0 && topk_weights != nullptr ? topk_weights[t * top_k + s] : 1.0f;
+    }
+  };
+  // The first item's first slots are read before the wait: pair_to_row comes
+  // from the sort and the weights from the caller or the router, all two or
+  // more kernels back, so finished when this kernel starts (every layer
+  // kernel calls pdl_launch_dependents() only after its own pdl_wait(), as
+  // decode_gemm.cu relies on). At decode that takes a dependent load off the
+  // layer's last kernel.
+  int64_t work = blockIdx.x;
+  if (work < items) load_slots(work / col_blocks, 0);
+  pdl_wait();  // GEMM 2's output
+  pdl_launch_dependents();
+  for (; work < items; work += gridDim.x) {
     const int64_t t = work / col_blocks;
     const int64_t v = (work % col_blocks) * kThreads + threadIdx.x;
-    if (v >= vecs) continue;
+    const bool in_row = v < vecs;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    // Slots in groups of kBatch: the group's rows are loaded before any is
-    // used (independent loads in flight), then summed in slot order, so the
-    // result is the same as one slot at a time.
-    constexpr int kBatch = 4;
     for (int64_t s0 = 0; s0 < top_k; s0 += kBatch) {
+      if (s0 > 0 || work != blockIdx.x) load_slots(t, s0);
       float x[kBatch][8];
-      float w[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+        if (row[j] >= 0 && in_row) load8(y + static_cast<int64_t>(row[j]) * hidden_size + v * 8, x[j]);
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
-        const int64_t s = s0 + j;
-        const int32_t row = s < top_k ? pair_to_row[t * top_k + s] : -1;
-        w[j] = 0.0f;
-        if (row < 0) continue;  // invalid or remote id: its weight is never read
-        w[j] = topk_weights != nullptr ? topk_weights[t * top_k + s] : 1.0f;
-        load8(y + static_cast<int64_t>(row) * hidden_size + v * 8, x[j]);
-      }
-#pragma unroll
-      for (int j = 0; j < kBatch; ++j) {
-        const int64_t s = s0 + j;
-        if (s >= top_k || pair_to_row[t * top_k + s] < 0) continue;
+        if (row[j] < 0) continue;
 #pragma unroll
         for (int q = 0; q < 8; ++q) acc[q] = fmaf(w[j], x[j][q], acc[q]);
       }
     }
-    store8(out + t * hidden_size + v * 8, acc);
+    if (in_row) store8(out + t * hidden_size + v * 8, acc);
   }
 }
 
