@@ -10,7 +10,15 @@ namespace {
 
 constexpr int kThreads = 128;
 
-template <class TY, class TOut>
+// Slots in groups of kBatch: the group's rows are loaded before any is used
+// (independent loads in flight), then summed in slot order, so the result is
+// the same as one slot at a time, whatever kBatch is. 4 with many tokens
+// (registers, occupancy: bandwidth-bound), kFewTokensBatch with at most a
+// work item a block (decode: each group of slots is a dependent round trip).
+constexpr int kManyTokensBatch = 4;
+constexpr int kFewTokensBatch = 8;
+
+template <class TY, class TOut, int kBatch>
 __global__ void __launch_bounds__(kThreads) finalize_kernel(
     const TY* __restrict__ y,                  // [T*k, H] expert order
     const int32_t* __restrict__ pair_to_row,   // [T*k], -1 = no row
@@ -22,11 +30,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
   const int64_t vecs = hidden_size / 8;
   const int64_t col_blocks = (vecs + kThreads - 1) / kThreads;
   const int64_t items = num_tokens * col_blocks;
-  // Slots in groups of kBatch: the group's rows are loaded before any is
-  // used (independent loads in flight), then summed in slot order, so the
-  // result is the same as one slot at a time. An invalid or remote id's
-  // weight is never read.
-  constexpr int kBatch = 4;
+  // An invalid or remote id's weight is never read.
   int32_t row[kBatch];
   float w[kBatch];
   auto load_slots = [&](int64_t t, int64_t s0) {
@@ -76,15 +80,17 @@ cudaError_t launch_finalize(const void* y, moekit_dtype_t y_dtype, const int32_t
                             int64_t hidden_size, void* out, moekit_dtype_t output_dtype,
                             const DeviceInfo& dev, cudaStream_t stream) {
   const int64_t col_blocks = (hidden_size / 8 + kThreads - 1) / kThreads;
-  const unsigned grid = grid_for(num_tokens * col_blocks, dev.sm_count, 16);
+  const int64_t items = num_tokens * col_blocks;
+  const unsigned grid = grid_for(items, dev.sm_count, 16);
+  const bool few = items <= grid;  // one work item a block at most
   cudaError_t e = cudaSuccess;
   dispatch_dtype(y_dtype, [&](auto ytag) {
     using TY = decltype(ytag);
     dispatch_dtype(output_dtype, [&](auto otag) {
       using TOut = decltype(otag);
-      e = launch_pdl(finalize_kernel<TY, TOut>, grid, kThreads, 0, stream, static_cast<const TY*>(y),
-                     pair_to_row, topk_weights, num_tokens, top_k, hidden_size,
-                     static_cast<TOut*>(out));
+      e = launch_pdl(few ? finalize_kernel<TY, TOut, kFewTokensBatch> : finalize_kernel<TY, TOut, kManyTokensBatch>,
+                     grid, kThreads, 0, stream, static_cast<const TY*>(y), pair_to_row, topk_weights,
+                     num_tokens, top_k, hidden_size, static_cast<TOut*>(out));
     });
   });
   return e != cudaSuccess ? e : cudaGetLastError();

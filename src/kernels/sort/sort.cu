@@ -7,7 +7,8 @@
 // Two implementations of it, by size, both stable and so both giving the one
 // possible answer:
 //   small (<= 4096 pairs, T <= 512 at k = 8): one block does everything with
-//     cub::BlockRadixSort, sized to the input (1, 4 or 16 pairs per thread);
+//     cub::BlockRadixSort, sized to the input (1, 4 or 16 pairs per thread;
+//     up to 32 pairs, one warp ranks them instead);
 //   device: make_keys, cub::DeviceRadixSort (onesweep), build_maps.
 // (A tiled variant, one BlockRadixSort block per 4096-pair tile plus a scan
 // of per-tile counts, measured slower than onesweep at every size on H200:
@@ -121,7 +122,31 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
     keys[i] = p < pairs ? local_key(ids[p], pl) : 0xffffffffu;
     vals[i] = p;
   }
-  BlockSort(smem.sort).Sort(keys, vals, 0, bits);
+  if (kItems == 1 && pairs <= 32) {
+    // Up to 32 pairs (T <= 4 at k = 8): warp 0 ranks them directly, a stable
+    // rank being the count of smaller keys plus equal keys before it, and
+    // thread t takes the pair of rank t, as after the block sort (a third of
+    // the radix sort's time, which at T = 1 is the layer's first step). Real
+    // keys are below 2^bits and padding keys above, as the radix sort sees them.
+    __shared__ int32_t ranked_vals[32];
+    if (threadIdx.x < 32) {
+      int rank = 0;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const uint32_t other = __shfl_sync(0xffffffffu, keys[0], j);
+        rank += other < keys[0] || (other == keys[0] && j < static_cast<int>(threadIdx.x));
+      }
+      smem.sorted_keys[rank] = keys[0];
+      ranked_vals[rank] = vals[0];
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      keys[0] = smem.sorted_keys[threadIdx.x];
+      vals[0] = ranked_vals[threadIdx.x];
+    }
+  } else {
+    BlockSort(smem.sort).Sort(keys, vals, 0, bits);
+  }
   __syncthreads();  // the temp storage becomes sorted_keys
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
