@@ -394,7 +394,8 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                         max_rows, dev, stream);
     else
       e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
-                                  max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream);
+                                  max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
+                                  /*maps_written=*/true);
     if (e != cudaSuccess) return cuda_status(e, "permute");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
     // The decode kernel runs the activation in its epilogue and writes act

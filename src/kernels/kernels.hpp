@@ -48,13 +48,17 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
 // ---- permute ---------------------------------------------------------------
 // rows [T*k, H] compute dtype <- hidden [T, H] input dtype, for rows < offsets[E_local].
 // pair_weights [T*k] or null: each row is scaled by its pair's weight (fp32
-// product, then rounded: apply_router_weight_on_input).
+// product, then rounded: apply_router_weight_on_input). maps_written: every
+// one of the max_rows entries of sorted_pairs is written (the layer's sort
+// writes all T*k, invalid pairs last), so a block may read its first entry
+// beside the row count, one round trip fewer at decode; pass false for maps
+// written only up to the row count.
 cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
                            const int32_t* sorted_pairs, const float* pair_weights,
                            const int32_t* valid_rows,
                            int64_t max_rows, int64_t top_k, int64_t hidden_size,
                            void* rows, moekit_dtype_t compute_dtype, const DeviceInfo& dev,
-                           cudaStream_t stream);
+                           cudaStream_t stream, bool maps_written = false);
 
 // ---- fp8 quantization (quant/quantize.cu) ------------------------------------
 // Where a quantizing stage writes: e4m3 rows [rows, K] and their scales, for
@@ -72,7 +76,9 @@ struct QuantRows {
 };
 
 // GEMM 1's input: gather hidden rows into expert order and quantize them.
-// dtype: hidden's (and the compute) dtype, bf16 or fp16.
+// dtype: hidden's (and the compute) dtype, bf16 or fp16. sorted_pairs must
+// hold max_rows written entries, as the layer's sort writes (the first
+// row's pair is read beside the offsets, launch_permute's maps_written).
 cudaError_t launch_permute_quant(const void* hidden, moekit_dtype_t dtype,
                                  const int32_t* sorted_pairs, const float* pair_weights,
                                  int64_t top_k, int64_t hidden_size,

@@ -17,14 +17,21 @@ __global__ void __launch_bounds__(kThreads) permute_kernel(
     const int32_t* __restrict__ sorted_pairs,  // [T*k] row -> pair
     const float* __restrict__ pair_weights,    // [T*k] or null
     const int32_t* __restrict__ valid_rows,    // offsets[E_local]
+    int64_t written_rows,                      // entries of sorted_pairs known written
     int64_t top_k, int64_t hidden_size,
     TOut* __restrict__ rows) {                 // [T*k, H] expert order
   pdl_wait();  // the sort's maps
   pdl_launch_dependents();
+  // The first row's pair is loaded beside the row count (one round trip
+  // fewer at decode) where the map is written past the row count
+  // (launch_permute's maps_written): the load then stays in bounds and reads
+  // written memory even for a row that turns out invalid.
+  const int64_t first = blockIdx.x;
+  const int32_t first_pair = first < written_rows ? sorted_pairs[first] : 0;
   const int64_t n = *valid_rows;
   const int64_t vecs = hidden_size / 8;
-  for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
-    const int32_t pair = sorted_pairs[row];
+  for (int64_t row = first; row < n; row += gridDim.x) {
+    const int32_t pair = row == first && first < written_rows ? first_pair : sorted_pairs[row];
     const TIn* src = hidden + pair / top_k * hidden_size;
     const float w = pair_weights != nullptr ? pair_weights[pair] : 1.0f;
     TOut* dst = rows + row * hidden_size;
@@ -46,7 +53,7 @@ cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
                            const int32_t* valid_rows,
                            int64_t max_rows, int64_t top_k, int64_t hidden_size, void* rows,
                            moekit_dtype_t compute_dtype, const DeviceInfo& dev,
-                           cudaStream_t stream) {
+                           cudaStream_t stream, bool maps_written) {
   const unsigned grid = grid_for(max_rows, dev.sm_count, 16);
   cudaError_t e = cudaSuccess;
   dispatch_dtype(input_dtype, [&](auto in) {
@@ -54,8 +61,8 @@ cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
     dispatch_dtype(compute_dtype, [&](auto out) {
       using TOut = decltype(out);
       e = launch_pdl(permute_kernel<TIn, TOut>, grid, kThreads, 0, stream,
-                     static_cast<const TIn*>(hidden), sorted_pairs, pair_weights, valid_rows, top_k,
-                     hidden_size, static_cast<TOut*>(rows));
+                     static_cast<const TIn*>(hidden), sorted_pairs, pair_weights, valid_rows,
+                     maps_written ? max_rows : int64_t{0}, top_k, hidden_size, static_cast<TOut*>(rows));
     });
   });
   return e != cudaSuccess ? e : cudaGetLastError();

@@ -188,6 +188,17 @@ __device__ __forceinline__ void quantize_row_tensor(const Source& src, const typ
   write_scales(s);
 }
 
+// Source row `row` of a block's or warp's first item, looked up before the
+// expert offsets are read, so that at decode both loads (the gather's pair,
+// the offsets) take one round trip instead of two. Any row below max_rows
+// may be looked up whether or not it turns out valid: the sort writes a
+// pair for every one of the T*k rows (invalid pairs last), so the lookup
+// stays in bounds and reads written memory; an unused result is dropped.
+template <class Source>
+__device__ __forceinline__ typename Source::Row first_row(const Source& src, int64_t row, int64_t max_rows, int64_t k) {
+  return row < max_rows ? src.row(row, k) : typename Source::Row{};
+}
+
 // The expert offsets in shared memory (cache, [kCachedExperts + 1]) when they
 // fit: a row's expert is then one search without dependent global loads (at
 // decode that chain, one load per halving of E, was most of the stage's
@@ -221,11 +232,13 @@ __global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
     const float* __restrict__ static_scale,  // the static scale, or null (dynamic)
     const float* __restrict__ w_scale,       // [E]
     uint8_t* __restrict__ out,               // [rows, K] e4m3
-    float* __restrict__ scales) {
+    float* __restrict__ scales, int64_t max_rows) {
   pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
   pdl_launch_dependents();
   __shared__ int32_t cached_offsets[kCachedExperts + 1];
   __shared__ float warp_amax[kRowBlockThreads / 32];
+  // The first row's source is looked up beside the offsets (first_row).
+  const typename Source::Row first_in = first_row(src, blockIdx.x, max_rows, k);
   const ExpertOffsets offset = cache_offsets(offsets, num_experts, cached_offsets);
   const int64_t valid = offset(num_experts), groups = fp8_blocks(k);
   const int warps = static_cast<int>(blockDim.x / 32);
@@ -234,7 +247,8 @@ __global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
     const int64_t first = offset(e), rows_e = offset(e + 1) - first;
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
     quantize_row_tensor<Source::kHeldSteps>(
-        src, src.row(row, k), k, static_cast<int>(blockDim.x), static_cast<int>(threadIdx.x),
+        src, row == blockIdx.x ? first_in : src.row(row, k), k, static_cast<int>(blockDim.x),
+        static_cast<int>(threadIdx.x),
                         static_scale, __ldg(w_scale + e), out + row * k, sc, rows_e, groups, [&](float amax) {
                           amax = lanes_max<32>(amax);
                           if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
@@ -256,15 +270,12 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     const float* __restrict__ static_scale,  // per tensor: the static scale, or null (dynamic)
     const float* __restrict__ w_scale,                            // [E] per tensor, else unused
     uint8_t* __restrict__ out,                                    // [rows, K] e4m3
-    float* __restrict__ scales, int64_t chunk_groups) {
+    float* __restrict__ scales, int64_t chunk_groups, int64_t max_rows) {
   static_assert(!(kSplit && kTensor), "per tensor with few rows: quantize_rows_tensor_kernel");
   pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
   pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
   const int half = lane / kGroupLanes, sub = lane % kGroupLanes;  // group slot, lane in group
-  __shared__ int32_t cached_offsets[kCachedExperts + 1];
-  const ExpertOffsets offset = cache_offsets(offsets, num_experts, cached_offsets);
-  const int64_t valid = offset(num_experts);
   const int64_t groups = fp8_blocks(k);
   constexpr int kSteps = Source::kSteps;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
@@ -272,14 +283,19 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
   // that a few long rows (decode, I = 14336) still spread over many warps
   // instead of one warp walking each row group after group.
   const int64_t chunks = (kSplit && !kTensor) ? (groups + chunk_groups - 1) / chunk_groups : 1;
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-       item < valid * chunks; item += warps) {
+  const int64_t first_item = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  // The first item's source is looked up beside the offsets (first_row).
+  const typename Source::Row first_in = first_row(src, kSplit ? first_item / chunks : first_item, max_rows, k);
+  __shared__ int32_t cached_offsets[kCachedExperts + 1];
+  const ExpertOffsets offset = cache_offsets(offsets, num_experts, cached_offsets);
+  const int64_t valid = offset(num_experts);
+  for (int64_t item = first_item; item < valid * chunks; item += warps) {
     const int64_t row = kSplit ? item / chunks : item;
     const int64_t chunk = kSplit ? item - row * chunks : 0;
     const int e = last_at_most(offset, num_experts, row);
     const int64_t first = offset(e), rows_e = offset(e + 1) - first;
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
-    const typename Source::Row in = src.row(row, k);
+    const typename Source::Row in = item == first_item ? first_in : src.row(row, k);
     uint8_t* dst = out + row * k;
     if constexpr (kTensor) {
       quantize_row_tensor<0>(src, in, k, 32, lane, static_scale, __ldg(w_scale + e), dst, sc, rows_e, groups,
@@ -331,7 +347,7 @@ cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int6
     const int64_t lanes = std::min<int64_t>(kRowBlockThreads, ((k + kLaneCols - 1) / kLaneCols + 31) / 32 * 32);
     return launch_pdl(quantize_rows_tensor_kernel<T, Source>, dim3(grid_for(max_rows, dev.sm_count, 16)),
                       dim3(static_cast<unsigned>(lanes)), 0, stream, src, q.expert_offsets, q.num_experts, k,
-                      q.static_scale, q.w_scale, q.out, q.scales);
+                      q.static_scale, q.w_scale, q.out, q.scales, max_rows);
   }
   const unsigned grid = grid_for((items + kWarps - 1) / kWarps, dev.sm_count, 16);  // a warp per item
   // Whole rows get their own instance: the chunk arithmetic cost the prefill
@@ -340,7 +356,7 @@ cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int6
     return launch_pdl(
         quantize_rows_kernel<T, Source, decltype(split_tag)::value, decltype(tensor_tag)::value>,
         dim3(grid), dim3(kThreads), 0, stream, src, q.expert_offsets, q.num_experts, k,
-        q.static_scale, q.w_scale, q.out, q.scales, chunk_groups);
+        q.static_scale, q.w_scale, q.out, q.scales, chunk_groups, max_rows);
   };
   if (tensor) return go(std::false_type{}, std::true_type{});
   if (split) return go(std::true_type{}, std::false_type{});
