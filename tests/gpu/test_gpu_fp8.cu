@@ -288,6 +288,25 @@ TEST(GpuFp8, AdversarialRouting) {
   }
 }
 
+namespace {
+
+// l takes base's weights and scales (static scales are part of the layer,
+// not the batch) and, as its token pos, base's token 0: its hidden row
+// (row_bytes), ids and weights (k each).
+void place_token(const ref::HostLayer& base, int64_t pos, int64_t row_bytes, int64_t k, ref::HostLayer& l) {
+  l.w13 = base.w13;
+  l.w2 = base.w2;
+  l.w13_scale = base.w13_scale;
+  l.w2_scale = base.w2_scale;
+  l.a13_scale = base.a13_scale;
+  l.a2_scale = base.a2_scale;
+  std::copy_n(base.hidden.begin(), row_bytes, l.hidden.begin() + pos * row_bytes);
+  std::copy_n(base.topk_ids.begin(), k, l.topk_ids.begin() + pos * k);
+  std::copy_n(base.topk_weights.begin(), k, l.topk_weights.begin() + pos * k);
+}
+
+}  // namespace
+
 TEST(GpuFp8, BatchInvariantRowAtEveryT) {
   REQUIRE_GPU();
   for (const Scheme& sc : kSchemes) {
@@ -296,16 +315,8 @@ TEST(GpuFp8, BatchInvariantRowAtEveryT) {
     std::vector<uint8_t> first;
     for (int64_t T : {1, 7, 64, 257, 1025, 4097}) {
       ref::HostLayer l = ref::make_random_layer(test::fp8_problem(T, E, k, H, I, sc.kind, sc.static_scale), 32 + T);
-      l.w13 = base.w13;
-      l.w2 = base.w2;
-      l.w13_scale = base.w13_scale;
-      l.w2_scale = base.w2_scale;
-      l.a13_scale = base.a13_scale;  // static scales are part of the layer, not the batch
-      l.a2_scale = base.a2_scale;
       const int64_t pos = T / 2, b = 2;
-      std::copy_n(base.hidden.begin(), H * b, l.hidden.begin() + pos * H * b);
-      std::copy_n(base.topk_ids.begin(), k, l.topk_ids.begin() + pos * k);
-      std::copy_n(base.topk_weights.begin(), k, l.topk_weights.begin() + pos * k);
+      place_token(base, pos, H * b, k, l);
       DeviceLayer d(l);
       Status s = d.run();
       ASSERT_TRUE(s.ok()) << s.message();
@@ -343,16 +354,8 @@ TEST(GpuFp8, PerTensorRowsHeldOrWalkedGiveOneAnswer) {
       std::vector<uint8_t> first;
       for (int64_t T : {1, 2000}) {
         ref::HostLayer l = ref::make_random_layer(test::fp8_problem(T, E, k, H, I, sc.kind, sc.static_scale), 1500 + seed++);
-        l.w13 = base.w13;
-        l.w2 = base.w2;
-        l.w13_scale = base.w13_scale;
-        l.w2_scale = base.w2_scale;
-        l.a13_scale = base.a13_scale;
-        l.a2_scale = base.a2_scale;
         const int64_t pos = T / 3, b = 2;
-        std::copy_n(base.hidden.begin(), H * b, l.hidden.begin() + pos * H * b);
-        std::copy_n(base.topk_ids.begin(), k, l.topk_ids.begin() + pos * k);
-        std::copy_n(base.topk_weights.begin(), k, l.topk_weights.begin() + pos * k);
+        place_token(base, pos, H * b, k, l);
         const std::string what = std::string(sc.name) + " T=" + std::to_string(T) + " I=" + std::to_string(I);
         const std::vector<uint8_t> out = expect_fp8_gpu_matches(l, what);
         std::vector<uint8_t> row(out.begin() + pos * H * b, out.begin() + (pos + 1) * H * b);
