@@ -124,6 +124,10 @@ cudaError_t launch_activation(const void* gemm1, void* out, const int32_t* valid
 // ---- finalize --------------------------------------------------------------
 // out [T, H] = sum over valid slots, in slot order, of weight * y[row], fp32.
 // topk_weights null: every valid slot has weight 1 (weights applied on the input).
+// Launched with programmatic dependent launch, it waits only for the kernel
+// before it (y's producer) and reads pair_to_row and topk_weights before that
+// wait: they must come from at least two kernels back on the stream, or from
+// before a copy or other non-kernel operation (the layer's sort, the caller).
 cudaError_t launch_finalize(const void* y, moekit_dtype_t y_dtype, const int32_t* pair_to_row,
                             const float* topk_weights, int64_t num_tokens, int64_t top_k,
                             int64_t hidden_size, void* out, moekit_dtype_t output_dtype,

@@ -248,15 +248,15 @@ __global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
     float* sc = scales + first * groups + (row - first);  // column-major [groups, rows_e]
     quantize_row_tensor<Source::kHeldSteps>(
         src, row == blockIdx.x ? first_in : src.row(row, k), k, static_cast<int>(blockDim.x),
-        static_cast<int>(threadIdx.x),
-                        static_scale, __ldg(w_scale + e), out + row * k, sc, rows_e, groups, [&](float amax) {
-                          amax = lanes_max<32>(amax);
-                          if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
-                          __syncthreads();
-                          for (int w = 0; w < warps; ++w) amax = fmaxf(amax, warp_amax[w]);
-                          __syncthreads();  // warp_amax is rewritten for the next row
-                          return amax;
-                        });
+        static_cast<int>(threadIdx.x), static_scale, __ldg(w_scale + e), out + row * k, sc, rows_e, groups,
+        [&](float amax) {
+          amax = lanes_max<32>(amax);
+          if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+          __syncthreads();
+          for (int w = 0; w < warps; ++w) amax = fmaxf(amax, warp_amax[w]);
+          __syncthreads();  // warp_amax is rewritten for the next row
+          return amax;
+        });
   }
 }
 
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     uint8_t* dst = out + row * k;
     if constexpr (kTensor) {
       quantize_row_tensor<0>(src, in, k, 32, lane, static_scale, __ldg(w_scale + e), dst, sc, rows_e, groups,
-                          [](float amax) { return lanes_max<32>(amax); });
+                             [](float amax) { return lanes_max<32>(amax); });
       continue;
     }
     // FP8_BLOCK: one scale per 128 columns; two groups per warp step, and
