@@ -225,7 +225,7 @@ LayerPlan plan_layer(const Problem& p) {
   // MOEKIT_GEMM2, which force one GEMM (after MOEKIT_GEMM). Unknown names are
   // ignored, and so is a family of the other operand kind (fp8 vs 16-bit).
   const bool fp8 = p.quant.kind != MOEKIT_QUANT_NONE;
-  auto force = [fp8](const char* var, std::initializer_list<kernels::GemmConfig*> gemms) {
+  auto force = [fp8](const char* var, const char* reason, std::initializer_list<kernels::GemmConfig*> gemms) {
     kernels::GemmKernel forced{};
     const char* name = std::getenv(var);
     if (name == nullptr || !kernels::gemm_kernel_from_name(name, &forced) ||
@@ -233,11 +233,11 @@ LayerPlan plan_layer(const Problem& p) {
       return;
     for (kernels::GemmConfig* g : gemms)
       if (g->kernel != kernels::GemmKernel::kSimple || forced == kernels::GemmKernel::kSimple)
-        *g = {forced, "forced by MOEKIT_GEMM"};
+        *g = {forced, reason};
   };
-  force("MOEKIT_GEMM", {&plan.gemm1, &plan.gemm2});
-  force("MOEKIT_GEMM1", {&plan.gemm1});
-  force("MOEKIT_GEMM2", {&plan.gemm2});
+  force("MOEKIT_GEMM", "forced by MOEKIT_GEMM", {&plan.gemm1, &plan.gemm2});
+  force("MOEKIT_GEMM1", "forced by MOEKIT_GEMM1", {&plan.gemm1});
+  force("MOEKIT_GEMM2", "forced by MOEKIT_GEMM2", {&plan.gemm2});
   return plan;
 }
 

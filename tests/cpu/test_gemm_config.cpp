@@ -45,12 +45,13 @@ TEST(GemmConfig, DecodeStreamsWeightsAndLargerBatchesUseTiles) {
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 768, 2048)).kernel, GemmKernel::kTile128x128);
 }
 
-// GEMM 2 (N = H) at 65-1024 rows per expert runs 64x256 ping-pong tiles where
+// GEMM 2 (N = H) at 129-1024 rows per expert runs 64x256 ping-pong tiles where
 // GEMM 1 runs 128x256; below, and for narrow N or e4m3, both GEMMs choose alike.
 TEST(GemmConfig, SecondGemmOfPrefillUsesPingPongTiles) {
   auto second = [](GemmProblem q) { q.gemm = 2; return select_config(q); };
   EXPECT_EQ(second(gemm(4096, 2, 8, 4096, 14336)).kernel, GemmKernel::kTile64x256);   // mixtral
   EXPECT_EQ(second(gemm(4096, 8, 256, 7168, 2048)).kernel, GemmKernel::kTile64x256);  // deepseek-v3
+  EXPECT_EQ(second(gemm(8192, 8, 256, 7168, 2048)).kernel, GemmKernel::kTile64x256);  // deepseek-v3, 256 rows
   EXPECT_EQ(second(gemm(16384, 2, 8, 4096, 14336)).kernel, GemmKernel::kTile128x256);  // 4096 rows per expert
   EXPECT_EQ(select_config(gemm(8192, 8, 256, 4096, 7168)).kernel, GemmKernel::kTile128x256);  // GEMM 1, 256 rows
   EXPECT_NE(std::string(second(gemm(4096, 8, 128, 2048, 768)).reason).find("GEMM 2"), std::string::npos);

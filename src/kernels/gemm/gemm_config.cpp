@@ -165,11 +165,7 @@ GemmConfig select_config(const GemmProblem& p) {
   if (p.n < 1024)
     return {GemmKernel::kTile128x128,
             "> 8 rows per expert, N < 1024: 128x128 tiles keep enough CTAs busy on a narrow N"};
-  if (rows_per_expert <= 64)
-    return {GemmKernel::kTile64x256,
-            "9-64 rows per expert (17-64 for experts of <= 8 MiB): 64-row tiles waste little of "
-            "wgmma's M side, two in flight per CTA (ping-pong)"};
-  // 65-128 rows per expert: 64-row tiles for GEMM 1 as well. Routed rows
+  // 65-128 rows per expert: 64-row tiles as well. Routed rows
   // scatter around their mean (about +-11 at 128 for random routing), so
   // about half the experts spill into a second, nearly empty 128-row tile
   // (a third more tensor-core work in all), where 64-row tiles pad half as
@@ -181,8 +177,11 @@ GemmConfig select_config(const GemmProblem& p) {
   // 1404.6, qwen3 T=3072 627.9 vs 622.4).
   if (rows_per_expert <= 128)
     return {GemmKernel::kTile64x256,
-            "65-128 rows per expert, N >= 1024: 64-row ping-pong tiles, since about half the experts "
-            "of a 128-row mean would spill into a second, nearly empty 128-row tile"};
+            rows_per_expert <= 64
+                ? "9-64 rows per expert (17-64 for experts of <= 8 MiB): 64-row tiles waste little of "
+                  "wgmma's M side, two in flight per CTA (ping-pong)"
+                : "65-128 rows per expert, N >= 1024: 64-row ping-pong tiles, since about half the experts "
+                  "of a 128-row mean would spill into a second, nearly empty 128-row tile"};
   // GEMM 2 above 128 rows per expert: the 64x256 ping-pong tiles won where
   // 128x256 won for GEMM 1 (H200, 2026-12-03, layer us, GEMM 2 alone forced,
   // same call: mixtral T=4096 4709 vs 4592, deepseek-v3 T=4096 7345 vs 7247,
@@ -195,7 +194,7 @@ GemmConfig select_config(const GemmProblem& p) {
             "GEMM 2, 129-1024 rows per expert, N >= 1024: 64x256 ping-pong tiles, one warpgroup's "
             "epilogue under the other's mainloop (beat 128x256 by 1-2.5% on mixtral and deepseek-v3 prefill)"};
   return {GemmKernel::kTile128x256,
-          "> 64 rows per expert, N >= 1024: 128x256 tiles, twice the reuse of 128x128 "
+          "> 128 rows per expert (GEMM 2: > 1024), N >= 1024: 128x256 tiles, twice the reuse of 128x128 "
           "(590-640 TFLOP/s on mixtral prefill, H100)"};
 }
 

@@ -1,4 +1,4 @@
-// Grouped GEMM family tile128x256 (> 64 rows per expert): 128 token rows x
+// Grouped GEMM family tile128x256 (> 128 rows per expert; GEMM 2 > 1024): 128 token rows x
 // 256 weight rows x 64 deep, cooperative warpgroups; twice the reuse of 128x128.
 #include "kernels/gemm/sm90_grouped_gemm.cuh"
 

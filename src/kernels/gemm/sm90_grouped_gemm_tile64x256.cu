@@ -1,4 +1,4 @@
-// Grouped GEMM family tile64x256 (9-64 rows per expert): 64 token rows x 256
+// Grouped GEMM family tile64x256 (9-128 rows per expert; GEMM 2 up to 1024): 64 token rows x 256
 // weight rows x 64 deep, two tiles in flight per CTA (ping-pong warpgroups).
 #include "kernels/gemm/sm90_grouped_gemm.cuh"
 

@@ -282,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
   // Work items: a whole row, or a row's chunk of chunk_groups groups, so
   // that a few long rows (decode, I = 14336) still spread over many warps
   // instead of one warp walking each row group after group.
-  const int64_t chunks = (kSplit && !kTensor) ? (groups + chunk_groups - 1) / chunk_groups : 1;
+  const int64_t chunks = kSplit ? (groups + chunk_groups - 1) / chunk_groups : 1;
   const int64_t first_item = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   // The first item's source is looked up beside the offsets (first_row).
   const typename Source::Row first_in = first_row(src, kSplit ? first_item / chunks : first_item, max_rows, k);
@@ -336,12 +336,9 @@ __global__ void fill_ones_kernel(float* out, int64_t count) {
 template <class Source, class T>
 cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int64_t k,
                    const DeviceInfo& dev, cudaStream_t stream) {
-  const int64_t groups = fp8_blocks(k);
   // Few rows: block scaling splits rows into chunks, per tensor takes a block a row.
   const bool split = max_rows < kWholeRowsFrom * dev.sm_count;
   const bool tensor = q.kind == MOEKIT_QUANT_FP8_TENSOR;
-  const int64_t chunk_groups = split && !tensor ? 2 * Source::kSteps : groups;
-  const int64_t items = max_rows * ((groups + chunk_groups - 1) / chunk_groups);
   if (tensor && split) {
     // A lane per 8 columns, whole warps, at most kRowBlockThreads.
     const int64_t lanes = std::min<int64_t>(kRowBlockThreads, ((k + kLaneCols - 1) / kLaneCols + 31) / 32 * 32);
@@ -349,6 +346,9 @@ cudaError_t launch(const Source& src, const QuantRows& q, int64_t max_rows, int6
                       dim3(static_cast<unsigned>(lanes)), 0, stream, src, q.expert_offsets, q.num_experts, k,
                       q.static_scale, q.w_scale, q.out, q.scales, max_rows);
   }
+  const int64_t groups = fp8_blocks(k);
+  const int64_t chunk_groups = split ? 2 * Source::kSteps : groups;
+  const int64_t items = max_rows * ((groups + chunk_groups - 1) / chunk_groups);
   const unsigned grid = grid_for((items + kWarps - 1) / kWarps, dev.sm_count, 16);  // a warp per item
   // Whole rows get their own instance: the chunk arithmetic cost the prefill
   // gather 50% (qwen3 T = 4096: 91 -> 144 us on an H200).
