@@ -288,7 +288,8 @@ MOEKIT_API moekit_status_t moekit_can_implement(const moekit_arguments_t* args);
  * CUDA: the layer runs in chunks of C = min(T, max(1, 65536 / k)) tokens that
  * reuse one workspace (identical results), so with P = C * k pairs, b the
  * weight dtype's size and N1 = 2I (gated) or I, the size is at most
- *   P * (b * (H + N1 + I) + 28) + [router] P * 8 + sort scratch (cub::DeviceRadixSort temp storage for P pairs)
+ *   P * (b * (H + N1 + I) + 28) + [router] P * 8 + sort scratch (the larger of
+ *   cub::DeviceRadixSort's temp storage for P pairs and 4 * ceil(P / 1024) * (E_local + 1))
  *   + E_local * 144 + (GEMM descriptors: about 1 KiB per SM) + 256 per buffer
  *   + with fp8 weights: P * 4 * ceil(max(H, I) / 128) (activation scales; b is then
  *     the input dtype's size) and, per tensor, 4 * ceil(max(N1, I) / 128) * ceil(max(H, I) / 128),

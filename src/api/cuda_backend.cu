@@ -79,7 +79,7 @@ Status make_layout(const Problem& p, const kernels::DeviceInfo& dev, CudaLayout*
   if (cudaError_t e = kernels::sort_temp_bytes(static_cast<int64_t>(pairs), p.num_local_experts,
                                                &l->sort_temp_bytes);
       e != cudaSuccess)
-    return cuda_status(e, "cub::DeviceRadixSort::SortPairs (size query)");
+    return cuda_status(e, "sort scratch size query");
   size_t at = 0;
   auto take = [&](size_t bytes) { size_t here = at; at += align_up(bytes); return here; };
   const bool routed = p.router.kind != MOEKIT_ROUTER_NONE;

@@ -33,7 +33,17 @@ struct SortBuffers {
 
 // Bits that hold keys in [0, E_local] (E_local is the invalid sentinel).
 int sort_key_bits(int64_t num_local_experts);
+// Scratch (SortBuffers::temp) for any path that can take this many pairs.
 cudaError_t sort_temp_bytes(int64_t pairs, int64_t num_local_experts, size_t* bytes);
+
+// The sort's implementations (sort.cu says how each works). All give the same
+// answer; kAuto picks by size: one block up to 32 pairs, counting up to 65536
+// pairs with E_local < 1024 (one launch up to 1024 pairs, two above), else
+// one-block radix up to 4096 pairs and device radix above. Forcing one is for
+// tests and benchmarks (radix only above 4096 pairs); launch_sort returns
+// cudaErrorNotSupported where it does not fit.
+enum class SortPath { kAuto, kOneBlock, kCounting, kRadix };
+bool sort_path_fits(SortPath path, int64_t pairs, int64_t num_local_experts);
 
 // Local experts: [ep_rank * E_local, +E_local) of the global ids, or
 // expert_map[id] where given (moekit.h). On success *sorted_pairs points at
@@ -43,7 +53,7 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
                         int64_t num_experts, int64_t num_local_experts, int64_t ep_rank,
                         const int32_t* expert_map, const SortBuffers& b,
                         moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
-                        const DeviceInfo& dev, cudaStream_t stream);
+                        const DeviceInfo& dev, cudaStream_t stream, SortPath path = SortPath::kAuto);
 
 // ---- permute ---------------------------------------------------------------
 // rows [T*k, H] compute dtype <- hidden [T, H] input dtype, for rows < offsets[E_local].

@@ -22,13 +22,15 @@ TEST(GemmConfig, DecodeStreamsWeightsAndLargerBatchesUseTiles) {
   EXPECT_EQ(select_config(gemm(1, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(64, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
-  // 9-16 rows per expert on experts of <= 8 MiB: decode with 32-token passes.
+  // 9-24 rows per expert on experts of <= 8 MiB: decode with 32-token passes.
   EXPECT_EQ(select_config(gemm(129, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(256, 8, 128, 2048, 768)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(257, 8, 128, 1536, 2048)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(384, 8, 128, 2048, 768)).kernel, GemmKernel::kDecode);   // 24 rows
   EXPECT_NE(std::string(select_config(gemm(256, 8, 128, 1536, 2048)).reason).find("32-token"), std::string::npos);
   EXPECT_EQ(std::string(select_config(gemm(128, 8, 128, 1536, 2048)).reason).find("32-token"), std::string::npos);
-  EXPECT_EQ(select_config(gemm(257, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
+  EXPECT_EQ(select_config(gemm(385, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);  // 25 rows
   // Not for e4m3 (it measured no faster there).
   EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3)).kernel,
             GemmKernel::kFp8Pingpong64x128);
@@ -69,18 +71,18 @@ TEST(GemmConfig, BoundariesOfRowsPerExpertAndN) {
   const int64_t e = moekit::kernels::kDecodeMaxExperts;
   EXPECT_EQ(select_config(gemm(8 * e, 1, e, 64, 64)).kernel, GemmKernel::kDecode);
   EXPECT_EQ(select_config(gemm(8 * e, 1, e + 1, 64, 64)).kernel, GemmKernel::kSwap128x16);
-  // 9-16 rows per expert: decode on experts of <= 8 MiB, tiles above.
-  for (int64_t rows : {9, 16}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kDecode) << rows;
-  EXPECT_EQ(select_config(gemm(16, 1, 1, 4096, 1024)).kernel, GemmKernel::kDecode);   // exactly 8 MiB
+  // 9-24 rows per expert: decode on experts of <= 8 MiB, tiles above.
+  for (int64_t rows : {9, 16, 24}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kDecode) << rows;
+  EXPECT_EQ(select_config(gemm(24, 1, 1, 4096, 1024)).kernel, GemmKernel::kDecode);   // exactly 8 MiB
   EXPECT_EQ(select_config(gemm(16, 1, 1, 4104, 1024)).kernel, GemmKernel::kTile64x256);  // over
-  for (int64_t rows : {17, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
-  for (int64_t rows : {17, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
+  for (int64_t rows : {25, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
+  for (int64_t rows : {25, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
   // 65-128 rows: 64-row tiles still (about half the experts would spill into a second 128-row tile).
   for (int64_t rows : {65, 128}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
   for (int64_t rows : {129, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
-  // Rounded up: 33 rows over 2 experts is 17 per expert.
-  EXPECT_EQ(select_config(gemm(32, 1, 2, 64, 64)).kernel, GemmKernel::kDecode);
-  EXPECT_EQ(select_config(gemm(33, 1, 2, 64, 64)).kernel, GemmKernel::kTile128x128);
+  // Rounded up: 49 rows over 2 experts is 25 per expert.
+  EXPECT_EQ(select_config(gemm(48, 1, 2, 64, 64)).kernel, GemmKernel::kDecode);
+  EXPECT_EQ(select_config(gemm(49, 1, 2, 64, 64)).kernel, GemmKernel::kTile128x128);
 }
 
 TEST(GemmConfig, SimplePathForFp32AndUnalignedShapes) {
@@ -206,7 +208,7 @@ TEST(GemmConfig, DecodeKernelsCarryThePassSizeOfTheirRowCount) {
   EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048)).pass_tokens, 32);
   EXPECT_EQ(select_config(gemm(128, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3)).pass_tokens, 16);
   // Kernels that are not the decode kernel carry none.
-  for (const GemmProblem& q : {gemm(257, 8, 128, 1536, 2048), gemm(4096, 8, 128, 1536, 2048),
+  for (const GemmProblem& q : {gemm(385, 8, 128, 1536, 2048), gemm(4096, 8, 128, 1536, 2048),
                                gemm(256, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3), gemm(8, 1, 1, 64, 64, MOEKIT_DTYPE_FP32)}) {
     const auto c = select_config(q);
     EXPECT_NE(c.kernel, GemmKernel::kDecode);

@@ -15,9 +15,11 @@ struct Case {
   int64_t T, k, E, ep_size, ep_rank;
 };
 
-void check_sort(const Case& c, const std::vector<int32_t>& ids) {
+void check_sort(const Case& c, const std::vector<int32_t>& ids,
+                kernels::SortPath path = kernels::SortPath::kAuto) {
   SCOPED_TRACE("T=" + std::to_string(c.T) + " k=" + std::to_string(c.k) + " E=" +
-               std::to_string(c.E) + " ep=" + std::to_string(c.ep_rank) + "/" + std::to_string(c.ep_size));
+               std::to_string(c.E) + " ep=" + std::to_string(c.ep_rank) + "/" + std::to_string(c.ep_size) +
+               " path=" + std::to_string(static_cast<int>(path)));
   const int64_t el = c.E / c.ep_size, pairs = c.T * c.k;
   ref::Routing r{c.T, c.k, c.E, el, c.ep_rank};
   std::vector<int32_t> off(el + 1), sorted(pairs), inv(pairs);
@@ -45,7 +47,7 @@ void check_sort(const Case& c, const std::vector<int32_t>& ids) {
   const int32_t* d_sorted = nullptr;
   CUDA_OK(kernels::launch_sort(static_cast<const int32_t*>(d_ids.data()), nullptr, c.T, c.k, c.E, el,
                                c.ep_rank, nullptr, b, static_cast<moekit_diagnostics_t*>(d_diag.data()),
-                               &d_sorted, {device, sms}, nullptr));
+                               &d_sorted, {device, sms}, nullptr, path));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<int32_t> got_off(el + 1), got_sorted(pairs), got_inv(pairs);
   CUDA_OK(cudaMemcpy(got_off.data(), d_off.data(), (el + 1) * 4, cudaMemcpyDeviceToHost));
@@ -138,4 +140,39 @@ TEST(GpuSort, LargeBatchesUpToAMillionTokens) {
     check_sort(c, adversarial_ids(c, T));
     if (HasFatalFailure()) return;
   }
+}
+
+// Each implementation forced at every size it takes, around its tile and
+// launch limits, gives the reference's answer exactly (kAuto above picks
+// only one of them per size).
+TEST(GpuSort, EveryPathGivesTheOneAnswer) {
+  REQUIRE_GPU();
+  using kernels::SortPath;
+  for (SortPath path : {SortPath::kOneBlock, SortPath::kCounting, SortPath::kRadix})
+    for (int64_t pairs : {1, 31, 33, 1023, 1024, 1025, 2047, 4096, 4097, 5000, 20481, 65535, 65536})
+      for (int64_t E : {1, 7, 128, 257, 1023}) {
+        if (!kernels::sort_path_fits(path, pairs, E)) continue;
+        const Case c{pairs, 1, E, 1, 0};
+        check_sort(c, adversarial_ids(c, pairs * 7 + E), path);
+        const int64_t k = 8;
+        if (pairs % k == 0) {
+          const Case ck{pairs / k, k, E < k ? k : E, 1, 0};
+          check_sort(ck, adversarial_ids(ck, pairs + E), path);
+        }
+        if (HasFatalFailure()) return;
+      }
+  // A whole tile (and the whole batch) on one expert, the last expert, and
+  // expert parallelism on the counting path.
+  const Case one{40000, 1, 300, 1, 0};
+  check_sort(one, std::vector<int32_t>(40000, 0), SortPath::kCounting);
+  check_sort(one, std::vector<int32_t>(40000, 299), SortPath::kCounting);
+  for (int64_t rank : {0, 5}) {
+    const Case ep{6000, 8, 512, 8, rank};
+    check_sort(ep, adversarial_ids(ep, 300 + rank), SortPath::kCounting);
+  }
+  // The paths that do not fit say so.
+  EXPECT_FALSE(kernels::sort_path_fits(SortPath::kCounting, 65537, 128));
+  EXPECT_FALSE(kernels::sort_path_fits(SortPath::kCounting, 5000, 1024));
+  EXPECT_FALSE(kernels::sort_path_fits(SortPath::kOneBlock, 4097, 128));
+  EXPECT_FALSE(kernels::sort_path_fits(SortPath::kRadix, 4096, 128));
 }

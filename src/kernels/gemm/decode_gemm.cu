@@ -23,8 +23,8 @@
 //    into mma.sync m16n8k16 (weights on M, tokens on N: swap-AB) and write
 //    D^T back as row-major D. Weights are loaded evict-first: read once.
 //  - 32-token passes (decode_pass_tokens: above 8 rows per expert) stream
-//    an expert of 9-32 rows once; at 16 rows per expert on small experts
-//    that beats CUTLASS's 64x256 tiles (select_config).
+//    an expert of 9-32 rows once; at up to 24 rows per expert on small
+//    experts that beats CUTLASS's 64x256 tiles (select_config).
 //  - For GEMM 1 the epilogue can apply the activation instead (Epilogue),
 //    so the layer skips the activation stage at decode.
 //  - e4m3 operands with block scales (fp8 layers) run the same pipeline:

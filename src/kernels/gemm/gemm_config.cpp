@@ -74,7 +74,7 @@ namespace {
 #define MOEKIT_FULL_RING "; experts over 8 MiB: 9 stages, 2 CTAs per SM"
 // 16-bit only, small experts only (select_config).
 #define MOEKIT_DECODE32_WHY                                                                          \
-  "9-16 rows per expert, experts of <= 8 MiB: weight streaming in 32-token passes, so most "        \
+  "9-24 rows per expert, experts of <= 8 MiB: weight streaming in 32-token passes, so most "        \
   "experts stream their weights once and the passes of one run side by side; 5 stages, 3 CTAs per SM"
 GemmConfig decode_config(GemmKernel kernel, const GemmProblem& p, int64_t rows_per_expert) {
   const bool fp8 = kernel == GemmKernel::kFp8Decode;
@@ -150,13 +150,17 @@ GemmConfig select_config(const GemmProblem& p) {
   // 209.8, deepseek-v3 T=1 185.3 vs 192.7; deepseek-v3 T=64 and 256, at the
   // copy floor either way, within 1.2%). Above 8 rows it re-streams weights
   // per 16 tokens and loses (mixtral T=64: 898 vs 689 for 64x256).
-  // With 32-token passes it wins at 9-16 rows where the experts are small
+  // With 32-token passes it wins at 9-24 rows where the experts are small
   // (H200, 2026-12-03, layer us, 64x256 vs decode: qwen3 T=256 335.8 vs
   // 327.1, T=257 337.2 vs 328.4) and loses elsewhere: large experts, whose
   // passes do not run side by side (mixtral T=64 687 vs 716), more rows
   // (qwen3 T=512 360 vs 469), and e4m3 (qwen3 T=256 208.1 vs 210.5).
+  // Up to 24 rows, not 16 (H200, 2026-12-04, layer us, 64x256 vs decode, same
+  // call: qwen3 T=257 330.1 vs 319.8, T=288 336.1 vs 326.0, T=320 337.8 vs
+  // 328.3, T=384 (24 rows) 341.8 vs 333.1, T=448 (28 rows) 346.3 vs 389.8):
+  // an expert streams its weights a second time only above 32 rows.
   if (experts <= kDecodeMaxExperts &&
-      (rows_per_expert <= 8 || (rows_per_expert <= 16 && p.n * p.k * 2 <= kDecodeSmallExpertBytes)))
+      (rows_per_expert <= 8 || (rows_per_expert <= kDecode32MaxRows && p.n * p.k * 2 <= kDecodeSmallExpertBytes)))
     return decode_config(GemmKernel::kDecode, p, rows_per_expert);
   if (rows_per_expert <= 8)
     return {GemmKernel::kSwap128x16,

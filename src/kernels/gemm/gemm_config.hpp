@@ -57,6 +57,10 @@ int decode_ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens = 1
 // Token rows per pass of the decode kernel: 16 at up to 8 rows per expert,
 // 32 above, so an expert of 9-32 rows streams its weights once.
 int decode_pass_tokens(int64_t rows_per_expert);
+// 16-bit experts of at most kDecodeSmallExpertBytes stay on the decode kernel
+// (32-token passes) up to this many rows per expert: with random routing few
+// experts then pass 32 rows, and those that do stream their weights twice.
+constexpr int64_t kDecode32MaxRows = 24;
 // The prefill kernel keeps the same 8 bytes an expert beside its 192 KB pipeline.
 constexpr int64_t kPrefillMaxExperts = 1024;
 

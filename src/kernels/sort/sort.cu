@@ -4,12 +4,21 @@
 // key: the key of a pair is its local expert, or E_local for an invalid or remote id (so garbage
 // never becomes an index); only the ceil(log2(E_local + 1)) key bits are
 // sorted. Then the inverse map and the per-expert offsets are written.
-// Two implementations of it, by size, both stable and so both giving the one
-// possible answer:
-//   small (<= 4096 pairs, T <= 512 at k = 8): one block does everything with
-//     cub::BlockRadixSort, sized to the input (1, 4 or 16 pairs per thread;
-//     up to 32 pairs, one warp ranks them instead);
-//   device: make_keys, cub::DeviceRadixSort (onesweep), build_maps.
+// Three implementations of it, all stable and so all giving the one possible
+// answer; by size:
+//   up to 32 pairs (T <= 4 at k = 8): one block, one warp ranks them (a
+//     stable rank is the count of smaller keys plus equal keys before);
+//   up to 65536 pairs (the layer's chunk) with E_local < 1024: a counting
+//     sort. Keys are small integers, so a pair's row is the count of smaller
+//     keys plus the count of equal keys before it: warps rank their pairs
+//     with ballots over the key bits and per-warp histograms in shared memory,
+//     then add the prefix over warps, tiles and smaller keys. Up to 1024
+//     pairs one block does it all in one launch; above, 1024-pair tiles in
+//     two launches (count each tile's keys; rank, which overlaps the count
+//     under PDL, then add the counts of earlier tiles and scatter);
+//   otherwise cub::BlockRadixSort in one block up to 4096 pairs (1, 4 or
+//     16 pairs per thread), or make_keys, cub::DeviceRadixSort (onesweep),
+//     build_maps.
 // (A tiled variant, one BlockRadixSort block per 4096-pair tile plus a scan
 // of per-tile counts, measured slower than onesweep at every size on H200:
 // a 4096-key block sort costs ~8 us on one SM at two blocks per SM.)
@@ -23,6 +32,7 @@
 // exactly.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/common.cuh"
@@ -35,6 +45,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxSmallItems = 16;                        // pairs per thread, one-block sort
 constexpr int64_t kSmallPairs = kThreads * kMaxSmallItems;  // 4096
+constexpr int64_t kWarpRankPairs = 32;  // sort_small_kernel's one-warp ranking
 
 struct Counts {
   unsigned long long invalid_ids, no_valid, no_local;
@@ -122,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
     keys[i] = p < pairs ? local_key(ids[p], pl) : 0xffffffffu;
     vals[i] = p;
   }
-  if (kItems == 1 && pairs <= 32) {
+  if (kItems == 1 && pairs <= kWarpRankPairs) {
     // Up to 32 pairs (T <= 4 at k = 8): warp 0 ranks them directly, a stable
     // rank being the count of smaller keys plus equal keys before it, and
     // thread t takes the pair of rank t, as after the block sort (a third of
@@ -161,6 +172,183 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
   for (int64_t e = threadIdx.x; e <= pl.num_local; e += kThreads)
     expert_offsets[e] = lower_bound_key(smem.sorted_keys, pairs, e);
   if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, pl, diagnostics);
+}
+
+// ---- counting sort ------------------------------------------------------------
+// Keys are < bins = E_local + 1 <= kCountMaxBins. A block takes a tile of
+// kCountTile pairs; each warp takes kCountRounds * 32 consecutive pairs of
+// it, 32 a round, so pair order is (warp, round, lane) order. Up to one
+// tile, that block is the whole sort (one launch); above, two launches
+// (count_keys_kernel, then rank_scatter_kernel). Tiles stay small because
+// one block ranks slowly (sort bench, H200, a first version: 4096 pairs in
+// one block took 13 us, 8192 pairs in four blocks and two launches 10.5).
+constexpr int kCountTile = 1024;
+constexpr int kCountWarps = kThreads / 32;
+constexpr int kCountRounds = kCountTile / kThreads;  // 4 pairs a thread
+constexpr int kCountMaxBins = 1024;
+constexpr int64_t kCountMaxPairs = 65536;            // the layer's chunk (cuda_backend.cu)
+constexpr int kCountBinsPerThread = kCountMaxBins / kThreads;
+
+int64_t count_tiles(int64_t pairs) { return (pairs + kCountTile - 1) / kCountTile; }
+
+__device__ __forceinline__ int64_t count_pair(int r) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  return static_cast<int64_t>(blockIdx.x) * kCountTile + warp * (kCountRounds * 32) + r * 32 + lane;
+}
+
+// The lanes of the warp whose key equals this lane's: one ballot per key
+// bit (keys < 2^bits) and one for the past-the-end sentinel, as CUB's
+// block radix ranking matches digits.
+__device__ __forceinline__ unsigned warp_peers(uint32_t key, int bits) {
+  const bool valid = key != 0xffffffffu;
+  const unsigned v = __ballot_sync(0xffffffffu, valid);
+  unsigned peers = valid ? v : ~v;
+  for (int i = 0; i < bits; ++i) {
+    const bool bit = (key >> i) & 1u;
+    const unsigned b = __ballot_sync(0xffffffffu, bit);
+    peers &= bit ? b : ~b;
+  }
+  return peers;
+}
+
+// The thread's keys, every id load issued before the first is used (the
+// rounds' shared-memory updates would otherwise order one load a round);
+// 0xffffffff past the last pair.
+template <class IdT>
+__device__ __forceinline__ void load_keys(const IdT* __restrict__ ids, int64_t pairs, const Placement& pl,
+                                          uint32_t (&keys)[kCountRounds]) {
+  IdT id[kCountRounds];
+#pragma unroll
+  for (int r = 0; r < kCountRounds; ++r) {
+    const int64_t p = count_pair(r);
+    id[r] = p < pairs ? ids[p] : IdT{-1};
+  }
+#pragma unroll
+  for (int r = 0; r < kCountRounds; ++r) keys[r] = count_pair(r) < pairs ? local_key(id[r], pl) : 0xffffffffu;
+}
+
+// counts [tiles, bins]: how many of tile t's pairs have key b. A warp's equal
+// keys are added by one lane (one shared atomic a key a round, so a tile of
+// one repeated expert does not serialize 2048 atomics).
+template <class IdT>
+__global__ void __launch_bounds__(kThreads) count_keys_kernel(
+    const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bins, int bits,
+    int32_t* __restrict__ counts, moekit_diagnostics_t* diagnostics) {
+  pdl_launch_dependents();  // launched the ordinary way: the ranking kernel may start ranking now
+  __shared__ int32_t hist[kCountMaxBins];
+  for (int b = threadIdx.x; b < bins; b += kThreads) hist[b] = 0;
+  __syncthreads();
+  const unsigned lane_lt = (1u << (threadIdx.x % 32)) - 1;
+  uint32_t keys[kCountRounds];
+  load_keys(ids, pairs, pl, keys);
+#pragma unroll
+  for (int r = 0; r < kCountRounds; ++r) {
+    const unsigned peers = warp_peers(keys[r], bits);
+    if (keys[r] != 0xffffffffu && (peers & lane_lt) == 0) atomicAdd(&hist[keys[r]], __popc(peers));
+  }
+  __syncthreads();
+  for (int b = threadIdx.x; b < bins; b += kThreads)
+    counts[static_cast<int64_t>(blockIdx.x) * bins + b] = hist[b];
+  if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, pl, diagnostics);
+}
+
+// Ranks the tile's pairs, then scatters them:
+//   row = (pairs of smaller keys) + (key's pairs in earlier tiles)
+//       + (key's pairs in earlier warps of this tile) + (rank in the warp).
+// Block 0 also writes expert_offsets (the smaller-key counts).
+// kWholeBatch: one block holds every pair, its own histogram is the whole
+// count, so it needs no counts and is the sort's only launch (ordinary, so
+// the gather may launch at once and wait for it); otherwise it is launched
+// with PDL after count_keys_kernel and waits for its counts after ranking.
+template <class IdT, bool kWholeBatch>
+__global__ void __launch_bounds__(kThreads) rank_scatter_kernel(
+    const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bins, int bits, int tiles,
+    const int32_t* __restrict__ counts, int32_t* __restrict__ sorted_pairs,
+    int32_t* __restrict__ pair_to_row, int32_t* __restrict__ expert_offsets,
+    moekit_diagnostics_t* diagnostics) {
+  if constexpr (kWholeBatch) pdl_launch_dependents();
+  using Scan = cub::BlockScan<int32_t, kThreads>;
+  __shared__ int32_t warp_hist[kCountWarps][kCountMaxBins];  // counts, then exclusive prefix over warps
+  __shared__ int32_t base[kCountMaxBins];                     // row of the key's first pair of this tile
+  __shared__ int32_t total[kCountMaxBins];                    // the key's pairs in every tile
+  __shared__ typename Scan::TempStorage scan;
+  for (int b = threadIdx.x; b < bins; b += kThreads)
+#pragma unroll
+    for (int w = 0; w < kCountWarps; ++w) warp_hist[w][b] = 0;
+  __syncthreads();
+  // The ids were complete before the sort's first kernel started (launched
+  // the ordinary way), so ranking overlaps count_keys_kernel.
+  const int warp = threadIdx.x / 32;
+  const unsigned lane_lt = (1u << (threadIdx.x % 32)) - 1;
+  uint32_t keys[kCountRounds];
+  int32_t ranks[kCountRounds];
+  load_keys(ids, pairs, pl, keys);
+#pragma unroll
+  for (int r = 0; r < kCountRounds; ++r) {
+    const unsigned peers = warp_peers(keys[r], bits);
+    const int before = keys[r] != 0xffffffffu ? warp_hist[warp][keys[r]] : 0;
+    __syncwarp();
+    if (keys[r] != 0xffffffffu && (peers & lane_lt) == 0) warp_hist[warp][keys[r]] = before + __popc(peers);
+    __syncwarp();
+    ranks[r] = before + __popc(peers & lane_lt);
+  }
+  __syncthreads();
+  if constexpr (!kWholeBatch) {
+    pdl_wait();  // the tiles' counts
+    pdl_launch_dependents();
+  }
+  // Per key (a thread a key, so each thread reads at most ceil(bins / 256)
+  // columns of the counts): the prefix over this tile's warps, the key's
+  // pairs in earlier tiles and in all tiles.
+  for (int b = threadIdx.x; b < bins; b += kThreads) {
+    int32_t run = 0;
+#pragma unroll
+    for (int w = 0; w < kCountWarps; ++w) {
+      const int32_t c = warp_hist[w][b];
+      warp_hist[w][b] = run;
+      run += c;
+    }
+    int32_t earlier = 0, all = run;
+    if constexpr (!kWholeBatch) {
+      all = 0;
+#pragma unroll 8
+      for (int t = 0; t < tiles; ++t) {
+        const int32_t c = __ldg(counts + static_cast<int64_t>(t) * bins + b);
+        earlier += t < static_cast<int>(blockIdx.x) ? c : 0;
+        all += c;
+      }
+    }
+    base[b] = earlier;
+    total[b] = all;
+  }
+  __syncthreads();
+  // Then the scan over keys, blocked: thread t holds keys [4t, 4t + 4).
+  int32_t totals[kCountBinsPerThread], starts[kCountBinsPerThread];
+#pragma unroll
+  for (int j = 0; j < kCountBinsPerThread; ++j) {
+    const int b = threadIdx.x * kCountBinsPerThread + j;
+    totals[j] = b < bins ? total[b] : 0;
+  }
+  Scan(scan).ExclusiveSum(totals, starts);
+#pragma unroll
+  for (int j = 0; j < kCountBinsPerThread; ++j) {
+    const int b = threadIdx.x * kCountBinsPerThread + j;
+    if (b < bins) {
+      base[b] += starts[j];
+      if (blockIdx.x == 0) expert_offsets[b] = starts[j];  // bins = E_local + 1 entries
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < kCountRounds; ++r) {
+    if (keys[r] == 0xffffffffu) continue;
+    const int64_t p = count_pair(r);
+    const int32_t row = base[keys[r]] + warp_hist[warp][keys[r]] + ranks[r];
+    sorted_pairs[row] = static_cast<int32_t>(p);
+    pair_to_row[p] = keys[r] < pl.num_local ? row : -1;
+  }
+  if constexpr (kWholeBatch)
+    if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, pl, diagnostics);
 }
 
 // keys [T*k], pairs [T*k]; diagnostics per token when requested.
@@ -202,14 +390,32 @@ int sort_key_bits(int64_t num_local_experts) {
   return bits;
 }
 
+bool sort_path_fits(SortPath path, int64_t pairs, int64_t num_local_experts) {
+  switch (path) {
+    case SortPath::kAuto: return true;
+    case SortPath::kRadix: return pairs > kSmallPairs;  // its scratch is sized above the one-block path
+    case SortPath::kOneBlock: return pairs <= kSmallPairs;
+    case SortPath::kCounting: return pairs <= kCountMaxPairs && num_local_experts < kCountMaxBins;
+  }
+  return false;
+}
+
 cudaError_t sort_temp_bytes(int64_t pairs, int64_t num_local_experts, size_t* bytes) {
+  // Every path that can take this many pairs may be forced (tests, the sort
+  // bench), so the scratch covers each: the counting sort's per-tile counts
+  // and, above the one-block size, CUB's temp storage.
   *bytes = 0;
-  if (pairs <= kSmallPairs) return cudaSuccess;  // the one-block path needs no scratch
+  if (pairs <= 0) return cudaSuccess;
+  if (pairs > kCountTile && sort_path_fits(SortPath::kCounting, pairs, num_local_experts))
+    *bytes = static_cast<size_t>(count_tiles(pairs) * (num_local_experts + 1)) * sizeof(int32_t);
+  if (pairs <= kSmallPairs) return cudaSuccess;
   cub::DoubleBuffer<uint32_t> keys(nullptr, nullptr);
   cub::DoubleBuffer<int32_t> vals(nullptr, nullptr);
-  *bytes = 0;
-  return cub::DeviceRadixSort::SortPairs(nullptr, *bytes, keys, vals, static_cast<int>(pairs), 0,
-                                         sort_key_bits(num_local_experts));
+  size_t radix = 0;
+  const cudaError_t e = cub::DeviceRadixSort::SortPairs(nullptr, radix, keys, vals, static_cast<int>(pairs), 0,
+                                                        sort_key_bits(num_local_experts));
+  *bytes = *bytes > radix ? *bytes : radix;
+  return e;
 }
 
 namespace {
@@ -218,10 +424,38 @@ template <class IdT>
 cudaError_t sort_ids(const IdT* topk_ids, int64_t num_tokens, int64_t top_k, int64_t num_experts,
                      int64_t num_local_experts, int64_t ep_rank, const int32_t* expert_map,
                      const SortBuffers& b, moekit_diagnostics_t* diagnostics,
-                     const int32_t** sorted_pairs, const DeviceInfo& dev, cudaStream_t stream) {
+                     const int32_t** sorted_pairs, const DeviceInfo& dev, cudaStream_t stream,
+                     SortPath path) {
   const int64_t pairs = num_tokens * top_k;
   const Placement pl{num_experts, ep_rank * num_local_experts, num_local_experts, expert_map};
-  if (pairs <= kSmallPairs) {  // the smallest block that holds every pair
+  if (!sort_path_fits(path, pairs, num_local_experts)) return cudaErrorNotSupported;
+  if (path == SortPath::kAuto)
+    path = pairs <= kWarpRankPairs                                       ? SortPath::kOneBlock
+           : sort_path_fits(SortPath::kCounting, pairs, num_local_experts) ? SortPath::kCounting
+           : pairs <= kSmallPairs                                          ? SortPath::kOneBlock
+                                                                          : SortPath::kRadix;
+  if (pairs == 0) path = SortPath::kOneBlock;  // offsets only
+  if (path == SortPath::kCounting) {
+    const int bins = static_cast<int>(num_local_experts + 1), bits = sort_key_bits(num_local_experts);
+    *sorted_pairs = b.pairs[0];
+    if (pairs <= kCountTile) {  // one tile: one block, one launch
+      rank_scatter_kernel<IdT, true><<<1, kThreads, 0, stream>>>(topk_ids, pairs, top_k, pl, bins, bits, 1, nullptr,
+                                                                 b.pairs[0], b.pair_to_row, b.expert_offsets,
+                                                                 diagnostics);
+      return cudaGetLastError();
+    }
+    const int64_t tiles = count_tiles(pairs);
+    if (b.temp_bytes < static_cast<size_t>(tiles * bins) * sizeof(int32_t)) return cudaErrorInvalidValue;
+    int32_t* counts = static_cast<int32_t*>(b.temp);  // [tiles, bins]
+    count_keys_kernel<IdT><<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
+        topk_ids, pairs, top_k, pl, bins, bits, counts, diagnostics);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    return launch_pdl(rank_scatter_kernel<IdT, false>, dim3(static_cast<unsigned>(tiles)), dim3(kThreads), 0,
+                      stream, topk_ids, pairs, top_k, pl, bins, bits, static_cast<int>(tiles),
+                      static_cast<const int32_t*>(counts), b.pairs[0], b.pair_to_row, b.expert_offsets,
+                      static_cast<moekit_diagnostics_t*>(nullptr));
+  }
+  if (path == SortPath::kOneBlock) {  // the smallest block that holds every pair
     auto kernel = pairs <= kThreads       ? sort_small_kernel<1, IdT>
                   : pairs <= 4 * kThreads ? sort_small_kernel<4, IdT>
                                           : sort_small_kernel<kMaxSmallItems, IdT>;
@@ -259,12 +493,12 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
                         int64_t top_k, int64_t num_experts, int64_t num_local_experts, int64_t ep_rank,
                         const int32_t* expert_map, const SortBuffers& b,
                         moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
-                        const DeviceInfo& dev, cudaStream_t stream) {
+                        const DeviceInfo& dev, cudaStream_t stream, SortPath path) {
   if (topk_ids64 != nullptr)
     return sort_ids(topk_ids64, num_tokens, top_k, num_experts, num_local_experts, ep_rank,
-                    expert_map, b, diagnostics, sorted_pairs, dev, stream);
+                    expert_map, b, diagnostics, sorted_pairs, dev, stream, path);
   return sort_ids(topk_ids, num_tokens, top_k, num_experts, num_local_experts, ep_rank, expert_map,
-                  b, diagnostics, sorted_pairs, dev, stream);
+                  b, diagnostics, sorted_pairs, dev, stream, path);
 }
 
 }  // namespace moekit::kernels
