@@ -264,7 +264,8 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                          int64_t max_rows, int64_t n, int64_t k, moekit_dtype_t dtype,
                          const GemmScales& sc, void* scratch, const kernels::DeviceInfo& dev,
                          cudaStream_t stream, const kernels::FusedActivation* fuse = nullptr,
-                         void* act_out = nullptr, bool* activated = nullptr) {
+                         void* act_out = nullptr, bool* activated = nullptr,
+                         const kernels::DecodeRouting& route = {}) {
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
     kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
                                   c,     n,       k,    dtype,  scratch,
@@ -274,7 +275,7 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
     if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
       if (sc.a != nullptr) fuse = nullptr;  // fp8: the activation stage quantizes GEMM 2's input
       if (fuse != nullptr) gp.c = act_out;
-      e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, fuse, cfg.pass_tokens);
+      e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, fuse, cfg.pass_tokens, route);
       if (e == cudaSuccess && fuse != nullptr) *activated = true;
     } else {
       e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
@@ -373,10 +374,29 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
       topk_ids64 = nullptr;
       topk_weights = weights;
     }
+    // Router weights on the input scale the gathered rows; finalize then sums
+    // the expert outputs unweighted (a null weight pointer).
+    const float* input_weights = p.apply_router_weight_on_input ? topk_weights : nullptr;
+    const float* output_weights = p.apply_router_weight_on_input ? nullptr : topk_weights;
     const int32_t* sorted_pairs = nullptr;
-    e = kernels::launch_sort(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
-                             a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);
-    if (e != cudaSuccess) return cuda_status(e, "sort");
+    // A tiny 16-bit batch on the decode kernel: the sort and the gather in one
+    // launch, and GEMM 1 ranks the ids itself, so it streams its weights from
+    // the layer's first kernel on (4 launches a layer instead of 5).
+    const bool tiny = !fp8 && max_rows <= kernels::kWarpRankPairs &&
+                      plan.gemm1.kernel == kernels::GemmKernel::kDecode;
+    kernels::DecodeRouting route{};
+    if (tiny) {
+      e = kernels::launch_sort_gather_tiny(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts,
+                                           p.ep_rank, a.expert_map, sb, a.diagnostics, &sorted_pairs, hidden,
+                                           p.input_dtype, input_weights, p.hidden_size, rows, cd, stream);
+      if (e != cudaSuccess) return cuda_status(e, "sort and gather");
+      route = {topk_ids, topk_ids64, max_rows, p.num_experts, p.ep_rank * p.num_local_experts,
+               p.num_local_experts, a.expert_map};
+    } else {
+      e = kernels::launch_sort(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
+                               a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "sort");
+    }
     // fp8: GEMM 1's input rows are quantized as they are gathered, GEMM 2's
     // as the activation produces them (same buffers, one byte per value).
     auto quant_rows = [&](const float* static_scale, const float* w_scale, void* out) {
@@ -384,15 +404,11 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                 p.quant.kind, static_scale, w_scale, static_cast<uint8_t*>(out),
                                 scales};
     };
-    // Router weights on the input scale the gathered rows; finalize then sums
-    // the expert outputs unweighted (a null weight pointer).
-    const float* input_weights = p.apply_router_weight_on_input ? topk_weights : nullptr;
-    const float* output_weights = p.apply_router_weight_on_input ? nullptr : topk_weights;
     if (fp8)
       e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
                                         p.hidden_size, quant_rows(a.a13_scale, a.w13_scale, rows),
                                         max_rows, dev, stream);
-    else
+    else if (!tiny)
       e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
                                   max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
                                   /*maps_written=*/true);
@@ -404,7 +420,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     bool activated = false;
     e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
                      gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream, &fuse, act,
-                     &activated);
+                     &activated, route);
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     if (!activated) {
       if (fp8)

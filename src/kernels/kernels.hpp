@@ -36,6 +36,10 @@ int sort_key_bits(int64_t num_local_experts);
 // Scratch (SortBuffers::temp) for any path that can take this many pairs.
 cudaError_t sort_temp_bytes(int64_t pairs, int64_t num_local_experts, size_t* bytes);
 
+// Batches of at most this many (token, slot) pairs are ranked by one warp
+// (sort_keys.cuh): the sort's one-block path and launch_sort_gather_tiny.
+constexpr int64_t kWarpRankPairs = 32;
+
 // The sort's implementations (sort.cu says how each works). All give the same
 // answer; kAuto picks by size: one block up to 32 pairs, counting up to 65536
 // pairs with E_local < 1024 (one launch up to 1024 pairs, two above), else
@@ -54,6 +58,20 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
                         const int32_t* expert_map, const SortBuffers& b,
                         moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
                         const DeviceInfo& dev, cudaStream_t stream, SortPath path = SortPath::kAuto);
+
+// The sort and the gather (launch_permute's work, maps written) of a batch
+// of at most 32 pairs in one launch, launched the ordinary way so the next
+// kernel may start at once: a decode GEMM 1 after it must take the offsets
+// from DecodeRouting (grouped_gemm_sm90.hpp), not from expert_offsets before
+// its PDL wait. compute_dtype bf16 or fp16; cudaErrorNotSupported otherwise
+// or above 32 pairs.
+cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk_ids64, int64_t num_tokens,
+                                    int64_t top_k, int64_t num_experts, int64_t num_local_experts,
+                                    int64_t ep_rank, const int32_t* expert_map, const SortBuffers& b,
+                                    moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
+                                    const void* hidden, moekit_dtype_t input_dtype, const float* pair_weights,
+                                    int64_t hidden_size, void* rows, moekit_dtype_t compute_dtype,
+                                    cudaStream_t stream);
 
 // ---- permute ---------------------------------------------------------------
 // rows [T*k, H] compute dtype <- hidden [T, H] input dtype, for rows < offsets[E_local].

@@ -404,6 +404,51 @@ TEST(GpuLayer, Int64IdsEqualInt32Ids) {
   }
 }
 
+// Up to 32 pairs on the decode kernel the layer sorts and gathers in one
+// launch and GEMM 1 ranks the ids itself (launch_sort_gather_tiny,
+// DecodeRouting): the CPU's answer, and bitwise the answer of the separate
+// sort and gather (CUTLASS's swap-AB GEMMs, which give the decode kernel's
+// bits), for adversarial ids, expert maps, int64 ids, weights on the input,
+// fp32 input and every top-k that fits, including a whole row of 32 slots.
+TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
+  REQUIRE_GPU();
+  struct Shape { int64_t T, k; };
+  for (const Shape sh : {Shape{1, 1}, Shape{1, 8}, Shape{2, 2}, Shape{3, 8}, Shape{4, 8}, Shape{1, 32}, Shape{5, 6}})
+    for (int variant = 0; variant < 4; ++variant) {
+      Problem p = problem(sh.T, 40, sh.k, 256, 128);
+      if (variant == 1) {  // 40 local experts scattered over 48 global ids
+        p.num_experts = 48;
+        p.has_expert_map = 1;
+      }
+      p.apply_router_weight_on_input = variant == 2 && sh.k == 1;
+      if (variant == 3) p.input_dtype = MOEKIT_DTYPE_FP32;
+      ref::HostLayer l = ref::make_random_layer(p, 100 * sh.T + sh.k + variant);
+      make_adversarial(l, sh.T * 7 + variant);
+      const std::string what = "T=" + std::to_string(sh.T) + " k=" + std::to_string(sh.k) + " variant " +
+                               std::to_string(variant);
+      const std::vector<uint8_t> got = expect_gpu_matches(l, what);
+      DeviceLayer d(l);
+      EXPECT_EQ(test::run_forced(d, "swap128x16"), got) << what;
+      if (variant == 0) {  // int64 ids, one beyond int32 and one negative
+        std::vector<int64_t> ids64(l.topk_ids.begin(), l.topk_ids.end());
+        ids64[0] = (int64_t{1} << 33) + 3;
+        ref::HostLayer l32 = l;
+        l32.topk_ids[0] = -1;
+        DeviceLayer want(l32), d64(l);
+        DeviceBuffer d_ids64(ids64.size() * 8);
+        d_ids64.upload(ids64.data(), ids64.size() * 8);
+        d64.args.topk_ids = nullptr;
+        d64.args.topk_ids64 = static_cast<const int64_t*>(d_ids64.data());
+        ASSERT_TRUE(want.run().ok());
+        ASSERT_TRUE(d64.run().ok());
+        CUDA_OK(cudaDeviceSynchronize());
+        EXPECT_EQ(d64.output.download(), want.output.download()) << what;
+        EXPECT_TRUE(d64.all_canaries_intact() && d_ids64.canaries_intact());
+      }
+      if (HasFailure()) return;
+    }
+}
+
 TEST(GpuLayer, InPlaceOutputEqualsOutOfPlace) {
   REQUIRE_GPU();
   // Chunked (T * k > 65536 pairs) and unchunked: every chunk reads its rows

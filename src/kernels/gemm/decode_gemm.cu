@@ -187,7 +187,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
     const T* __restrict__ bias,                 // [E, N] or null
     T* __restrict__ c,                          // [rows, N], or fused: [rows, inter]
     int n, int k, Epilogue ep, Scales sc,
-    int stages) {                               // ring slots, <= kMaxStages
+    int stages,                                 // ring slots, <= kMaxStages
+    DecodeRouting route) {                      // pairs > 0: offsets from ranking these ids
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
@@ -208,9 +209,11 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
   // pdl_wait(), so when this kernel starts, every kernel before the previous
   // one has finished. The weights are the caller's inputs. So the offsets
   // and the first stages' weights are read before the wait; the token rows
-  // (the previous kernel's output) and every store come after it.
-  tma::start_block<kThreads>(full, empty, stages, kConsumerWarps, &w_map, &a_map, offsets, offs, first_unit,
-                                      num_experts, kTok, scan_storage);
+  // (the previous kernel's output) and every store come after it. Right
+  // after launch_sort_gather_tiny the sort is the previous kernel, so the
+  // offsets come from ranking the ids (route) instead.
+  tma::start_block<kThreads>(full, empty, stages, kConsumerWarps, &w_map, &a_map, offsets, route, offs,
+                             first_unit, num_experts, kTok, scan_storage);
   const bool gated = ep.fused && activation_is_gated(ep.act.kind);
   const int item_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns an item writes
   const int slices = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kSliceRows - 1) / kSliceRows;
@@ -418,9 +421,11 @@ int ctas_per_sm(size_t smem) {
 }  // namespace
 
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
-                                const FusedActivation* fuse, int planned_tokens) {
+                                const FusedActivation* fuse, int planned_tokens, const DecodeRouting& route) {
   const bool fp8 = p.a_scale != nullptr;  // e4m3 a and w with block scales
   if (!tma::operands_fit(p, rows_capacity, kDecodeMaxExperts)) return cudaErrorNotSupported;
+  if (route.pairs > kWarpRankPairs || (route.pairs > 0 && route.num_local != p.num_experts))
+    return cudaErrorNotSupported;
   const int elem_bytes = fp8 ? 1 : 2;
   // The activation's fp8 quantization needs whole 128-column groups; the
   // fused epilogue is for 16-bit layers.
@@ -453,7 +458,7 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
       // One shared-memory limit for every form: the 16-token ring of kMaxStages is the largest.
       return tma::launch<T, kernel>(smem_bytes(kDecodeMaxExperts, kMaxStages, kStageBytes<16>),
                                     dim3(static_cast<unsigned>(grid)), dim3(kThreads), smem, stream, p, w_map,
-                                    a_map, ep, sc, stages);
+                                    a_map, ep, sc, stages, route);
     };
     return tokens == 32 ? run(std::integral_constant<int, 32>{}) : run(std::integral_constant<int, 16>{});
   });

@@ -34,6 +34,18 @@ struct FusedActivation {
   int64_t inter;  // I; p.n must be 2I for the gated kinds, I otherwise
 };
 
+// The ids of a batch of at most 32 pairs (the sort's placement of them),
+// for a decode GEMM 1 launched right after launch_sort_gather_tiny: it ranks
+// them itself instead of reading expert_offsets before its PDL wait, which
+// only a sort two or more kernels back allows. pairs = 0: not given.
+struct DecodeRouting {
+  const int32_t* ids;    // [T*k] int32, or null with ids64
+  const int64_t* ids64;  // [T*k] int64, or null
+  int64_t pairs;
+  int64_t num_experts, first, num_local;  // E_total, the rank's first expert, E_local
+  const int32_t* map;                     // [E_total] expert map, or null
+};
+
 // The hand-written decode kernel (decode_gemm.cu): TMA-fed mma.sync swap-AB
 // for experts with a few rows, no per-group set-up, launched with
 // programmatic dependent launch. Needs no scratch. 16-bit operands, or e4m3
@@ -47,10 +59,11 @@ struct FusedActivation {
 // they must be complete before the previous kernel on the stream starts
 // (the layer's sort runs two or more kernels earlier; see decode_gemm.cu).
 // pass_tokens: token rows per pass (16 or 32, GemmConfig::pass_tokens), or 0
-// for decode_pass_tokens of rows_capacity / p.num_experts.
+// for decode_pass_tokens of rows_capacity / p.num_experts. route (pairs > 0):
+// the offsets come from ranking its ids (DecodeRouting).
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity,
                                 cudaStream_t stream, const FusedActivation* fuse = nullptr,
-                                int pass_tokens = 0);
+                                int pass_tokens = 0, const DecodeRouting& route = {});
 
 // The hand-written prefill kernel (prefill_gemm.cu): TMA + wgmma, 128 rows x
 // 256 columns (e4m3 with block scales: 128 x 128, the promotion of one block
@@ -64,9 +77,11 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
 // The kernels above (decode, prefill, their fp8 forms) through one entry:
 // cudaErrorNotSupported for any other kernel or a problem it cannot take.
 bool gemm_kernel_is_hand_written(GemmKernel kernel);
-// pass_tokens: the decode kernels' (decode_grouped_gemm), else unused.
+// pass_tokens and route: the decode kernels' (decode_grouped_gemm); a route
+// with pairs > 0 makes every other kernel decline.
 cudaError_t launch_hand_written_gemm(GemmKernel kernel, const GroupedGemmParams& p,
                                      int64_t rows_capacity, cudaStream_t stream,
-                                     const FusedActivation* fuse = nullptr, int pass_tokens = 0);
+                                     const FusedActivation* fuse = nullptr, int pass_tokens = 0,
+                                     const DecodeRouting& route = {});
 
 }  // namespace moekit::kernels

@@ -209,8 +209,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
 
   const int wg = threadIdx.x / kWarpgroup, lane = threadIdx.x % 32;
   // Before pdl_wait(): the offsets and the weights only, as in the decode kernel.
-  tma::start_block<kThreads>(full, empty, kStages, kConsumers * 4, &w_map, &a_map, offsets, offs, first_unit,
-                                      num_experts, kTileRows, scan_storage);  // empty: every consumer warp
+  tma::start_block<kThreads>(full, empty, kStages, kConsumers * 4, &w_map, &a_map, offsets, DecodeRouting{}, offs,
+                             first_unit, num_experts, kTileRows, scan_storage);  // empty: every consumer warp
   const bool gated = ep.fused && activation_is_gated(ep.act.kind);
   // Output columns an item writes, slices per unit, and a slice's first
   // weight coordinate (a row of w, or of each half with split_halves).

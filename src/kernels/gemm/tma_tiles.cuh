@@ -21,6 +21,7 @@
 #include "common/activation_math.hpp"
 #include "kernels/common.cuh"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
+#include "kernels/sort/sort_keys.cuh"
 
 namespace moekit::kernels::tma {
 
@@ -122,14 +123,15 @@ __device__ __forceinline__ void scan_units(const int32_t* offs, int32_t* first_u
 // The kernels' common start, by all kThreads threads: thread 0 sets up the
 // stage barriers (full: one producer arrival plus the transaction bytes;
 // empty: empty_arrivals consumer arrivals) and prefetches both tensor maps;
-// then the block copies expert_offsets to offs and scans the units.
+// then the block fills offs with the expert offsets and scans the units.
 // It runs before the PDL wait: expert_offsets come from the sort, two or
-// more kernels back (decode_gemm.cu).
+// more kernels back (decode_gemm.cu), or, with a route, from ranking its
+// ids, the layer's input (offs[e] = its keys below e, as the sort counts them).
 template <int kThreads>
 __device__ __forceinline__ void start_block(uint64_t* full, uint64_t* empty, int stages, int empty_arrivals,
                                             const CUtensorMap* w_map, const CUtensorMap* a_map,
-                                            const int32_t* offsets, int32_t* offs, int32_t* first_unit,
-                                            int num_experts, int unit_rows,
+                                            const int32_t* offsets, const DecodeRouting& route, int32_t* offs,
+                                            int32_t* first_unit, int num_experts, int unit_rows,
                                             typename cub::BlockScan<int, kThreads>::TempStorage& storage) {
   using Barrier = cutlass::arch::ClusterTransactionBarrier;
   if (threadIdx.x == 0) {
@@ -141,7 +143,22 @@ __device__ __forceinline__ void start_block(uint64_t* full, uint64_t* empty, int
     cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(w_map));
     cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(a_map));
   }
-  for (int e = static_cast<int>(threadIdx.x); e <= num_experts; e += kThreads) offs[e] = offsets[e];
+  if (route.pairs > 0) {
+    __shared__ uint32_t keys[kWarpRankPairs];
+    if (threadIdx.x < kWarpRankPairs) {
+      const Placement pl{route.num_experts, route.first, route.num_local, route.map};
+      const int j = static_cast<int>(threadIdx.x);
+      keys[j] = j < route.pairs ? local_key(route.ids64 != nullptr ? route.ids64[j] : route.ids[j], pl) : 0xffffffffu;
+    }
+    __syncthreads();
+    for (int e = static_cast<int>(threadIdx.x); e <= num_experts; e += kThreads) {
+      int32_t below = 0;
+      for (int j = 0; j < route.pairs; ++j) below += keys[j] < static_cast<uint32_t>(e);
+      offs[e] = below;
+    }
+  } else {
+    for (int e = static_cast<int>(threadIdx.x); e <= num_experts; e += kThreads) offs[e] = offsets[e];
+  }
   __syncthreads();
   scan_units<kThreads>(offs, first_unit, num_experts, unit_rows, storage);
 }

@@ -37,6 +37,7 @@
 
 #include "kernels/common.cuh"
 #include "kernels/kernels.hpp"
+#include "kernels/sort/sort_keys.cuh"
 
 namespace moekit::kernels {
 
@@ -45,7 +46,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxSmallItems = 16;                        // pairs per thread, one-block sort
 constexpr int64_t kSmallPairs = kThreads * kMaxSmallItems;  // 4096
-constexpr int64_t kWarpRankPairs = 32;  // sort_small_kernel's one-warp ranking
 
 struct Counts {
   unsigned long long invalid_ids, no_valid, no_local;
@@ -56,21 +56,6 @@ struct CountsSum {
     return {a.invalid_ids + b.invalid_ids, a.no_valid + b.no_valid, a.no_local + b.no_local};
   }
 };
-
-// Where the global experts live: [first, first + num_local), or the expert
-// map's entry for each global id (anything outside [0, num_local): remote).
-struct Placement {
-  int64_t num_experts, first, num_local;
-  const int32_t* map;  // [num_experts] or null
-};
-
-__device__ __forceinline__ uint32_t local_key(int64_t id, const Placement& pl) {
-  // No id outside [0, num_experts) is ever used as an index or reaches the
-  // subtraction (int64: id - first cannot overflow).
-  if (id < 0 || id >= pl.num_experts) return static_cast<uint32_t>(pl.num_local);
-  const int64_t e = pl.map != nullptr ? static_cast<int64_t>(__ldg(pl.map + id)) : id - pl.first;
-  return (e >= 0 && e < pl.num_local) ? static_cast<uint32_t>(e) : static_cast<uint32_t>(pl.num_local);
-}
 
 // Per-token counts of this block's tokens (grid-stride), added once per block.
 template <class IdT>
@@ -141,12 +126,7 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
     // keys are below 2^bits and padding keys above, as the radix sort sees them.
     __shared__ int32_t ranked_vals[32];
     if (threadIdx.x < 32) {
-      int rank = 0;
-#pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        const uint32_t other = __shfl_sync(0xffffffffu, keys[0], j);
-        rank += other < keys[0] || (other == keys[0] && j < static_cast<int>(threadIdx.x));
-      }
+      const int rank = warp_stable_rank(keys[0]);
       smem.sorted_keys[rank] = keys[0];
       ranked_vals[rank] = vals[0];
     }
@@ -351,6 +331,54 @@ __global__ void __launch_bounds__(kThreads) rank_scatter_kernel(
     if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, pl, diagnostics);
 }
 
+// ---- the sort and the gather of a tiny batch in one launch --------------------
+// Up to kWarpRankPairs pairs (T <= 4 at k = 8): every block ranks the ids in
+// its first warp (32 shuffles), block 0 writes the maps, the offsets and the
+// diagnostics, and block r gathers the row of rank r (launch_permute's
+// work). Launched the ordinary way, it lets the next kernel start at once:
+// the decode GEMM 1 that follows ranks the ids itself (DecodeRouting) and
+// streams its weights while this runs, one launch earlier than after a
+// separate gather.
+template <class IdT, class TIn, class TOut>
+__global__ void __launch_bounds__(kThreads) sort_gather_tiny_kernel(
+    const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl,
+    const TIn* __restrict__ hidden,          // [T, H]
+    const float* __restrict__ pair_weights,  // [T*k] or null
+    int64_t hidden_size,
+    TOut* __restrict__ rows,                 // [T*k, H] expert order
+    int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ pair_to_row,
+    int32_t* __restrict__ expert_offsets, moekit_diagnostics_t* diagnostics) {
+  pdl_launch_dependents();
+  __shared__ uint32_t ranked_keys[kWarpRankPairs];
+  __shared__ int32_t ranked_pairs[kWarpRankPairs];
+  if (threadIdx.x < 32) {
+    const int lane = static_cast<int>(threadIdx.x);
+    const uint32_t key = lane < pairs ? local_key(ids[lane], pl) : 0xffffffffu;
+    const int rank = warp_stable_rank(key);
+    ranked_keys[rank] = key;
+    ranked_pairs[rank] = lane;
+    if (blockIdx.x == 0 && lane < pairs) {
+      sorted_pairs[rank] = lane;
+      pair_to_row[lane] = key < pl.num_local ? rank : -1;
+    }
+  }
+  __syncthreads();
+  if (blockIdx.x == 0) {
+    for (int64_t e = threadIdx.x; e <= pl.num_local; e += kThreads) {
+      int32_t below = 0;  // the first row of key >= e in the ranked keys
+      for (int j = 0; j < pairs; ++j) below += ranked_keys[j] < static_cast<uint64_t>(e);
+      expert_offsets[e] = below;
+    }
+    if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, pl, diagnostics);
+  }
+  const int row = static_cast<int>(blockIdx.x);
+  if (row >= pairs || ranked_keys[row] >= pl.num_local) return;
+  const int32_t pair = ranked_pairs[row];
+  const float w = pair_weights != nullptr ? pair_weights[pair] : 1.0f;
+  copy_row<kThreads, 4>(hidden + pair / top_k * hidden_size, rows + static_cast<int64_t>(row) * hidden_size,
+                        hidden_size, pair_weights != nullptr, w);
+}
+
 // keys [T*k], pairs [T*k]; diagnostics per token when requested.
 template <class IdT>
 __global__ void __launch_bounds__(kThreads) make_keys_kernel(
@@ -499,6 +527,36 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
                     expert_map, b, diagnostics, sorted_pairs, dev, stream, path);
   return sort_ids(topk_ids, num_tokens, top_k, num_experts, num_local_experts, ep_rank, expert_map,
                   b, diagnostics, sorted_pairs, dev, stream, path);
+}
+
+cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk_ids64, int64_t num_tokens,
+                                    int64_t top_k, int64_t num_experts, int64_t num_local_experts,
+                                    int64_t ep_rank, const int32_t* expert_map, const SortBuffers& b,
+                                    moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
+                                    const void* hidden, moekit_dtype_t input_dtype, const float* pair_weights,
+                                    int64_t hidden_size, void* rows, moekit_dtype_t compute_dtype,
+                                    cudaStream_t stream) {
+  const int64_t pairs = num_tokens * top_k;
+  if (pairs < 1 || pairs > kWarpRankPairs || compute_dtype == MOEKIT_DTYPE_FP32) return cudaErrorNotSupported;
+  const Placement pl{num_experts, ep_rank * num_local_experts, num_local_experts, expert_map};
+  *sorted_pairs = b.pairs[0];
+  auto run = [&](auto id_tag) {
+    using IdT = decltype(id_tag);
+    const IdT* ids = topk_ids64 != nullptr ? reinterpret_cast<const IdT*>(topk_ids64)
+                                           : reinterpret_cast<const IdT*>(topk_ids);
+    dispatch_dtype(input_dtype, [&](auto in) {
+      using TIn = decltype(in);
+      dispatch_dtype(compute_dtype, [&](auto out) {
+        using TOut = decltype(out);
+        if constexpr (sizeof(TOut) == 2)
+          sort_gather_tiny_kernel<IdT, TIn, TOut><<<static_cast<unsigned>(pairs), kThreads, 0, stream>>>(
+              ids, pairs, top_k, pl, static_cast<const TIn*>(hidden), pair_weights, hidden_size,
+              static_cast<TOut*>(rows), b.pairs[0], b.pair_to_row, b.expert_offsets, diagnostics);
+      });
+    });
+  };
+  if (topk_ids64 != nullptr) run(int64_t{}); else run(int32_t{});
+  return cudaGetLastError();
 }
 
 }  // namespace moekit::kernels
