@@ -144,10 +144,14 @@ struct DeviceLayer {
 
 // The layer's output with MOEKIT_GEMM=kernel for this one run (output poisoned first).
 inline std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
+  // The caller's own setting (a sanitizer run forces MOEKIT_GEMM=simple for
+  // the whole suite) comes back afterwards, so later tests keep it.
+  const char* before = std::getenv("MOEKIT_GEMM");
+  const std::string saved = before != nullptr ? before : "";
   setenv("MOEKIT_GEMM", kernel, 1);
   EXPECT_EQ(cudaMemset(d.output.data(), 0xFF, d.output.size()), cudaSuccess);
   const Status s = d.run();
-  unsetenv("MOEKIT_GEMM");
+  if (before != nullptr) setenv("MOEKIT_GEMM", saved.c_str(), 1); else unsetenv("MOEKIT_GEMM");
   EXPECT_TRUE(s.ok()) << kernel << ": " << s.message();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << kernel;
   return d.output.download();
