@@ -7,6 +7,7 @@ rows, adds vLLM's Triton figures for the same GPU from bench/peers/, and
 writes bench/results-style JSON, a markdown table and a roofline plot.
 
   python3 bench/layer_report.py rows.jsonl out_dir
+  python3 bench/layer_report.py --plot results.json out_dir   (the plot alone, from a results JSON)
 """
 import datetime
 import json
@@ -15,8 +16,11 @@ import os
 import subprocess
 import sys
 
-import torch
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # --plot needs neither
+    torch = F = None
 
 MODELS = {  # E, k, H, I (tools/cli/models.cpp)
     "qwen3-30b-a3b": (128, 8, 2048, 768),
@@ -217,9 +221,49 @@ def torch_peers(keys):
     return done
 
 
+def plot(rows, copy_bw, bf16_rate, fp8_rate, gpu, date, out_dir):
+    """The roofline plot of a run's rows (PNG beside its JSON)."""
+    name = gpu.replace(" ", "-")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        xs = [10 ** (i / 20) for i in range(-20, 100)]
+        ax.plot(xs, [min(bf16_rate, x * copy_bw) / 1e12 for x in xs], "k-", lw=1, label="bf16 roofline (measured)")
+        if any(r["dtype"].startswith("fp8") for r in rows):
+            ax.plot(xs, [min(fp8_rate, x * copy_bw) / 1e12 for x in xs], "k--", lw=1, label="fp8 roofline (measured)")
+        for label, key, marker, want_fp8 in (("moekit", None, "o", False), ("torch._grouped_mm", "torch_grouped_mm_us", "s", False),
+                                             ("vLLM Triton", "vllm_triton_us", "^", False),
+                                             ("moekit fp8", None, "D", True), ("vLLM Triton fp8 block", "vllm_triton_us", "v", True)):
+            pts = []
+            for r in rows:
+                if r["dtype"].startswith("fp8") != want_fp8:
+                    continue
+                us = r["moekit_us"] if key is None else r["peers"][key]
+                if us:
+                    ai = r["flops"] / (r["touched_weight_bytes"] + r["activation_bytes"])
+                    pts.append((ai, r["flops"] / us * 1e-6))
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label, alpha=0.8)
+        ax.set_xscale("log"); ax.set_yscale("log")
+        ax.set_xlabel("FLOP per byte (touched weights + activations)"); ax.set_ylabel("TFLOP/s")
+        ax.set_title(f"MoE layer, bf16 and fp8: {gpu}, {date}")
+        ax.legend(); ax.grid(True, which="both", alpha=0.3)
+        fig.savefig(os.path.join(out_dir, f"roofline-{name}-{date}.png"), dpi=110, bbox_inches="tight")
+    except Exception as e:
+        print(f"plot skipped: {e}", file=sys.stderr)
+
+
 def main():
     if sys.argv[1] == "--peer":
         peer_worker([tuple(k) for k in json.loads(sys.argv[2])])
+        return
+    if sys.argv[1] == "--plot":  # redraw from a results JSON, anywhere matplotlib is
+        doc = json.load(open(sys.argv[2]))
+        c = doc["ceilings"]
+        plot(doc["rows"], c["copy_TBps"] * 1e12, c["bf16_TFLOPs"] * 1e12, c.get("fp8_TFLOPs", 0) * 1e12, doc["gpu"],
+             doc["date"], sys.argv[3])
         return
     rows_path, out_dir = sys.argv[1], sys.argv[2]
     rows = [json.loads(line) for line in open(rows_path) if line.strip()]
@@ -283,35 +327,7 @@ def main():
     open(os.path.join(out_dir, "layer_table.md"), "w").write(table + "\n")
     print(table)
 
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        xs = [10 ** (i / 20) for i in range(-20, 100)]
-        ax.plot(xs, [min(bf16_rate, x * copy_bw) / 1e12 for x in xs], "k-", lw=1, label="bf16 roofline (measured)")
-        if any(r["dtype"].startswith("fp8") for r in rows):
-            ax.plot(xs, [min(fp8_rate, x * copy_bw) / 1e12 for x in xs], "k--", lw=1, label="fp8 roofline (measured)")
-        for label, key, marker, want_fp8 in (("moekit", None, "o", False), ("torch._grouped_mm", "torch_grouped_mm_us", "s", False),
-                                             ("vLLM Triton", "vllm_triton_us", "^", False),
-                                             ("moekit fp8", None, "D", True), ("vLLM Triton fp8 block", "vllm_triton_us", "v", True)):
-            pts = []
-            for r in rows:
-                if r["dtype"].startswith("fp8") != want_fp8:
-                    continue
-                us = r["moekit_us"] if key is None else r["peers"][key]
-                if us:
-                    ai = r["flops"] / (r["touched_weight_bytes"] + r["activation_bytes"])
-                    pts.append((ai, r["flops"] / us * 1e-6))
-            if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label, alpha=0.8)
-        ax.set_xscale("log"); ax.set_yscale("log")
-        ax.set_xlabel("FLOP per byte (touched weights + activations)"); ax.set_ylabel("TFLOP/s")
-        ax.set_title(f"MoE layer, bf16 and fp8: {gpu}, {date}")
-        ax.legend(); ax.grid(True, which="both", alpha=0.3)
-        fig.savefig(os.path.join(out_dir, f"roofline-{name}-{date}.png"), dpi=110, bbox_inches="tight")
-    except Exception as e:
-        print(f"plot skipped: {e}", file=sys.stderr)
+    plot(rows, copy_bw, bf16_rate, fp8_rate, gpu, date, out_dir)
 
 
 if __name__ == "__main__":
