@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/kernels.hpp"
 #include "reference/reference.hpp"
 
 using namespace moekit;
@@ -159,4 +160,27 @@ TEST(Sort, RandomMixturesAroundThresholds) {
       }
     }
   }
+}
+
+// Which of the CUDA sort's implementations take which sizes (host code; the
+// GPU suite checks each one's answer): one block up to 4096 pairs, counting up
+// to 65536 pairs with E_local < 1024, radix above 4096 pairs; the counting
+// sort's scratch is one int32 count per tile of 1024 pairs and key.
+TEST(SortPaths, EachPathTakesTheSizesItCan) {
+  using kernels::SortPath;
+  using kernels::sort_path_fits;
+  EXPECT_TRUE(sort_path_fits(SortPath::kOneBlock, 4096, 5000));
+  EXPECT_FALSE(sort_path_fits(SortPath::kOneBlock, 4097, 128));
+  EXPECT_TRUE(sort_path_fits(SortPath::kCounting, 1, 1));
+  EXPECT_TRUE(sort_path_fits(SortPath::kCounting, 65536, 1023));
+  EXPECT_FALSE(sort_path_fits(SortPath::kCounting, 65537, 128));
+  EXPECT_FALSE(sort_path_fits(SortPath::kCounting, 5000, 1024));
+  EXPECT_FALSE(sort_path_fits(SortPath::kRadix, 4096, 128));
+  EXPECT_TRUE(sort_path_fits(SortPath::kRadix, 4097, 128));
+  for (int64_t pairs : {0, 1, 32, 1024, 1025, 4096, 1 << 20}) EXPECT_TRUE(sort_path_fits(SortPath::kAuto, pairs, 300));
+  size_t bytes = 1;
+  EXPECT_EQ(kernels::sort_temp_bytes(1024, 128, &bytes), cudaSuccess);  // one tile: one launch, no counts
+  EXPECT_EQ(bytes, 0u);
+  EXPECT_EQ(kernels::sort_temp_bytes(2049, 128, &bytes), cudaSuccess);  // three tiles of 129 keys
+  EXPECT_EQ(bytes, 3u * 129 * 4);
 }
