@@ -408,19 +408,25 @@ TEST(GpuLayer, Int64IdsEqualInt32Ids) {
 // launch and GEMM 1 ranks the ids itself (launch_sort_gather_tiny,
 // DecodeRouting): the CPU's answer, and bitwise the answer of the separate
 // sort and gather (CUTLASS's swap-AB GEMMs, which give the decode kernel's
-// bits), for adversarial ids, expert maps, int64 ids, weights on the input,
-// fp32 input and every top-k that fits, including a whole row of 32 slots.
+// bits), for adversarial ids, expert maps, an expert-parallel rank, int64
+// ids, weights on the input, fp32 input and every top-k that fits, including
+// a whole row of 32 slots.
 TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr)
     GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
   struct Shape { int64_t T, k; };
   for (const Shape sh : {Shape{1, 1}, Shape{1, 8}, Shape{2, 2}, Shape{3, 8}, Shape{4, 8}, Shape{1, 32}, Shape{5, 6}})
-    for (int variant = 0; variant < 4; ++variant) {
+    for (int variant = 0; variant < 5; ++variant) {
       Problem p = problem(sh.T, 40, sh.k, 256, 128);
       if (variant == 1) {  // 40 local experts scattered over 48 global ids
         p.num_experts = 48;
         p.has_expert_map = 1;
+      }
+      if (variant == 4) {  // expert-parallel rank 2 of 4: global ids [80, 120) of 160
+        p.num_experts = 160;
+        p.ep_size = 4;
+        p.ep_rank = 2;
       }
       p.apply_router_weight_on_input = variant == 2 && sh.k == 1;
       if (variant == 3) p.input_dtype = MOEKIT_DTYPE_FP32;

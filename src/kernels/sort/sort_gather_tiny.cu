@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kSortThreads) sort_gather_tiny_kernel(
   const int32_t pair = ranked_pairs[row];
   const float w = pair_weights != nullptr ? pair_weights[pair] : 1.0f;
   copy_row<kSortThreads, 4>(hidden + pair / top_k * hidden_size, rows + static_cast<int64_t>(row) * hidden_size,
-                        hidden_size, pair_weights != nullptr, w);
+                            hidden_size, pair_weights != nullptr, w);
 }
 
 }  // namespace

@@ -41,7 +41,7 @@ struct CountsSum {
 // Per-token counts of this block's tokens (grid-stride), added once per block.
 template <class IdT>
 __device__ __forceinline__ void add_diagnostics(const IdT* __restrict__ ids, int64_t tokens, int64_t top_k,
-                                const Placement& pl, moekit_diagnostics_t* diagnostics) {
+                                                const Placement& pl, moekit_diagnostics_t* diagnostics) {
   Counts c{0, 0, 0};
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kSortThreads;
   for (int64_t t = blockIdx.x * int64_t{kSortThreads} + threadIdx.x; t < tokens; t += stride) {
