@@ -57,7 +57,8 @@ struct DecodeRouting {
 // e4m3 operands).
 // It reads expert_offsets and the weights before its griddepcontrol.wait, so
 // they must be complete before the previous kernel on the stream starts
-// (the layer's sort runs two or more kernels earlier; see decode_gemm.cu).
+// (the layer's sort runs two or more kernels earlier; see decode_gemm.cu),
+// or, with a route, the route's ids and map instead of expert_offsets.
 // pass_tokens: token rows per pass (16 or 32, GemmConfig::pass_tokens), or 0
 // for decode_pass_tokens of rows_capacity / p.num_experts. route (pairs > 0):
 // the offsets come from ranking its ids (DecodeRouting).
