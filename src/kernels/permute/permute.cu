@@ -9,11 +9,7 @@ namespace moekit::kernels {
 
 namespace {
 
-// 64 threads a row, each with kUnroll 16-byte loads in flight (copy_row):
-// a 2048-column bf16 row is one step of 4 loads a thread.
-constexpr int kThreads = 64;
-constexpr int kUnroll = 4;
-constexpr int kBlocksPerSm = 16;  // what 68 registers a thread leave resident
+constexpr int kThreads = 128;
 
 template <class TIn, class TOut>
 __global__ void __launch_bounds__(kThreads) permute_kernel(
@@ -33,11 +29,20 @@ __global__ void __launch_bounds__(kThreads) permute_kernel(
   const int64_t first = blockIdx.x;
   const int32_t first_pair = first < written_rows ? sorted_pairs[first] : 0;
   const int64_t n = *valid_rows;
+  const int64_t vecs = hidden_size / 8;
   for (int64_t row = first; row < n; row += gridDim.x) {
     const int32_t pair = row == first && first < written_rows ? first_pair : sorted_pairs[row];
     const TIn* src = hidden + pair / top_k * hidden_size;
     const float w = pair_weights != nullptr ? pair_weights[pair] : 1.0f;
-    copy_row<kThreads, kUnroll>(src, rows + row * hidden_size, hidden_size, pair_weights != nullptr, w);
+    TOut* dst = rows + row * hidden_size;
+    for (int64_t v = threadIdx.x; v < vecs; v += kThreads) {
+      float x[8];
+      load8(src + v * 8, x);
+      if (pair_weights != nullptr)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] *= w;
+      store8(dst + v * 8, x);
+    }
   }
 }
 
@@ -49,7 +54,7 @@ cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
                            int64_t max_rows, int64_t top_k, int64_t hidden_size, void* rows,
                            moekit_dtype_t compute_dtype, const DeviceInfo& dev,
                            cudaStream_t stream, bool maps_written) {
-  const unsigned grid = grid_for(max_rows, dev.sm_count, kBlocksPerSm);
+  const unsigned grid = grid_for(max_rows, dev.sm_count, 16);
   cudaError_t e = cudaSuccess;
   dispatch_dtype(input_dtype, [&](auto in) {
     using TIn = decltype(in);
