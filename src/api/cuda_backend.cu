@@ -390,8 +390,8 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                            p.ep_rank, a.expert_map, sb, a.diagnostics, &sorted_pairs, hidden,
                                            p.input_dtype, input_weights, p.hidden_size, rows, cd, stream);
       if (e != cudaSuccess) return cuda_status(e, "sort and gather");
-      route = {topk_ids, topk_ids64, max_rows, p.num_experts, p.ep_rank * p.num_local_experts,
-               p.num_local_experts, a.expert_map};
+      route = {topk_ids, topk_ids64, max_rows,
+               {p.num_experts, p.ep_rank * p.num_local_experts, p.num_local_experts, a.expert_map}};
     } else {
       e = kernels::launch_sort(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
                                a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);

@@ -64,11 +64,8 @@ __device__ __forceinline__ void store8(T* p, const float (&in)[8]) {
 
 // dst[0, hidden_size) = src[0, hidden_size) (times w when scaled), converted
 // to TOut: 16-byte accesses by the block's kThreads threads, each with kUnroll
-// loads in flight before its stores. hidden_size is a multiple of 8. (The
-// tiny batch's gather: one block a row. The layer's gather, permute.cu, keeps
-// its load-store loop of 128 threads: 64 threads with 4 loads in flight
-// measured slower there, ncu on H200: qwen3 T=4096 53.1 vs 50.5 us,
-// deepseek-v3 T=4096 239 vs 212.)
+// loads in flight before its stores. hidden_size is a multiple of 8. The
+// gathers' row copy (permute.cu, sort_gather_tiny.cu).
 template <int kThreads, int kUnroll, class TIn, class TOut>
 __device__ __forceinline__ void copy_row(const TIn* __restrict__ src, TOut* __restrict__ dst, int64_t hidden_size,
                                          bool scaled, float w) {

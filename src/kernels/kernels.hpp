@@ -31,6 +31,14 @@ struct SortBuffers {
   int32_t* pair_to_row;     // [T*k]: row of pair p, -1 if invalid
 };
 
+// Where the global experts live: [first, first + num_local), or the expert
+// map's entry for each global id (anything outside [0, num_local): remote).
+// sort_keys.cuh turns an id into its local expert with it.
+struct Placement {
+  int64_t num_experts, first, num_local;
+  const int32_t* map;  // [num_experts] or null
+};
+
 // Bits that hold keys in [0, E_local] (E_local is the invalid sentinel).
 int sort_key_bits(int64_t num_local_experts);
 // Scratch (SortBuffers::temp) for any path that can take this many pairs.

@@ -424,7 +424,7 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
                                 const FusedActivation* fuse, int planned_tokens, const DecodeRouting& route) {
   const bool fp8 = p.a_scale != nullptr;  // e4m3 a and w with block scales
   if (!tma::operands_fit(p, rows_capacity, kDecodeMaxExperts)) return cudaErrorNotSupported;
-  if (route.pairs > kWarpRankPairs || (route.pairs > 0 && route.num_local != p.num_experts))
+  if (route.pairs > kWarpRankPairs || (route.pairs > 0 && route.pl.num_local != p.num_experts))
     return cudaErrorNotSupported;
   const int elem_bytes = fp8 ? 1 : 2;
   // The activation's fp8 quantization needs whole 128-column groups; the

@@ -11,6 +11,7 @@
 #include "kernels/gemm/gemm_config.hpp"
 #include "common/activation_math.hpp"
 #include "kernels/gemm/gemm_params.hpp"
+#include "kernels/kernels.hpp"
 
 namespace moekit::kernels {
 
@@ -42,8 +43,7 @@ struct DecodeRouting {
   const int32_t* ids;    // [T*k] int32, or null with ids64
   const int64_t* ids64;  // [T*k] int64, or null
   int64_t pairs;
-  int64_t num_experts, first, num_local;  // E_total, the rank's first expert, E_local
-  const int32_t* map;                     // [E_total] expert map, or null
+  Placement pl;          // the layer's (kernels.hpp)
 };
 
 // The hand-written decode kernel (decode_gemm.cu): TMA-fed mma.sync swap-AB

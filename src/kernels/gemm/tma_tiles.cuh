@@ -146,16 +146,13 @@ __device__ __forceinline__ void start_block(uint64_t* full, uint64_t* empty, int
   if (route.pairs > 0) {
     __shared__ uint32_t keys[kWarpRankPairs];
     if (threadIdx.x < kWarpRankPairs) {
-      const Placement pl{route.num_experts, route.first, route.num_local, route.map};
       const int j = static_cast<int>(threadIdx.x);
-      keys[j] = j < route.pairs ? local_key(route.ids64 != nullptr ? route.ids64[j] : route.ids[j], pl) : 0xffffffffu;
+      keys[j] = j < route.pairs ? local_key(route.ids64 != nullptr ? route.ids64[j] : route.ids[j], route.pl)
+                                : 0xffffffffu;
     }
     __syncthreads();
-    for (int e = static_cast<int>(threadIdx.x); e <= num_experts; e += kThreads) {
-      int32_t below = 0;
-      for (int j = 0; j < route.pairs; ++j) below += keys[j] < static_cast<uint32_t>(e);
-      offs[e] = below;
-    }
+    for (int e = static_cast<int>(threadIdx.x); e <= num_experts; e += kThreads)
+      offs[e] = keys_below(keys, route.pairs, e);
   } else {
     for (int e = static_cast<int>(threadIdx.x); e <= num_experts; e += kThreads) offs[e] = offsets[e];
   }

@@ -41,11 +41,8 @@ __global__ void __launch_bounds__(kSortThreads) sort_gather_tiny_kernel(
   }
   __syncthreads();
   if (blockIdx.x == 0) {
-    for (int64_t e = threadIdx.x; e <= pl.num_local; e += kSortThreads) {
-      int32_t below = 0;  // the first row of key >= e in the ranked keys
-      for (int j = 0; j < pairs; ++j) below += ranked_keys[j] < static_cast<uint64_t>(e);
-      expert_offsets[e] = below;
-    }
+    for (int64_t e = threadIdx.x; e <= pl.num_local; e += kSortThreads)
+      expert_offsets[e] = keys_below(ranked_keys, pairs, e);
     if (diagnostics != nullptr) add_diagnostics(ids, pairs / top_k, top_k, pl, diagnostics);
   }
   const int row = static_cast<int>(blockIdx.x);

@@ -10,13 +10,6 @@
 
 namespace moekit::kernels {
 
-// Where the global experts live: [first, first + num_local), or the expert
-// map's entry for each global id (anything outside [0, num_local): remote).
-struct Placement {
-  int64_t num_experts, first, num_local;
-  const int32_t* map;  // [num_experts] or null
-};
-
 // The local expert of id, or num_local for an invalid or remote id. No id
 // outside [0, num_experts) is ever used as an index or reaches the
 // subtraction (int64: id - first cannot overflow).
@@ -24,6 +17,14 @@ __device__ __forceinline__ uint32_t local_key(int64_t id, const Placement& pl) {
   if (id < 0 || id >= pl.num_experts) return static_cast<uint32_t>(pl.num_local);
   const int64_t e = pl.map != nullptr ? static_cast<int64_t>(__ldg(pl.map + id)) : id - pl.first;
   return (e >= 0 && e < pl.num_local) ? static_cast<uint32_t>(e) : static_cast<uint32_t>(pl.num_local);
+}
+
+// How many of keys[0, n) are below e: the first row of expert e once the
+// keys are sorted (expert_offsets[e]), counted without sorting them.
+__device__ __forceinline__ int32_t keys_below(const uint32_t* keys, int64_t n, int64_t e) {
+  int32_t below = 0;
+  for (int64_t j = 0; j < n; ++j) below += keys[j] < static_cast<uint64_t>(e);
+  return below;
 }
 
 // The stable rank of this lane's key among the warp's 32 keys: smaller keys,
