@@ -379,24 +379,6 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     const float* input_weights = p.apply_router_weight_on_input ? topk_weights : nullptr;
     const float* output_weights = p.apply_router_weight_on_input ? nullptr : topk_weights;
     const int32_t* sorted_pairs = nullptr;
-    // A tiny 16-bit batch on the decode kernel: the sort and the gather in one
-    // launch, and GEMM 1 ranks the ids itself, so it streams its weights from
-    // the layer's first kernel on (4 launches a layer instead of 5).
-    const bool tiny = !fp8 && max_rows <= kernels::kWarpRankPairs &&
-                      plan.gemm1.kernel == kernels::GemmKernel::kDecode;
-    kernels::DecodeRouting route{};
-    if (tiny) {
-      e = kernels::launch_sort_gather_tiny(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts,
-                                           p.ep_rank, a.expert_map, sb, a.diagnostics, &sorted_pairs, hidden,
-                                           p.input_dtype, input_weights, p.hidden_size, rows, cd, stream);
-      if (e != cudaSuccess) return cuda_status(e, "sort and gather");
-      route = {topk_ids, topk_ids64, max_rows,
-               {p.num_experts, p.ep_rank * p.num_local_experts, p.num_local_experts, a.expert_map}};
-    } else {
-      e = kernels::launch_sort(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
-                               a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);
-      if (e != cudaSuccess) return cuda_status(e, "sort");
-    }
     // fp8: GEMM 1's input rows are quantized as they are gathered, GEMM 2's
     // as the activation produces them (same buffers, one byte per value).
     auto quant_rows = [&](const float* static_scale, const float* w_scale, void* out) {
@@ -404,14 +386,37 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                 p.quant.kind, static_scale, w_scale, static_cast<uint8_t*>(out),
                                 scales};
     };
-    if (fp8)
-      e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
-                                        p.hidden_size, quant_rows(a.a13_scale, a.w13_scale, rows),
-                                        max_rows, dev, stream);
-    else if (!tiny)
-      e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
-                                  max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
-                                  /*maps_written=*/true);
+    const kernels::QuantRows gather_quant = quant_rows(a.a13_scale, a.w13_scale, rows);
+    // A tiny batch on the decode kernel: the sort and the gather (fp8 block
+    // scaling: and its quantization) in one launch, and GEMM 1 ranks the ids
+    // itself, so it streams its weights from the layer's first kernel on (one
+    // launch fewer). Per-tensor scaling keeps the separate stages: its row
+    // amax made the fused launch no faster (bench/RESULTS.md, 2026-12-04).
+    const bool tiny = max_rows <= kernels::kWarpRankPairs &&
+                      (fp8 ? p.quant.kind == MOEKIT_QUANT_FP8_BLOCK &&
+                                 plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode
+                           : plan.gemm1.kernel == kernels::GemmKernel::kDecode);
+    kernels::DecodeRouting route{};
+    if (tiny) {
+      e = kernels::launch_sort_gather_tiny(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts,
+                                           p.ep_rank, a.expert_map, sb, a.diagnostics, &sorted_pairs, hidden,
+                                           p.input_dtype, input_weights, p.hidden_size, rows, cd,
+                                           fp8 ? &gather_quant : nullptr, stream);
+      if (e != cudaSuccess) return cuda_status(e, "sort and gather");
+      route = {topk_ids, topk_ids64, max_rows,
+               {p.num_experts, p.ep_rank * p.num_local_experts, p.num_local_experts, a.expert_map}};
+    } else {
+      e = kernels::launch_sort(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
+                               a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "sort");
+      if (fp8)
+        e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
+                                          p.hidden_size, gather_quant, max_rows, dev, stream);
+      else
+        e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
+                                    max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
+                                    /*maps_written=*/true);
+    }
     if (e != cudaSuccess) return cuda_status(e, "permute");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
     // The decode kernel runs the activation in its epilogue and writes act

@@ -72,14 +72,18 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
 // kernel may start at once: a decode GEMM 1 after it must take the offsets
 // from DecodeRouting (grouped_gemm_sm90.hpp), not from expert_offsets before
 // its PDL wait. compute_dtype bf16 or fp16; cudaErrorNotSupported otherwise
-// or above 32 pairs.
+// or above 32 pairs. With quant (fp8 block scaling only; input_dtype must be
+// the compute dtype), the rows are quantized as launch_permute_quant does
+// (rows unused; quant->expert_offsets is not read: the offsets come from the
+// ranking). Per-tensor scaling measured no faster this way (bench/RESULTS.md).
+struct QuantRows;
 cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk_ids64, int64_t num_tokens,
                                     int64_t top_k, int64_t num_experts, int64_t num_local_experts,
                                     int64_t ep_rank, const int32_t* expert_map, const SortBuffers& b,
                                     moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
                                     const void* hidden, moekit_dtype_t input_dtype, const float* pair_weights,
                                     int64_t hidden_size, void* rows, moekit_dtype_t compute_dtype,
-                                    cudaStream_t stream);
+                                    const QuantRows* quant, cudaStream_t stream);
 
 // ---- permute ---------------------------------------------------------------
 // rows [T*k, H] compute dtype <- hidden [T, H] input dtype, for rows < offsets[E_local].

@@ -5,9 +5,11 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -142,6 +144,22 @@ struct DeviceLayer {
   }
 };
 
+// Production failure modes, by token: [0]*k, -1 padding, duplicates, garbage.
+inline void make_adversarial(ref::HostLayer& l, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t k = l.problem.top_k, E = l.problem.num_experts;
+  for (int64_t t = 0; t < l.problem.num_tokens; ++t) {
+    int32_t* ids = l.topk_ids.data() + t * k;
+    switch (rng() % 6) {
+      case 0: std::fill(ids, ids + k, 0); break;
+      case 1: std::fill(ids, ids + k, -1); break;
+      case 2: for (int64_t s = 1; s < k; s += 2) ids[s] = ids[s - 1]; break;
+      case 3: for (int64_t s = 0; s < k; s += 2) ids[s] = static_cast<int32_t>(rng() % 2 ? rng() : E + rng() % 9); break;
+      default: break;
+    }
+  }
+}
+
 // The layer's output with MOEKIT_GEMM=kernel for this one run (output poisoned first).
 inline std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
   // The caller's own setting (a sanitizer run forces MOEKIT_GEMM=simple for
@@ -155,6 +173,40 @@ inline std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
   EXPECT_TRUE(s.ok()) << kernel << ": " << s.message();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << kernel;
   return d.output.download();
+}
+
+// Where a problem's 40 local experts sit among the global ids: [0, 40), or
+// scattered over 48 global ids by an expert map, or expert-parallel rank 2
+// of 4 (global ids [80, 120) of 160).
+enum class Placing { kFirst, kExpertMap, kEpRank };
+inline void place_40_local_experts(Problem& p, Placing how) {
+  if (how == Placing::kExpertMap) {
+    p.num_experts = 48;
+    p.has_expert_map = 1;
+  } else if (how == Placing::kEpRank) {
+    p.num_experts = 160;
+    p.ep_size = 4;
+    p.ep_rank = 2;
+  }
+}
+
+// l run with int64 ids, the first one beyond int32 (an invalid id), gives
+// bitwise the output of its int32 ids with that id -1.
+inline void expect_int64_ids_match_int32(const ref::HostLayer& l, const std::string& what) {
+  std::vector<int64_t> ids64(l.topk_ids.begin(), l.topk_ids.end());
+  ids64[0] = (int64_t{1} << 33) + 3;
+  ref::HostLayer l32 = l;
+  l32.topk_ids[0] = -1;
+  DeviceLayer want(l32), d64(l);
+  DeviceBuffer d_ids64(ids64.size() * 8);
+  d_ids64.upload(ids64.data(), ids64.size() * 8);
+  d64.args.topk_ids = nullptr;
+  d64.args.topk_ids64 = static_cast<const int64_t*>(d_ids64.data());
+  ASSERT_TRUE(want.run().ok()) << what;
+  ASSERT_TRUE(d64.run().ok()) << what;
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(d64.output.download(), want.output.download()) << what;
+  EXPECT_TRUE(d64.all_canaries_intact() && d_ids64.canaries_intact()) << what;
 }
 
 // The CPU reference output of l (the CPU backend of the same API).

@@ -288,6 +288,64 @@ TEST(GpuFp8, AdversarialRouting) {
   }
 }
 
+// A tiny fp8 batch (at most 32 pairs) on the decode kernel: with block
+// scales it is sorted, gathered and quantized in one launch
+// (launch_sort_gather_tiny) and GEMM 1 ranks the ids itself; per tensor it
+// takes the separate stages. Either way the CPU's answer, and bitwise the
+// answer of the separate sort and gather-quantize stages (forced CUTLASS
+// swap-AB, whose bytes the decode kernel writes), for each scheme, adversarial ids, an
+// expert map, an expert-parallel rank, int64 ids, weights on the input,
+// fp16, partial scale groups in H and I, a whole row of 32 slots, and the
+// special values with extreme weight scales.
+TEST(GpuFp8, TinyBatchesQuantizeInTheSortsLaunch) {
+  REQUIRE_GPU();
+  if (std::getenv("MOEKIT_GEMM") != nullptr)
+    GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
+  struct Shape { int64_t T, k, H; };
+  const Shape shapes[] = {{1, 1, 256}, {1, 8, 2064}, {2, 3, 208}, {4, 8, 512}, {1, 32, 384}, {6, 5, 1040}};
+  int seed = 0;
+  for (const Scheme& sc : kSchemes)
+    for (const Shape& sh : shapes)
+      for (int variant = 0; variant < 5; ++variant) {
+        Problem p = test::fp8_problem(sh.T, 40, sh.k, sh.H, 192, sc.kind, sc.static_scale);
+        test::place_40_local_experts(p, variant == 1   ? test::Placing::kExpertMap
+                                        : variant == 2 ? test::Placing::kEpRank
+                                                       : test::Placing::kFirst);
+        p.apply_router_weight_on_input = variant == 3 && sh.k == 1;
+        if (variant == 3) p.input_dtype = p.output_dtype = MOEKIT_DTYPE_FP16;
+        p.has_w13_bias = p.has_w2_bias = variant == 4;
+        p.gate_up_order = static_cast<moekit_gate_up_order_t>(seed % 3);
+        ref::HostLayer l = ref::make_random_layer(p, 1700 + seed++);
+        std::vector<int64_t> oracle;
+        if (sh.T >= test::kSpecialTokens) {
+          test::set_special_tokens(l);
+          // Extreme weight scales (up to 1e+30) overflow an fp16 output by design.
+          if (!sc.static_scale && p.output_dtype != MOEKIT_DTYPE_FP16) test::set_extreme_weight_scales(l);
+          // As in SpecialValuesStayFiniteAndInTheirRows; in fp16 the huge
+          // token (x 1e8) is already Inf on the input.
+          const bool huge_inf = p.input_dtype == MOEKIT_DTYPE_FP16;
+          for (int64_t t = 0; t < sh.T; ++t)
+            if (t != test::kNanToken && t != test::kInfToken && t != test::kDenormalToken &&
+                !((sc.static_scale || huge_inf) && t == test::kHugeToken) &&
+                !(sc.static_scale && t == test::kMaxToken))
+              oracle.push_back(t);
+        } else if (variant != 4) {
+          test::make_adversarial(l, 31 * seed + sh.T);
+        }
+        const std::string what = std::string(sc.name) + " T=" + std::to_string(sh.T) + " k=" +
+                                 std::to_string(sh.k) + " H=" + std::to_string(sh.H) + " variant " +
+                                 std::to_string(variant);
+        DeviceLayer d(l);
+        std::string plan;
+        MoeLayer::describe_plan(d.args.problem, &plan);
+        ASSERT_NE(plan.find("gemm1 fp8 block-scaled decode"), std::string::npos) << what << ": " << plan;
+        const std::vector<uint8_t> got = expect_fp8_gpu_matches(l, what, nullptr, oracle);
+        EXPECT_EQ(test::run_forced(d, "fp8_swap128x16"), got) << what;
+        if (variant == 0) test::expect_int64_ids_match_int32(l, what);
+        if (HasFailure()) return;
+      }
+}
+
 namespace {
 
 // l takes base's weights and scales (static scales are part of the layer,

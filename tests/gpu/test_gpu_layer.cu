@@ -12,6 +12,7 @@
 using namespace moekit;
 using test::DeviceBuffer;
 using test::DeviceLayer;
+using test::make_adversarial;
 
 namespace {
 
@@ -22,22 +23,6 @@ Problem problem(int64_t T, int64_t E, int64_t k, int64_t H, int64_t I,
 
 double tolerance(const Problem& p) {
   return ref::oracle_tolerance(p.weight_dtype, p.input_dtype, p.output_dtype);
-}
-
-// Production failure modes, by token: [0]*k, -1 padding, duplicates, garbage.
-void make_adversarial(ref::HostLayer& l, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  const int64_t k = l.problem.top_k, E = l.problem.num_experts;
-  for (int64_t t = 0; t < l.problem.num_tokens; ++t) {
-    int32_t* ids = l.topk_ids.data() + t * k;
-    switch (rng() % 6) {
-      case 0: std::fill(ids, ids + k, 0); break;
-      case 1: std::fill(ids, ids + k, -1); break;
-      case 2: for (int64_t s = 1; s < k; s += 2) ids[s] = ids[s - 1]; break;
-      case 3: for (int64_t s = 0; s < k; s += 2) ids[s] = static_cast<int32_t>(rng() % 2 ? rng() : E + rng() % 9); break;
-      default: break;
-    }
-  }
 }
 
 // Runs l on the GPU and checks it against the CPU reference, the canaries and
@@ -419,15 +404,9 @@ TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
   for (const Shape sh : {Shape{1, 1}, Shape{1, 8}, Shape{2, 2}, Shape{3, 8}, Shape{4, 8}, Shape{1, 32}, Shape{5, 6}})
     for (int variant = 0; variant < 5; ++variant) {
       Problem p = problem(sh.T, 40, sh.k, 256, 128);
-      if (variant == 1) {  // 40 local experts scattered over 48 global ids
-        p.num_experts = 48;
-        p.has_expert_map = 1;
-      }
-      if (variant == 4) {  // expert-parallel rank 2 of 4: global ids [80, 120) of 160
-        p.num_experts = 160;
-        p.ep_size = 4;
-        p.ep_rank = 2;
-      }
+      test::place_40_local_experts(p, variant == 1   ? test::Placing::kExpertMap
+                                      : variant == 4 ? test::Placing::kEpRank
+                                                     : test::Placing::kFirst);
       p.apply_router_weight_on_input = variant == 2 && sh.k == 1;
       if (variant == 3) p.input_dtype = MOEKIT_DTYPE_FP32;
       ref::HostLayer l = ref::make_random_layer(p, 100 * sh.T + sh.k + variant);
@@ -437,22 +416,7 @@ TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
       const std::vector<uint8_t> got = expect_gpu_matches(l, what);
       DeviceLayer d(l);
       EXPECT_EQ(test::run_forced(d, "swap128x16"), got) << what;
-      if (variant == 0) {  // int64 ids, one beyond int32 and one negative
-        std::vector<int64_t> ids64(l.topk_ids.begin(), l.topk_ids.end());
-        ids64[0] = (int64_t{1} << 33) + 3;
-        ref::HostLayer l32 = l;
-        l32.topk_ids[0] = -1;
-        DeviceLayer want(l32), d64(l);
-        DeviceBuffer d_ids64(ids64.size() * 8);
-        d_ids64.upload(ids64.data(), ids64.size() * 8);
-        d64.args.topk_ids = nullptr;
-        d64.args.topk_ids64 = static_cast<const int64_t*>(d_ids64.data());
-        ASSERT_TRUE(want.run().ok());
-        ASSERT_TRUE(d64.run().ok());
-        CUDA_OK(cudaDeviceSynchronize());
-        EXPECT_EQ(d64.output.download(), want.output.download()) << what;
-        EXPECT_TRUE(d64.all_canaries_intact() && d_ids64.canaries_intact());
-      }
+      if (variant == 0) test::expect_int64_ids_match_int32(l, what);
       if (HasFailure()) return;
     }
 }

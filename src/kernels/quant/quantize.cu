@@ -22,16 +22,17 @@
 #include "kernels/activation/activation.cuh"
 #include "kernels/common.cuh"
 #include "kernels/quant/fp8_device.cuh"
+#include "kernels/quant/quantize_rows.cuh"
 #include "kernels/kernels.hpp"
 
 namespace moekit::kernels {
 
 namespace {
 
+using namespace quant;
+
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kLaneCols = 8;                          // columns per lane: one 16-byte load
-constexpr int kGroupLanes = kFp8Block / kLaneCols;    // 16 lanes per 128-column group
 // Block scaling splits rows into chunks of one warp step (two groups per
 // step, Source::kSteps steps: the gather's 8, the activation's 2) while there
 // are too few rows to give every warp slot of the GPU a few (decode: mixtral
@@ -41,34 +42,6 @@ constexpr int kGroupLanes = kFp8Block / kLaneCols;    // 16 lanes per 128-column
 constexpr int64_t kWholeRowsFrom = 8 * kWarps;  // rows per SM
 // Expert offsets cached in shared memory up to this many experts (4 KB).
 constexpr int kCachedExperts = 1024;
-
-// Row values of GEMM 1's input: the token's hidden row (already the compute
-// dtype), or with router weights on the input its product with the pair's
-// weight, rounded to the compute dtype as in the unquantized layer.
-template <class T>
-struct GatherSource {
-  static constexpr int kSteps = 4;  // warp steps whose loads are in flight together
-  static constexpr int kHeldSteps = 0;  // per tensor: the second pass loads the values again (cheap)
-  const T* hidden;             // [T, H]
-  const int32_t* sorted_pairs; // row -> pair
-  const float* pair_weights;   // [T*k] or null
-  int64_t top_k;
-  struct Row {
-    const T* src;
-    float weight;
-  };
-  __device__ Row row(int64_t row, int64_t k) const {
-    const int32_t pair = __ldg(sorted_pairs + row);
-    return {hidden + static_cast<int64_t>(pair / top_k) * k,
-            pair_weights != nullptr ? __ldg(pair_weights + pair) : 1.0f};
-  }
-  __device__ void values(const Row& r, int64_t col, float (&v)[8]) const {
-    load8(r.src + col, v);
-    if (pair_weights != nullptr)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(v[i] * r.weight));
-  }
-};
 
 // Row values of GEMM 2's input: the activation of GEMM 1's row, rounded to
 // the compute dtype as in the unquantized layer.
@@ -99,24 +72,6 @@ struct ActivationSource {
     for (int i = 0; i < 8; ++i) v[i] = to_float(from_float<T>(v[i]));
   }
 };
-
-// Max over the lanes of each half-warp (width 16) or of the whole warp.
-template <int kWidth>
-__device__ __forceinline__ float lanes_max(float v) {
-#pragma unroll
-  for (int o = kWidth / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// The max of fp8_magnitude over v: fmaxf returns the other operand for a
-// NaN, so a NaN counts as 0, and |x| is a free operand modifier (one
-// instruction a value).
-__device__ __forceinline__ float amax8(const float (&v)[8]) {
-  float a = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) a = fmaxf(a, fabsf(v[i]));
-  return a;
-}
 
 // One row with per-tensor scaling, by `lanes` lanes (a warp, or the whole
 // block; lane_id in [0, lanes)): unless the scale is static, the row's amax
@@ -188,6 +143,19 @@ __device__ __forceinline__ void quantize_row_tensor(const Source& src, const typ
   write_scales(s);
 }
 
+// The max of every thread's amax over the block (all threads call it; any
+// number of whole warps up to 1024), returned to every thread.
+__device__ __forceinline__ float block_amax(float amax) {
+  __shared__ float warp_amax[32];
+  const int warps = static_cast<int>(blockDim.x / 32);
+  amax = lanes_max<32>(amax);
+  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+  __syncthreads();
+  for (int w = 0; w < warps; ++w) amax = fmaxf(amax, warp_amax[w]);
+  __syncthreads();  // warp_amax is rewritten by the next call
+  return amax;
+}
+
 // Source row `row` of a block's or warp's first item, looked up before the
 // expert offsets are read, so that at decode both loads (the gather's pair,
 // the offsets) take one round trip instead of two. Any row below max_rows
@@ -236,12 +204,10 @@ __global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
   pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
   pdl_launch_dependents();
   __shared__ int32_t cached_offsets[kCachedExperts + 1];
-  __shared__ float warp_amax[kRowBlockThreads / 32];
   // The first row's source is looked up beside the offsets (first_row).
   const typename Source::Row first_in = first_row(src, blockIdx.x, max_rows, k);
   const ExpertOffsets offset = cache_offsets(offsets, num_experts, cached_offsets);
   const int64_t valid = offset(num_experts), groups = fp8_blocks(k);
-  const int warps = static_cast<int>(blockDim.x / 32);
   for (int64_t row = blockIdx.x; row < valid; row += gridDim.x) {
     const int e = last_at_most(offset, num_experts, row);
     const int64_t first = offset(e), rows_e = offset(e + 1) - first;
@@ -249,14 +215,7 @@ __global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
     quantize_row_tensor<Source::kHeldSteps>(
         src, row == blockIdx.x ? first_in : src.row(row, k), k, static_cast<int>(blockDim.x),
         static_cast<int>(threadIdx.x), static_scale, __ldg(w_scale + e), out + row * k, sc, rows_e, groups,
-        [&](float amax) {
-          amax = lanes_max<32>(amax);
-          if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
-          __syncthreads();
-          for (int w = 0; w < warps; ++w) amax = fmaxf(amax, warp_amax[w]);
-          __syncthreads();  // warp_amax is rewritten for the next row
-          return amax;
-        });
+        [](float amax) { return block_amax(amax); });
   }
 }
 
@@ -275,9 +234,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
   pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
   pdl_launch_dependents();
   const int lane = threadIdx.x % 32;
-  const int half = lane / kGroupLanes, sub = lane % kGroupLanes;  // group slot, lane in group
   const int64_t groups = fp8_blocks(k);
-  constexpr int kSteps = Source::kSteps;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   // Work items: a whole row, or a row's chunk of chunk_groups groups, so
   // that a few long rows (decode, I = 14336) still spread over many warps
@@ -302,28 +259,9 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
                              [](float amax) { return lanes_max<32>(amax); });
       continue;
     }
-    // FP8_BLOCK: one scale per 128 columns; two groups per warp step, and
-    // kSteps steps' loads issued before any reduction (memory parallelism).
-    const int64_t g_end = kSplit ? std::min(groups, (chunk + 1) * chunk_groups) : groups;
-    for (int64_t g0 = chunk * chunk_groups; g0 < g_end; g0 += 2 * kSteps) {
-      float v[kSteps][8];
-      bool in_row[kSteps];
-#pragma unroll
-      for (int j = 0; j < kSteps; ++j) {
-        const int64_t g = g0 + 2 * j + half, col = g * kFp8Block + sub * kLaneCols;
-        in_row[j] = g < g_end && col < k;  // k % 16 == 0: 8 columns all in or all out
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[j][i] = 0.0f;
-        if (in_row[j]) src.values(in, col, v[j]);
-      }
-#pragma unroll
-      for (int j = 0; j < kSteps; ++j) {
-        const int64_t g = g0 + 2 * j + half, col = g * kFp8Block + sub * kLaneCols;
-        const float s = fp8_scale_of(lanes_max<kGroupLanes>(amax8(v[j])));
-        if (in_row[j]) *reinterpret_cast<uint2*>(dst + col) = quantize8<false>(v[j], s, fp8_inverse(s));
-        if (sub == 0 && g < g_end) sc[g * rows_e] = s;
-      }
-    }
+    // FP8_BLOCK: one scale per 128 columns, the chunk's groups (quantize_groups).
+    quantize_groups(src, in, k, dst, sc, rows_e, chunk * chunk_groups,
+                    kSplit ? std::min(groups, (chunk + 1) * chunk_groups) : groups, 2 * Source::kSteps);
   }
 }
 
