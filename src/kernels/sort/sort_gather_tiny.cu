@@ -15,10 +15,10 @@ using sort_detail::kSortThreads;
 // diagnostics, and block r gathers the row of rank r (launch_permute's
 // work), or with kQuant gathers and quantizes it with block scales
 // (launch_permute_quant's, with the same row routine, so the same bytes and
-// scales). Launched the
-// ordinary way, it lets the next kernel start at once: the decode GEMM 1
-// that follows ranks the ids itself (DecodeRouting) and streams its weights
-// while this runs, one launch earlier than after a separate gather.
+// scales). Launched the ordinary way, it lets the next kernel start at once:
+// the decode GEMM 1 that follows ranks the ids itself (DecodeRouting) and
+// streams its weights while this runs, one launch earlier than after a
+// separate gather.
 template <class IdT, class TIn, class TOut, bool kQuant>
 __global__ void __launch_bounds__(kSortThreads) sort_gather_tiny_kernel(
     const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl,
@@ -103,8 +103,9 @@ cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk
             b.expert_offsets, diagnostics);
     launched = true;
   };
-  // Each instance from tags of one level (a type test across nested generic
-  // lambdas dropped the quantizing launch in nvcc 13.0's host pass).
+  // Each instance from the tags of one lambda: choosing the quantizing one
+  // by a type test across two nested generic lambdas never launched it
+  // (nvcc 13.0; bench/RESULTS.md, 2026-12-04), and nothing launched is an error.
   auto run = [&](auto id_tag) {
     dispatch_dtype(compute_dtype, [&](auto out) {
       if constexpr (sizeof(out) == 2) {
