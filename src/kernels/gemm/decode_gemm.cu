@@ -356,6 +356,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       consumer_barrier();  // the staged tile is rewritten by the next item
     }
   }
+  // Every thread triggers only after its own wait (the layer's rule,
+  // common.cuh). The producer warp's other 31 lanes get here without
+  // having waited; a trigger from them could start the next kernel before
+  // the kernel before this one has finished, and the decode GEMM reads
+  // expert_offsets early on the strength of that rule.
+  pdl_wait();
   pdl_launch_dependents();
 }
 

@@ -380,6 +380,12 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
       });
     }
   }
+  // Every thread triggers only after its own wait (the layer's rule,
+  // common.cuh). The producer warpgroup's other threads get here without
+  // having waited; a trigger from them could start the next kernel before
+  // the kernel before this one has finished, and the decode GEMM reads
+  // expert_offsets early on the strength of that rule.
+  pdl_wait();
   pdl_launch_dependents();
 }
 
