@@ -293,10 +293,10 @@ TEST(GpuFp8, AdversarialRouting) {
 // (launch_sort_gather_tiny) and GEMM 1 ranks the ids itself; per tensor it
 // takes the separate stages. Either way the CPU's answer, and bitwise the
 // answer of the separate sort and gather-quantize stages (forced CUTLASS
-// swap-AB, whose bytes the decode kernel writes), for each scheme, adversarial ids, an
-// expert map, an expert-parallel rank, int64 ids, weights on the input,
-// fp16, partial scale groups in H and I, a whole row of 32 slots, and the
-// special values with extreme weight scales.
+// swap-AB, whose bytes the decode kernel writes), for each scheme,
+// adversarial ids, an expert map, an expert-parallel rank, int64 ids,
+// weights on the input, fp16, partial scale groups in H and I, a whole row
+// of 32 slots, and the special values with extreme weight scales.
 TEST(GpuFp8, TinyBatchesQuantizeInTheSortsLaunch) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr)

@@ -143,19 +143,6 @@ __device__ __forceinline__ void quantize_row_tensor(const Source& src, const typ
   write_scales(s);
 }
 
-// The max of every thread's amax over the block (all threads call it; any
-// number of whole warps up to 1024), returned to every thread.
-__device__ __forceinline__ float block_amax(float amax) {
-  __shared__ float warp_amax[32];
-  const int warps = static_cast<int>(blockDim.x / 32);
-  amax = lanes_max<32>(amax);
-  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
-  __syncthreads();
-  for (int w = 0; w < warps; ++w) amax = fmaxf(amax, warp_amax[w]);
-  __syncthreads();  // warp_amax is rewritten by the next call
-  return amax;
-}
-
 // Source row `row` of a block's or warp's first item, looked up before the
 // expert offsets are read, so that at decode both loads (the gather's pair,
 // the offsets) take one round trip instead of two. Any row below max_rows
@@ -204,10 +191,12 @@ __global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
   pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
   pdl_launch_dependents();
   __shared__ int32_t cached_offsets[kCachedExperts + 1];
+  __shared__ float warp_amax[kRowBlockThreads / 32];
   // The first row's source is looked up beside the offsets (first_row).
   const typename Source::Row first_in = first_row(src, blockIdx.x, max_rows, k);
   const ExpertOffsets offset = cache_offsets(offsets, num_experts, cached_offsets);
   const int64_t valid = offset(num_experts), groups = fp8_blocks(k);
+  const int warps = static_cast<int>(blockDim.x / 32);
   for (int64_t row = blockIdx.x; row < valid; row += gridDim.x) {
     const int e = last_at_most(offset, num_experts, row);
     const int64_t first = offset(e), rows_e = offset(e + 1) - first;
@@ -215,7 +204,14 @@ __global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
     quantize_row_tensor<Source::kHeldSteps>(
         src, row == blockIdx.x ? first_in : src.row(row, k), k, static_cast<int>(blockDim.x),
         static_cast<int>(threadIdx.x), static_scale, __ldg(w_scale + e), out + row * k, sc, rows_e, groups,
-        [](float amax) { return block_amax(amax); });
+        [&](float amax) {
+          amax = lanes_max<32>(amax);
+          if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+          __syncthreads();
+          for (int w = 0; w < warps; ++w) amax = fmaxf(amax, warp_amax[w]);
+          __syncthreads();  // warp_amax is rewritten for the next row
+          return amax;
+        });
   }
 }
 
