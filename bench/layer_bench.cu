@@ -7,6 +7,8 @@
 //     dtype: bf16 | fp16 | fp8_block | fp8_tensor (fp8 weights, bf16 activations)
 //   moekit_layer_bench --once model T [dtype]                (one call, for ncu)
 //   moekit_layer_bench --host model T [dtype]                (host µs per call, idle GPU)
+//   moekit_layer_bench --timeline model T [dtype] [replays]  (kernel timeline of a call; needs a
+//                                                             build with -DMOEKIT_TIMELINE=ON)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -22,6 +24,7 @@
 
 #include "bench/graph_timer.hpp"
 #include "common/fp8_math.hpp"
+#include "kernels/timeline.hpp"
 #include "moekit/moekit.hpp"
 #include "reference/dtype.hpp"
 #include "tools/cli/models.hpp"
@@ -85,7 +88,95 @@ const char* point_dtype_name(const Point& p) {
 }
 
 // host: time the host side of one call (the GPU idle before each), not the GPU.
-int run_point(const Point& pt, FILE* json, bool once, bool host = false) {
+// The kernels of each call of a graph of `calls` layer calls, from the
+// device log of `replays` replays (timeline.hpp): per kernel of a call, the
+// medians over calls and replays of its events, in µs from the call's first
+// kernel start; and the graph-timed µs of a call beside it.
+int print_timeline(cudaGraph_t graph, cudaStream_t stream, int calls, int replays) {
+  namespace tl = kernels::timeline;
+  const uint32_t capacity = 1u << 15;  // records per region (32 regions: 32 MB)
+  tl::Record* records = nullptr;
+  uint32_t* count = nullptr;
+  CHECK(cudaMalloc(&records, size_t(capacity) * tl::kLanes * sizeof(tl::Record)));
+  CHECK(cudaMalloc(&count, tl::kLanes * sizeof(uint32_t)));
+  if (!tl::attach({records, capacity, count})) {
+    std::fprintf(stderr, "--timeline: this build has no kernel timeline (configure with -DMOEKIT_TIMELINE=ON)\n");
+    return 1;
+  }
+  cudaGraphExec_t exec;
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 3; ++i) CHECK(cudaGraphLaunch(exec, stream));  // warm-up
+  std::vector<std::vector<std::vector<int64_t>>> cols;  // [kernel][field] values
+  std::vector<uint8_t> kinds;
+  std::vector<int> blocks;
+  std::vector<int64_t> totals;
+  int per_call = -1;
+  for (int r = 0; r < replays; ++r) {
+    CHECK(cudaStreamSynchronize(stream));
+    CHECK(cudaMemset(count, 0, tl::kLanes * sizeof(uint32_t)));
+    CHECK(cudaGraphLaunch(exec, stream));
+    CHECK(cudaStreamSynchronize(stream));
+    uint32_t n[tl::kLanes];
+    CHECK(cudaMemcpy(n, count, sizeof n, cudaMemcpyDeviceToHost));
+    std::vector<tl::Record> h;
+    for (int lane = 0; lane < tl::kLanes; ++lane) {
+      if (n[lane] > capacity) {
+        std::fprintf(stderr, "--timeline: %u records in region %d, which holds %u\n", n[lane], lane, capacity);
+        return 1;
+      }
+      const size_t at = h.size();
+      h.resize(at + n[lane]);
+      CHECK(cudaMemcpy(h.data() + at, records + size_t(lane) * capacity, size_t(n[lane]) * sizeof(tl::Record),
+                       cudaMemcpyDeviceToHost));
+    }
+    const std::vector<tl::Span> spans = tl::summarize(h);
+    if (spans.empty() || spans.size() % calls != 0) {
+      std::fprintf(stderr, "--timeline: %zu launches recorded for %d calls\n", spans.size(), calls);
+      return 1;
+    }
+    if (per_call < 0) {
+      per_call = int(spans.size()) / calls;
+      cols.assign(per_call, std::vector<std::vector<int64_t>>(7));
+      for (int i = 0; i < per_call; ++i) { kinds.push_back(spans[i].kind); blocks.push_back(spans[i].blocks); }
+    }
+    for (int c = 0; c < calls; ++c) {
+      const int64_t o = spans[size_t(c) * per_call].first_start;
+      auto rel = [o](int64_t t) { return t < 0 ? int64_t(-1) : t - o; };
+      int64_t end = 0;
+      for (int i = 0; i < per_call; ++i) {
+        const tl::Span& s = spans[size_t(c) * per_call + i];
+        const int64_t v[7] = {rel(s.first_start), rel(s.last_start), rel(s.first_wait), rel(s.median_wait),
+                              rel(s.first_stage), rel(s.median_end), rel(s.last_end)};
+        for (int f = 0; f < 7; ++f) cols[i][f].push_back(v[f]);
+        end = std::max(end, rel(s.last_end));
+      }
+      totals.push_back(end);
+    }
+  }
+  CHECK(cudaGraphExecDestroy(exec));
+  tl::attach({nullptr, 0, nullptr});
+  cudaFree(records);
+  cudaFree(count);
+  auto med = [](std::vector<int64_t> v) {
+    std::sort(v.begin(), v.end());
+    char b[32];
+    if (v.empty() || v[v.size() / 2] < 0) return std::string("-");
+    std::snprintf(b, sizeof b, "%.2f", double(v[v.size() / 2]) / 1000.0);
+    return std::string(b);
+  };
+  std::printf("kernel timeline, µs from the call's first kernel start (medians of %d calls x %d replays; "
+              "%%globaltimer, whose tick may be 1 µs on some drivers):\n", calls, replays);
+  std::printf("| # | kernel | blocks | first start | last start | first wait release | median wait release | "
+              "first stage in | median end | last end |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int i = 0; i < per_call; ++i)
+    std::printf("| %d | %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", i, tl::kind_name(kinds[i]), blocks[i],
+                med(cols[i][0]).c_str(), med(cols[i][1]).c_str(), med(cols[i][2]).c_str(), med(cols[i][3]).c_str(),
+                med(cols[i][4]).c_str(), med(cols[i][5]).c_str(), med(cols[i][6]).c_str());
+  std::printf("call, first start to last end: %s µs\n", med(totals).c_str());
+  return 0;
+}
+
+int run_point(const Point& pt, FILE* json, bool once, bool host = false, int timeline_replays = 0) {
   const cli::ModelShape& m = *pt.model;
   const int64_t T = pt.T, E = m.num_experts, k = m.top_k, H = m.hidden, I = m.inter;
   const int64_t N1 = 2 * I;
@@ -238,6 +329,12 @@ int run_point(const Point& pt, FILE* json, bool once, bool host = false) {
     }
   }
   CHECK(cudaStreamEndCapture(stream, &graph));
+  if (timeline_replays > 0) {
+    cudaGraph_t copy;
+    CHECK(cudaGraphClone(&copy, graph));
+    if (print_timeline(copy, stream, calls, timeline_replays)) return 1;
+    cudaGraphDestroy(copy);
+  }
   const float us = bench::median_replay_us(graph, stream, 3, 20) / calls;
   if (us < 0) { std::fprintf(stderr, "graph replay failed\n"); return 1; }
 
@@ -280,6 +377,13 @@ int main(int argc, char** argv) {
   if (!cuda_available()) {
     std::fprintf(stderr, "moekit_layer_bench: no CUDA GPU of compute capability 9.0; nothing to time\n");
     return 0;
+  }
+  if (argc >= 4 && std::string(argv[1]) == "--timeline") {
+    const cli::ModelShape* m = cli::find_model(argv[2]);
+    if (!m) { std::fprintf(stderr, "unknown model %s\n", argv[2]); return 2; }
+    const int replays = argc > 5 ? std::max(1, std::atoi(argv[5])) : 10;
+    return run_point(parse_point(m, std::atoll(argv[3]), argc > 4 ? argv[4] : "bf16"), nullptr, false, false,
+                     replays);
   }
   if (argc >= 4 && (std::string(argv[1]) == "--once" || std::string(argv[1]) == "--host")) {
     const cli::ModelShape* m = cli::find_model(argv[2]);

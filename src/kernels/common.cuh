@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "kernels/timeline.cuh"
 #include "moekit/moekit.h"
 
 namespace moekit::kernels {
@@ -126,7 +127,10 @@ __device__ __forceinline__ int expert_of_row(const int32_t* offsets, int num_exp
 // pdl_wait() (or in a kernel launched the ordinary way). Then, when a kernel
 // starts, every kernel two or more back on the stream has finished, which
 // the decode GEMM uses to read the sort's expert_offsets before its wait.
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  timeline::mark(timeline::kUnknown, timeline::kWait);  // MOEKIT_TIMELINE builds only
+}
 __device__ __forceinline__ void pdl_launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }

@@ -21,6 +21,7 @@ __global__ void __launch_bounds__(kThreads) activation_kernel(
     T* __restrict__ out,                      // [rows, I]
     const int32_t* __restrict__ valid_rows,   // offsets[E_local]
     int64_t inter, ActivationParams p, moekit_gate_up_order_t order) {
+  timeline::Scope timeline_scope(timeline::kActivation);  // MOEKIT_TIMELINE builds only
   pdl_wait();  // GEMM 1's output
   pdl_launch_dependents();
   const bool gated = activation_is_gated(p.kind);

@@ -25,6 +25,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
     const float* __restrict__ topk_weights,    // [T, k], or null: weight 1
     int64_t num_tokens, int64_t top_k, int64_t hidden_size,
     TOut* __restrict__ out) {                  // [T, H]
+  timeline::Scope timeline_scope(timeline::kFinalize);  // MOEKIT_TIMELINE builds only
   // One thread per 8 columns of one token; blocks tile (token, column block),
   // so a single decode token still spreads over H / 1024 blocks.
   const int64_t vecs = hidden_size / 8;

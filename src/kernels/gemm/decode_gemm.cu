@@ -189,6 +189,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
     int n, int k, Epilogue ep, Scales sc,
     int stages,                                 // ring slots, <= kMaxStages
     DecodeRouting route) {                      // pairs > 0: offsets from ranking these ids
+  timeline::Scope timeline_scope(timeline::kGemmDecode);  // MOEKIT_TIMELINE builds only
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
@@ -276,6 +277,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
             }
         }
         Barrier::wait(&full[slot], phase);
+        if constexpr (MOEKIT_TIMELINE)  // when the warp's first stage arrived
+          if (item == blockIdx.x && kb == 0) timeline::mark(timeline::kGemmDecode, timeline::kFirstStage);
         const uint32_t w_tile = ring + slot * kStage;
         const uint32_t a_tile = w_tile + kWeightBoxBytes;
         float part[kBlocks][4];  // e4m3: this block's sum, scaled into acc below

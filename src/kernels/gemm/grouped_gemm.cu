@@ -41,6 +41,7 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_nt_kernel(
     const T* __restrict__ bias,              // [E, N] or null
     T* __restrict__ c,                       // [rows, N]
     int64_t n, int64_t k, Scales scales) {
+  timeline::Scope timeline_scope(timeline::kGemmSimple);  // MOEKIT_TIMELINE builds only
   __shared__ float as[kBK][kBM + 4];  // (BK, BM): k-major, padded against bank conflicts
   __shared__ float ws[kBK][kBN + 4];  // (BK, BN)
   const int64_t valid = offsets[num_experts];

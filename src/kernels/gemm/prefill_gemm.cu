@@ -192,6 +192,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
     const T* __restrict__ bias,                 // [E, N] or null
     T* __restrict__ c,                          // [rows, N], or fused: [rows, inter]
     int n, int k, Epilogue ep, Scales sc) {
+  timeline::Scope timeline_scope(timeline::kGemmPrefill);  // MOEKIT_TIMELINE builds only
   using S = Tile<Op>;
   constexpr int kStages = S::kStages, kCols = S::kCols, kBytes = kStageBytes<Op>;
   extern __shared__ unsigned char smem_raw[];
@@ -258,6 +259,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
         int prev = 0;
         for (int kb = 0; kb < k_stages; ++kb) {
           Barrier::wait(&full[slot], phase);
+          if constexpr (MOEKIT_TIMELINE)  // when the warp's first stage arrived
+            if (item == blockIdx.x && kb == 0) timeline::mark(timeline::kGemmPrefill, timeline::kFirstStage);
           const uint32_t tile = stages + slot * kBytes;
           issue_stage<T, Op>(acc, tile + a_offset, tile + kRowBoxBytes, kb == 0);
           if (kb > 0) {
@@ -298,6 +301,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
           float s[2];
           block_scales(kb, s);
           Barrier::wait(&full[slot], phase);
+          if constexpr (MOEKIT_TIMELINE)  // when the warp's first stage arrived
+            if (item == blockIdx.x && kb == 0) timeline::mark(timeline::kGemmPrefill, timeline::kFirstStage);
           const uint32_t tile = stages + slot * kBytes;
           issue_stage<T, Op>(part, tile + a_offset, tile + kRowBoxBytes, true);
           cute::warpgroup_wait<0>();

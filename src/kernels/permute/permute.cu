@@ -23,6 +23,7 @@ __global__ void __launch_bounds__(kThreads) permute_kernel(
     int64_t written_rows,                      // entries of sorted_pairs known written
     int64_t top_k, int64_t hidden_size,
     TOut* __restrict__ rows) {                 // [T*k, H] expert order
+  timeline::Scope timeline_scope(timeline::kPermute);  // MOEKIT_TIMELINE builds only
   pdl_wait();  // the sort's maps
   pdl_launch_dependents();
   // The first row's pair is loaded beside the row count (one round trip

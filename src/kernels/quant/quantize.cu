@@ -188,6 +188,7 @@ __global__ void __launch_bounds__(kRowBlockThreads) quantize_rows_tensor_kernel(
     const float* __restrict__ w_scale,       // [E]
     uint8_t* __restrict__ out,               // [rows, K] e4m3
     float* __restrict__ scales, int64_t max_rows) {
+  timeline::Scope timeline_scope(timeline::kQuantize);  // MOEKIT_TIMELINE builds only
   pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
   pdl_launch_dependents();
   __shared__ int32_t cached_offsets[kCachedExperts + 1];
@@ -226,6 +227,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(
     const float* __restrict__ w_scale,                            // [E] per tensor, else unused
     uint8_t* __restrict__ out,                                    // [rows, K] e4m3
     float* __restrict__ scales, int64_t chunk_groups, int64_t max_rows) {
+  timeline::Scope timeline_scope(timeline::kQuantize);  // MOEKIT_TIMELINE builds only
   static_assert(!(kSplit && kTensor), "per tensor with few rows: quantize_rows_tensor_kernel");
   pdl_wait();  // the sort's maps (gather) or GEMM 1's output (activation)
   pdl_launch_dependents();

@@ -53,6 +53,7 @@ __global__ void router_kernel(const T* __restrict__ logits,          // [T, E]
                               moekit_router_config_t c,
                               int32_t* __restrict__ topk_ids,        // [T, k]
                               float* __restrict__ topk_weights) {    // [T, k]
+  timeline::Scope timeline_scope(timeline::kRouter);  // MOEKIT_TIMELINE builds only
   extern __shared__ uint32_t smem[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int warps = blockDim.x / kWarp;

@@ -64,6 +64,7 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
     int32_t* __restrict__ sorted_pairs,
     int32_t* __restrict__ pair_to_row, int32_t* __restrict__ expert_offsets,
     moekit_diagnostics_t* diagnostics) {
+  timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
   pdl_launch_dependents();  // the gather may launch now; it waits for this kernel's maps
   using BlockSort = cub::BlockRadixSort<uint32_t, kThreads, kItems, int32_t>;
   __shared__ union {
@@ -122,6 +123,7 @@ __global__ void __launch_bounds__(kThreads) make_keys_kernel(
     const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl,
     uint32_t* __restrict__ keys, int32_t* __restrict__ vals,
     moekit_diagnostics_t* diagnostics) {
+  timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t p = blockIdx.x * int64_t{kThreads} + threadIdx.x; p < pairs; p += stride) {
     keys[p] = local_key(ids[p], pl);
@@ -135,6 +137,7 @@ __global__ void __launch_bounds__(kThreads) build_maps_kernel(
     const uint32_t* __restrict__ sorted_keys, const int32_t* __restrict__ sorted_pairs,
     int64_t pairs, int64_t num_local, int32_t* __restrict__ pair_to_row,
     int32_t* __restrict__ expert_offsets) {
+  timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
   pdl_launch_dependents();  // as in sort_small_kernel
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   const int64_t work = pairs > num_local + 1 ? pairs : num_local + 1;

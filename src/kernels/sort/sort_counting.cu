@@ -66,6 +66,7 @@ template <class IdT>
 __global__ void __launch_bounds__(kThreads) count_keys_kernel(
     const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bins, int bits,
     int32_t* __restrict__ counts, moekit_diagnostics_t* diagnostics) {
+  timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
   pdl_launch_dependents();  // launched the ordinary way: the ranking kernel may start ranking now
   __shared__ int32_t hist[kCountMaxBins];
   for (int b = threadIdx.x; b < bins; b += kThreads) hist[b] = 0;
@@ -98,6 +99,7 @@ __global__ void __launch_bounds__(kThreads) rank_scatter_kernel(
     const int32_t* __restrict__ counts, int32_t* __restrict__ sorted_pairs,
     int32_t* __restrict__ pair_to_row, int32_t* __restrict__ expert_offsets,
     moekit_diagnostics_t* diagnostics) {
+  timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
   if constexpr (kWholeBatch) pdl_launch_dependents();
   using Scan = cub::BlockScan<int32_t, kThreads>;
   __shared__ int32_t warp_hist[kCountWarps][kCountMaxBins];  // counts, then exclusive prefix over warps

@@ -29,6 +29,7 @@ __global__ void __launch_bounds__(kSortThreads) sort_gather_tiny_kernel(
     QuantRows q,                             // kQuant: e4m3 rows and their block scales instead
     int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ pair_to_row,
     int32_t* __restrict__ expert_offsets, moekit_diagnostics_t* diagnostics) {
+  timeline::Scope timeline_scope(timeline::kSortGatherTiny);  // MOEKIT_TIMELINE builds only
   pdl_launch_dependents();
   __shared__ uint32_t ranked_keys[kWarpRankPairs];
   __shared__ int32_t ranked_pairs[kWarpRankPairs];

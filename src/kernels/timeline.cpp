@@ -1,0 +1,155 @@
+// Host side of the kernel timeline (timeline.hpp): the registry of
+// instrumented translation units, and the summary of a downloaded log.
+#include "kernels/timeline.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <mutex>
+
+#ifndef MOEKIT_TIMELINE
+#define MOEKIT_TIMELINE 0
+#endif
+
+namespace moekit::kernels::timeline {
+
+namespace {
+
+struct Registry {
+  std::mutex mutex;
+  std::vector<AttachFn> units;
+};
+Registry& registry() {
+  static Registry r;  // constructed on first use: units register from static initializers
+  return r;
+}
+
+int64_t median(std::vector<int64_t> v) {
+  if (v.empty()) return -1;
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+const char* kind_name(uint8_t kind) {
+  switch (kind) {
+    case kRouter: return "router";
+    case kSort: return "sort";
+    case kSortGatherTiny: return "sort+gather (tiny)";
+    case kPermute: return "gather";
+    case kQuantize: return "quantize";
+    case kGemmDecode: return "decode GEMM";
+    case kGemmPrefill: return "prefill GEMM";
+    case kGemmSimple: return "simple GEMM";
+    case kActivation: return "activation";
+    case kFinalize: return "finalize";
+    default: return "?";
+  }
+}
+
+bool register_unit(AttachFn fn) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.units.push_back(fn);
+  return true;
+}
+
+bool enabled() { return MOEKIT_TIMELINE != 0; }
+
+bool attach(const Log& log) {
+  if (!enabled()) return false;
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  bool ok = !r.units.empty();
+  for (AttachFn fn : r.units) ok = fn(log) && ok;
+  return ok;
+}
+
+std::vector<Span> summarize(const std::vector<Record>& records) {
+  struct Acc {
+    Span span;
+    bool started = false;
+    std::vector<int64_t> waits, ends;
+    std::vector<uint32_t> blocks;
+    int64_t first_start = 0, last_start = 0, first_stage = -1, last_end = 0;
+  };
+  std::map<uint64_t, Acc> by_grid;
+  bool any = false;
+  int64_t origin = 0;
+  for (const Record& r : records)
+    if (r.event == kStart && (!any || static_cast<int64_t>(r.time) < origin)) {
+      origin = static_cast<int64_t>(r.time);
+      any = true;
+    }
+  for (const Record& r : records) {
+    Acc& a = by_grid[r.grid];
+    const int64_t t = static_cast<int64_t>(r.time) - origin;
+    switch (r.event) {
+      case kStart:
+        if (!a.started || t < a.first_start) a.first_start = t;
+        if (!a.started || t > a.last_start) a.last_start = t;
+        a.started = true;
+        a.span.kind = r.kind;
+        ++a.span.warps;
+        a.blocks.push_back(r.block);
+        break;
+      case kWait: a.waits.push_back(t); break;
+      case kFirstStage:
+        if (a.first_stage < 0 || t < a.first_stage) a.first_stage = t;
+        break;
+      case kEnd:
+        a.ends.push_back(t);
+        a.last_end = std::max(a.last_end, t);
+        break;
+      default: break;
+    }
+  }
+  std::vector<Span> spans;
+  for (auto& [grid, a] : by_grid) {
+    if (!a.started) continue;
+    Span s = a.span;
+    s.grid = grid;
+    std::sort(a.blocks.begin(), a.blocks.end());
+    s.blocks = static_cast<int>(std::unique(a.blocks.begin(), a.blocks.end()) - a.blocks.begin());
+    s.first_start = a.first_start;
+    s.last_start = a.last_start;
+    if (!a.waits.empty()) {
+      s.first_wait = *std::min_element(a.waits.begin(), a.waits.end());
+      s.last_wait = *std::max_element(a.waits.begin(), a.waits.end());
+      s.median_wait = median(a.waits);
+    }
+    s.first_stage = a.first_stage;
+    s.median_end = a.ends.empty() ? a.last_start : median(a.ends);
+    s.last_end = a.ends.empty() ? a.last_start : a.last_end;
+    spans.push_back(s);
+  }
+  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) {
+    return x.first_start != y.first_start ? x.first_start < y.first_start : x.grid < y.grid;
+  });
+  return spans;
+}
+
+std::string format(const std::vector<Span>& spans) {
+  auto us = [](int64_t ns) {
+    char b[32];
+    if (ns < 0) return std::string("-");
+    std::snprintf(b, sizeof b, "%.2f", static_cast<double>(ns) / 1000.0);
+    return std::string(b);
+  };
+  std::string out =
+      "| # | kernel | blocks | first start | last start | first wait | median wait | last wait | first stage | "
+      "median end | last end |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const Span& s = spans[i];
+    char row[512];
+    std::snprintf(row, sizeof row, "| %zu | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", i, kind_name(s.kind),
+                  s.blocks, us(s.first_start).c_str(), us(s.last_start).c_str(), us(s.first_wait).c_str(),
+                  us(s.median_wait).c_str(), us(s.last_wait).c_str(), us(s.first_stage).c_str(),
+                  us(s.median_end).c_str(), us(s.last_end).c_str());
+    out += row;
+  }
+  return out;
+}
+
+}  // namespace moekit::kernels::timeline
