@@ -134,6 +134,12 @@ int print_timeline(cudaGraph_t graph, cudaStream_t stream, int calls, int replay
       std::fprintf(stderr, "--timeline: %zu launches recorded for %d calls\n", spans.size(), calls);
       return 1;
     }
+    for (const tl::Span& sp : spans)  // the log's own consistency: a warp's events in order
+      if (sp.kind == tl::kUnknown || (sp.first_wait >= 0 && sp.first_wait < sp.first_start) ||
+          sp.last_end < sp.first_start)
+        std::fprintf(stderr, "--timeline: inconsistent launch %llu (%s): start %lld wait %lld end %lld\n",
+                     (unsigned long long)sp.grid, tl::kind_name(sp.kind), (long long)sp.first_start,
+                     (long long)sp.first_wait, (long long)sp.last_end);
     if (per_call < 0) {
       per_call = int(spans.size()) / calls;
       cols.assign(per_call, std::vector<std::vector<int64_t>>(7));

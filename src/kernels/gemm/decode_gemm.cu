@@ -178,6 +178,15 @@ __device__ __forceinline__ void consumer_barrier() {
   asm volatile("bar.sync 1, %0;" ::"n"(32 * kConsumerWarps) : "memory");
 }
 
+// A hint that the bytes [p, p + bytes) will be read soon: an L2 prefetch of
+// each 128-byte line, the first at p itself (a prefetch never faults, and no
+// address before p or past the range is named).
+__device__ __forceinline__ void prefetch_l2(const void* p, size_t bytes) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p), end = a + bytes;
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+  for (uintptr_t line = (a | 127) + 1; line < end; line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+}
+
 template <class T, class Op, int kTok>
 __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
     const __grid_constant__ CUtensorMap w_map,  // [E, N, K] weights, box (128 B of k, 64 rows, 1)
@@ -234,11 +243,33 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
             Barrier::arrive_and_expect_tx(&full[slot], kStage);
             tma::load_weight_box(&w_map, &full[slot], kWeightHint, base + slot * kStage,
                                  cur.kb * kStageK<Op>, cur, ep.split_halves);
+            // e4m3, MOEKIT_DECODE_SCALE_PREFETCH: at an item's first stage, a
+            // ring ahead of its consumers, the weight-scale rows of its first
+            // and last weight row (of each half with split halves), so the
+            // consumers' scale loads hit L2 instead of waiting on DRAM.
+            if constexpr (kIsFp8<Op>)
+              if (sc.prefetch && cur.kb == 0 && sc.w != nullptr) {
+                const float* rows = sc.w + cur.u.expert * sc.w_stride;
+                const int span = ep.split_halves ? kGatedCols : kSliceRows;
+                for (int half = 0; half < (ep.split_halves ? 2 : 1); ++half) {
+                  const int first = half * ep.inter + cur.w_row0;
+                  const int last = min(first + span - 1, (ep.split_halves && half == 0 ? ep.inter : n) - 1);
+                  prefetch_l2(rows + static_cast<int64_t>(first / 128) * k_stages, k_stages * sizeof(float));
+                  if (last / 128 != first / 128)
+                    prefetch_l2(rows + static_cast<int64_t>(last / 128) * k_stages, k_stages * sizeof(float));
+                }
+              }
           },
           [&](int slot, const tma::Cursor& cur) {
             cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint,
                                          base + slot * kStage + kWeightBoxBytes, cur.kb * kStageK<Op>,
                                          cur.u.begin + cur.u.row0);
+            // The expert's activation scales ([k_stages, rows], written by
+            // the previous kernel: after the wait, as every row load is).
+            if constexpr (kIsFp8<Op>)
+              if (sc.prefetch && cur.kb == 0 && sc.a != nullptr)
+                prefetch_l2(sc.a + static_cast<int64_t>(cur.u.begin) * k_stages,
+                            static_cast<size_t>(k_stages) * cur.u.rows * sizeof(float));
           });
   } else {
     const int g = lane / 4, q = lane % 4;
@@ -393,6 +424,16 @@ int ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens) {
   return forced >= 2 ? std::min(forced, most) : decode_ring_stages(n, k, elem_bytes, pass_tokens);
 }
 
+// MOEKIT_DECODE_SCALE_PREFETCH=1: the producer prefetches each item's block
+// scales to L2 (e4m3 only; off by default until measured).
+bool scale_prefetch() {
+  static const bool on = [] {
+    const char* s = std::getenv("MOEKIT_DECODE_SCALE_PREFETCH");
+    return s != nullptr && std::atoi(s) == 1;
+  }();
+  return on;
+}
+
 // Token rows per pass: the plan's (16 or 32), else decode_pass_tokens of
 // rows / experts; MOEKIT_DECODE_TOKENS (16 or 32) overrides both, for tuning.
 int pass_tokens(int planned, int64_t rows_capacity, int64_t num_experts) {
@@ -450,7 +491,8 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
                            ep.split_halves ? 2 * kGatedCols : kSliceRows, ep.split_halves) ||
       !tma::encode_rows(&a_map, type, p.a, rows_capacity, p.k, elem_bytes, tokens))
     return cudaErrorNotSupported;
-  const Scales sc = tma::scales_of(p);
+  Scales sc = tma::scales_of(p);
+  sc.prefetch = scale_prefetch();
   const int stages = ring_stages(p.n, p.k, elem_bytes, tokens);
   const size_t smem = smem_bytes(p.num_experts, stages, decode_slot_bytes(tokens));
 

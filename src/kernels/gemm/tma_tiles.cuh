@@ -241,6 +241,7 @@ struct Scales {
   const float* a;
   const float* w;
   int64_t w_stride;
+  int prefetch = 0;  // decode kernel: the producer prefetches each item's scales to L2 (a tuning knob)
 };
 inline Scales scales_of(const GroupedGemmParams& p) {
   return {p.a_scale, p.w_scale_ones != nullptr ? nullptr : p.w_scale, p.w_scale_stride};
