@@ -243,12 +243,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
             Barrier::arrive_and_expect_tx(&full[slot], kStage);
             tma::load_weight_box(&w_map, &full[slot], kWeightHint, base + slot * kStage,
                                  cur.kb * kStageK<Op>, cur, ep.split_halves);
-            // e4m3, MOEKIT_DECODE_SCALE_PREFETCH: at an item's first stage, a
+            // e4m3, MOEKIT_DECODE_SCALE_PREFETCH bit 1: at an item's first stage, a
             // ring ahead of its consumers, the weight-scale rows of its first
             // and last weight row (of each half with split halves), so the
             // consumers' scale loads hit L2 instead of waiting on DRAM.
             if constexpr (kIsFp8<Op>)
-              if (sc.prefetch && cur.kb == 0 && sc.w != nullptr) {
+              if ((sc.prefetch & 1) && cur.kb == 0 && sc.w != nullptr) {
                 const float* rows = sc.w + cur.u.expert * sc.w_stride;
                 const int span = ep.split_halves ? kGatedCols : kSliceRows;
                 for (int half = 0; half < (ep.split_halves ? 2 : 1); ++half) {
@@ -267,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
             // The expert's activation scales ([k_stages, rows], written by
             // the previous kernel: after the wait, as every row load is).
             if constexpr (kIsFp8<Op>)
-              if (sc.prefetch && cur.kb == 0 && sc.a != nullptr)
+              if ((sc.prefetch & 1) && cur.kb == 0 && sc.a != nullptr)
                 prefetch_l2(sc.a + static_cast<int64_t>(cur.u.begin) * k_stages,
                             static_cast<size_t>(k_stages) * cur.u.rows * sizeof(float));
           });
@@ -295,17 +295,46 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       const float* sw_e = kIsFp8<Op> && sc.w != nullptr
                               ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_row0 / 128) * k_stages
                               : nullptr;
+      // MOEKIT_DECODE_SCALE_PREFETCH bit 2: each stage's raw scales are
+      // loaded a stage ahead, during the stage before (ptxas otherwise issues
+      // the activation scales' loads after the full-barrier wait, so a stage
+      // whose data is in still waits an L2 round trip before its promotion).
+      // The same products either way.
+      const bool ahead = kIsFp8<Op> && (sc.prefetch & 2) != 0;
+      float next_w = 1.0f, next_a[kBlocks][2];
+      auto load_next = [&](int kb) {
+        if (kb >= k_stages) return;
+        next_w = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
+#pragma unroll
+        for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int t = u.row0 + 8 * j + 2 * q + h;
+            next_a[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) : 0.0f;
+          }
+      };
+      if constexpr (kIsFp8<Op>)
+        if (ahead) load_next(0);
       for (int kb = 0; kb < k_stages; ++kb) {
         float scale[kBlocks][2];
-        if constexpr (kIsFp8<Op>) {  // issued before the wait: the loads overlap it
-          const float sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
+        if constexpr (kIsFp8<Op>) {
+          if (ahead) {
 #pragma unroll
-          for (int j = 0; j < kBlocks; ++j)
+            for (int j = 0; j < kBlocks; ++j)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int t = u.row0 + 8 * j + 2 * q + h;
-              scale[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) * sw : 0.0f;
-            }
+              for (int h = 0; h < 2; ++h)
+                scale[j][h] = u.row0 + 8 * j + 2 * q + h < u.rows ? next_a[j][h] * next_w : 0.0f;
+            load_next(kb + 1);
+          } else {  // issued before the wait: the loads overlap it
+            const float sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
+#pragma unroll
+            for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int t = u.row0 + 8 * j + 2 * q + h;
+                scale[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) * sw : 0.0f;
+              }
+          }
         }
         Barrier::wait(&full[slot], phase);
         if constexpr (MOEKIT_TIMELINE)  // when the warp's first stage arrived
@@ -424,14 +453,15 @@ int ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens) {
   return forced >= 2 ? std::min(forced, most) : decode_ring_stages(n, k, elem_bytes, pass_tokens);
 }
 
-// MOEKIT_DECODE_SCALE_PREFETCH=1: the producer prefetches each item's block
-// scales to L2 (e4m3 only; off by default until measured).
-bool scale_prefetch() {
-  static const bool on = [] {
+// MOEKIT_DECODE_SCALE_PREFETCH (e4m3 only; 0, off, by default until
+// measured): bit 1, the producer prefetches each item's block scales to L2;
+// bit 2, the consumers load each stage's scales a stage ahead.
+int scale_prefetch() {
+  static const int bits = [] {
     const char* s = std::getenv("MOEKIT_DECODE_SCALE_PREFETCH");
-    return s != nullptr && std::atoi(s) == 1;
+    return s != nullptr ? std::atoi(s) & 3 : 0;
   }();
-  return on;
+  return bits;
 }
 
 // Token rows per pass: the plan's (16 or 32), else decode_pass_tokens of
