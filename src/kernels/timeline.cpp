@@ -67,10 +67,14 @@ bool attach(const Log& log) {
 }
 
 std::vector<Span> summarize(const std::vector<Record>& records) {
+  // A warp may record an event more than once (a warp-specialized kernel's
+  // producer warp: its idle lanes reach the final wait and the end before
+  // lane 0 has streamed the last stage), so each warp counts with its
+  // first WAIT and its last END.
   struct Acc {
     Span span;
     bool started = false;
-    std::vector<int64_t> waits, ends;
+    std::map<uint64_t, int64_t> wait_of, end_of;  // (block, warp) -> time
     std::vector<uint32_t> blocks;
     int64_t first_start = 0, last_start = 0, first_stage = -1, last_end = 0;
   };
@@ -94,14 +98,22 @@ std::vector<Span> summarize(const std::vector<Record>& records) {
         ++a.span.warps;
         a.blocks.push_back(r.block);
         break;
-      case kWait: a.waits.push_back(t); break;
+      case kWait: {
+        const uint64_t w = uint64_t{r.block} << 16 | r.warp;
+        auto it = a.wait_of.find(w);
+        if (it == a.wait_of.end()) a.wait_of.emplace(w, t); else it->second = std::min(it->second, t);
+        break;
+      }
       case kFirstStage:
         if (a.first_stage < 0 || t < a.first_stage) a.first_stage = t;
         break;
-      case kEnd:
-        a.ends.push_back(t);
+      case kEnd: {
+        const uint64_t w = uint64_t{r.block} << 16 | r.warp;
+        auto it = a.end_of.find(w);
+        if (it == a.end_of.end()) a.end_of.emplace(w, t); else it->second = std::max(it->second, t);
         a.last_end = std::max(a.last_end, t);
         break;
+      }
       default: break;
     }
   }
@@ -114,14 +126,17 @@ std::vector<Span> summarize(const std::vector<Record>& records) {
     s.blocks = static_cast<int>(std::unique(a.blocks.begin(), a.blocks.end()) - a.blocks.begin());
     s.first_start = a.first_start;
     s.last_start = a.last_start;
-    if (!a.waits.empty()) {
-      s.first_wait = *std::min_element(a.waits.begin(), a.waits.end());
-      s.last_wait = *std::max_element(a.waits.begin(), a.waits.end());
-      s.median_wait = median(a.waits);
+    std::vector<int64_t> waits, ends;
+    for (const auto& [w, t] : a.wait_of) waits.push_back(t);
+    for (const auto& [w, t] : a.end_of) ends.push_back(t);
+    if (!waits.empty()) {
+      s.first_wait = *std::min_element(waits.begin(), waits.end());
+      s.last_wait = *std::max_element(waits.begin(), waits.end());
+      s.median_wait = median(waits);
     }
     s.first_stage = a.first_stage;
-    s.median_end = a.ends.empty() ? a.last_start : median(a.ends);
-    s.last_end = a.ends.empty() ? a.last_start : a.last_end;
+    s.median_end = ends.empty() ? a.last_start : median(ends);
+    s.last_end = ends.empty() ? a.last_start : a.last_end;
     spans.push_back(s);
   }
   std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) {

@@ -1,6 +1,7 @@
 // The kernel timeline's host summary (src/kernels/timeline.hpp): launches
 // grouped by grid id, ordered by their first start, times relative to the
-// earliest start, medians over warps, and launches without a START dropped.
+// earliest start, medians over warps (each with its first wait and last
+// end), and launches without a START dropped.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -32,6 +33,8 @@ TEST(Timeline, SummarizesLaunchesInStartOrder) {
       rec(7, kUnknown, kWait, 1700, 1, 0), rec(7, kUnknown, kWait, 1600, 1, 1),
       rec(7, kGemmDecode, kFirstStage, 1650, 1, 1), rec(7, kGemmDecode, kEnd, 3000, 0, 0),
       rec(7, kGemmDecode, kEnd, 2000, 1, 0), rec(7, kGemmDecode, kEnd, 2500, 1, 1),
+      // A warp's repeated WAIT and END (a producer warp's idle lanes, then lane 0): its first and last count.
+      rec(7, kUnknown, kWait, 2900, 1, 1), rec(7, kGemmDecode, kEnd, 2200, 1, 1),
       rec(9, kSort, kStart, 1000), rec(9, kSort, kEnd, 1400),
       // A launch whose START records were dropped (full log): left out.
       rec(11, kUnknown, kWait, 900), rec(11, kFinalize, kEnd, 5000),
