@@ -8,7 +8,8 @@
 //   moekit_layer_bench --once model T [dtype]                (one call, for ncu)
 //   moekit_layer_bench --host model T [dtype]                (host µs per call, idle GPU)
 //   moekit_layer_bench --timeline model T [dtype] [replays]  (kernel timeline of a call; needs a
-//                                                             build with -DMOEKIT_TIMELINE=ON)
+//                                                             build with -DMOEKIT_TIMELINE=ON;
+//                                                             MOEKIT_TIMELINE_DUMP=file.csv: raw records)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -130,6 +132,20 @@ int print_timeline(cudaGraph_t graph, cudaStream_t stream, int calls, int replay
                        cudaMemcpyDeviceToHost));
     }
     const std::vector<tl::Span> spans = tl::summarize(h);
+    // MOEKIT_TIMELINE_DUMP=file: every record of the last replay as CSV,
+    // for analysis off the GPU machine (per-CTA tails, SMs, stage arrivals).
+    if (const char* dump = std::getenv("MOEKIT_TIMELINE_DUMP"); dump != nullptr && r == replays - 1) {
+      if (FILE* f = std::fopen(dump, "w")) {
+        uint64_t t0 = UINT64_MAX;
+        for (const tl::Record& x : h) t0 = std::min<uint64_t>(t0, x.time);
+        std::fprintf(f, "grid,kind,event,block,warp,smid,ns,clock\n");
+        for (const tl::Record& x : h)
+          std::fprintf(f, "%llu,%s,%d,%u,%u,%u,%llu,%u\n", (unsigned long long)x.grid, tl::kind_name(x.kind),
+                       int(x.event), x.block, unsigned(x.warp), unsigned(x.smid), (unsigned long long)(x.time - t0),
+                       x.clock);
+        std::fclose(f);
+      }
+    }
     if (spans.empty() || spans.size() % calls != 0) {
       std::fprintf(stderr, "--timeline: %zu launches recorded for %d calls\n", spans.size(), calls);
       return 1;
