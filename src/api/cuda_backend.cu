@@ -241,6 +241,14 @@ LayerPlan plan_layer(const Problem& p) {
   return plan;
 }
 
+// MOEKIT_FP8_GEMM2_QUANTIZES=1: fp8 block-scaled decode without the
+// activation-quantize stage (cuda_run). Read per call, as MOEKIT_GEMM is, so
+// a test can compare both forms in one process.
+bool fp8_gemm2_quantizes_requested() {
+  const char* s = std::getenv("MOEKIT_FP8_GEMM2_QUANTIZES");
+  return s != nullptr && std::string(s) == "1";
+}
+
 bool print_config_requested() {
   static const bool on = std::getenv("MOEKIT_PRINT_CONFIG") != nullptr;
   return on;
@@ -259,28 +267,31 @@ struct GemmScales {
 // (GEMM 1), a kernel that can apply the activation in its epilogue (the
 // hand-written decode and prefill kernels) writes the activation to act_out and sets *activated;
 // otherwise c gets the GEMM's output and the caller runs the activation.
+// quantize_a (fp8 block scaling, a 16-bit): the decode kernel quantizes a
+// itself (GroupedGemmParams::quantize_a); cudaErrorNotSupported if it
+// declines, with nothing launched, and no fallback here.
 cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const int32_t* offsets,
                          int64_t experts, const void* w, const void* bias, void* c,
                          int64_t max_rows, int64_t n, int64_t k, moekit_dtype_t dtype,
                          const GemmScales& sc, void* scratch, const kernels::DeviceInfo& dev,
                          cudaStream_t stream, const kernels::FusedActivation* fuse = nullptr,
                          void* act_out = nullptr, bool* activated = nullptr,
-                         const kernels::DecodeRouting& route = {}) {
+                         const kernels::DecodeRouting& route = {}, bool quantize_a = false) {
+  if (quantize_a && cfg.kernel != kernels::GemmKernel::kFp8Decode) return cudaErrorNotSupported;
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
     kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
                                   c,     n,       k,    dtype,  scratch,
                                   dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
-                                  sc.ones ? sc.ones_count : 0};
+                                  sc.ones ? sc.ones_count : 0, quantize_a};
     cudaError_t e;
     if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
-      if (sc.a != nullptr) fuse = nullptr;  // fp8: the activation stage quantizes GEMM 2's input
       if (fuse != nullptr) gp.c = act_out;
       e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, fuse, cfg.pass_tokens, route);
       if (e == cudaSuccess && fuse != nullptr) *activated = true;
     } else {
       e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
     }
-    if (e != cudaErrorNotSupported) return e;  // else declined: the simple kernel takes it
+    if (e != cudaErrorNotSupported || quantize_a) return e;  // else declined: the simple kernel takes it
   }
   if (sc.a == nullptr)
     return kernels::launch_grouped_gemm(a, offsets, experts, w, bias, c, max_rows, n, k, dtype,
@@ -420,14 +431,38 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     if (e != cudaSuccess) return cuda_status(e, "permute");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
     // The decode kernel runs the activation in its epilogue and writes act
-    // directly (one launch and GEMM 1's [rows, N1] round trip fewer).
+    // directly (one launch and GEMM 1's [rows, N1] round trip fewer). fp8,
+    // with MOEKIT_FP8_GEMM2_QUANTIZES=1 (off until it has run on a GPU):
+    // with block scales and the decode kernel for both GEMMs, GEMM 2 then
+    // quantizes that 16-bit activation itself, stage by stage (one 1x128
+    // group a stage), so the activation-quantize stage goes too; otherwise
+    // that stage quantizes GEMM 1's output.
     const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
+    const bool gemm2_quantizes = fp8 && !per_tensor && plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
+                                 plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&
+                                 fp8_gemm2_quantizes_requested();
     bool activated = false;
     e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
-                     gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream, &fuse, act,
-                     &activated, route);
+                     gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
+                     !fp8 || gemm2_quantizes ? &fuse : nullptr, act, &activated, route);
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
-    if (!activated) {
+    const void* gemm2_a = act;
+    if (fp8 && activated) {  // act: the 16-bit activation
+      GemmScales sc2_rows = sc2;
+      sc2_rows.a = nullptr;
+      e = grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y, max_rows,
+                       p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch, dev, stream, nullptr, nullptr,
+                       nullptr, {}, /*quantize_a=*/true);
+      if (e == cudaErrorNotSupported) {  // declined: quantize the activation, then GEMM 2 as usual
+        e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
+                                          max_rows, dev, stream);
+        if (e != cudaSuccess) return cuda_status(e, "activation quantize");
+        gemm2_a = gemm1;
+        activated = false;  // GEMM 2 below, on the quantized rows
+      } else if (e != cudaSuccess) {
+        return cuda_status(e, "grouped GEMM 2");
+      }
+    } else if (!activated) {
       if (fp8)
         e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
                                              quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
@@ -437,9 +472,11 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                        p.gate_up_order, cd, dev, stream);
       if (e != cudaSuccess) return cuda_status(e, "activation");
     }
-    e = grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
-                     max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
-    if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
+    if (!(fp8 && activated)) {
+      e = grouped_gemm(plan.gemm2, gemm2_a, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
+                       max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
+    }
     e = kernels::launch_finalize(y, cd, sb.pair_to_row, output_weights, T, p.top_k, p.hidden_size,
                                  output, p.output_dtype, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "finalize");

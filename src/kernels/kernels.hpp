@@ -132,6 +132,10 @@ cudaError_t launch_activation_quant(const void* gemm1, moekit_dtype_t dtype, int
                                     const QuantRows& q, int64_t max_rows, const DeviceInfo& dev,
                                     cudaStream_t stream);
 
+// rows [rows, K] already in the compute dtype (bf16 or fp16), quantized as is.
+cudaError_t launch_quantize_rows(const void* rows, moekit_dtype_t dtype, int64_t k, const QuantRows& q,
+                                 int64_t max_rows, const DeviceInfo& dev, cudaStream_t stream);
+
 // out[0, count) = 1.0f (per-tensor scaling's stand-in weight scales).
 cudaError_t fill_ones(float* out, int64_t count, cudaStream_t stream);
 

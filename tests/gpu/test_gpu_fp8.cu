@@ -91,6 +91,8 @@ TEST(GpuFp8, LayerMatchesTheCpuReferenceOnEveryFamily) {
       {300, 8, 2, 512, 256},   // 75 rows per expert: 128x128 tiles
       {64, 130, 8, 128, 64},   // many experts, many empty
       {40, 1100, 4, 128, 64},  // more experts than the quantizing stages cache
+      {3, 8, 2, 256, 72},      // I % 16 != 0: the decode GEMM 2 declines the 16-bit activation,
+                               // which is quantized by its own launch instead
   };
   int seed = 1;
   for (const Scheme& sc : kSchemes)
@@ -492,4 +494,74 @@ TEST(GpuFp8, DeviceEncodingMatchesTheHostReference) {
                     << ", host 0x" << int(want) << std::dec;
   }
   EXPECT_EQ(bad, 0) << "of " << n << " values";
+}
+
+// MOEKIT_FP8_GEMM2_QUANTIZES=1: GEMM 1 (decode kernel) writes the 16-bit
+// activation and GEMM 2 quantizes it stage by stage, one 1x128 group a
+// stage, instead of the activation-quantize stage. Its bytes must be the
+// stage's: every gated kind and gate/up order and a plain activation, biases,
+// fp16, partial scale groups in H and I, I % 16 != 0 (GEMM 2 declines the
+// 16-bit rows: their own quantize launch), tiny batches (the sort's launch
+// quantizes the input), an expert map and an EP rank, and the special values
+// with extreme weight scales; and the CPU reference with it on.
+TEST(GpuFp8, SecondGemmQuantizingItsRowsWritesTheStagesBytes) {
+  REQUIRE_GPU();
+  if (std::getenv("MOEKIT_GEMM") != nullptr || std::getenv("MOEKIT_FP8_GEMM2_QUANTIZES") != nullptr)
+    GTEST_SKIP() << "compares the two forms itself; runs without MOEKIT_GEMM and MOEKIT_FP8_GEMM2_QUANTIZES";
+  struct Case {
+    int64_t T, k, H, I;
+    moekit_activation_t act;
+    bool bias, fp16, special;
+    test::Placing placing;
+  };
+  const Case cases[] = {
+      {1, 2, 256, 128, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst},         // tiny
+      {3, 8, 208, 80, MOEKIT_ACT_GEGLU_TANH, true, false, false, test::Placing::kExpertMap},   // tiny, partial groups
+      {7, 4, 384, 256, MOEKIT_ACT_GELU_TANH, true, true, false, test::Placing::kFirst},        // not gated, fp16
+      {20, 3, 256, 128, MOEKIT_ACT_SWIGLU, false, false, true, test::Placing::kFirst},         // special values
+      {3, 2, 256, 72, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst},          // I % 16 != 0
+      {30, 4, 512, 336, MOEKIT_ACT_GEGLU_ERF, true, false, false, test::Placing::kEpRank},     // EP rank, 3 groups of I
+  };
+  auto run_with = [](DeviceLayer& d, const char* value) {
+    if (value != nullptr) setenv("MOEKIT_FP8_GEMM2_QUANTIZES", value, 1);
+    EXPECT_EQ(cudaMemset(d.output.data(), 0xFF, d.output.size()), cudaSuccess);
+    const Status s = d.run();
+    unsetenv("MOEKIT_FP8_GEMM2_QUANTIZES");
+    EXPECT_TRUE(s.ok()) << s.message();
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    return d.output.download();
+  };
+  int seed = 0;
+  for (const Case& c : cases)
+    for (int order = 0; order < 3; ++order) {
+      Problem p = test::fp8_problem(c.T, 40, c.k, c.H, c.I, MOEKIT_QUANT_FP8_BLOCK, false);
+      test::place_40_local_experts(p, c.placing);
+      p.activation = c.act;
+      p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
+      p.has_w13_bias = p.has_w2_bias = c.bias;
+      if (c.fp16) p.input_dtype = p.output_dtype = MOEKIT_DTYPE_FP16;
+      ref::HostLayer l = ref::make_random_layer(p, 2100 + seed++);
+      if (c.special) {
+        test::set_special_tokens(l);
+        test::set_extreme_weight_scales(l);
+      }
+      const std::string what = std::string(moekit_activation_name(c.act)) + " order " + std::to_string(order) +
+                                " T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) + " I=" + std::to_string(c.I);
+      SCOPED_TRACE(what);
+      DeviceLayer d(l);
+      std::string plan;
+      MoeLayer::describe_plan(d.args.problem, &plan);
+      ASSERT_NE(plan.find("gemm2 fp8 block-scaled decode"), std::string::npos) << plan;
+      const std::vector<uint8_t> stages = run_with(d, nullptr);
+      const std::vector<uint8_t> fused = run_with(d, "1");
+      size_t first = 0;
+      while (first < fused.size() && fused[first] == stages[first]) ++first;
+      EXPECT_EQ(first, fused.size()) << "first differing byte " << first << " of " << fused.size();
+      EXPECT_TRUE(d.all_canaries_intact());
+      if (!c.special) {  // and the CPU reference and the oracle, with it on
+        setenv("MOEKIT_FP8_GEMM2_QUANTIZES", "1", 1);
+        expect_fp8_gpu_matches(l, what + " GEMM 2 quantizing");
+        unsetenv("MOEKIT_FP8_GEMM2_QUANTIZES");
+      }
+    }
 }

@@ -41,6 +41,11 @@ struct GroupedGemmParams {
   int64_t w_scale_stride;
   float* w_scale_ones;
   int64_t w_scale_ones_count;
+  // Block scaling with 16-bit a (dtype) instead of e4m3 a and a_scale (null):
+  // the kernel quantizes each row's 128-column groups itself, with the
+  // quantizing stages' arithmetic (kernels::QuantRows). The decode kernel
+  // only; every other kernel declines it.
+  bool quantize_a = false;
 };
 
 // The scratch starts with kGroupArrays per-group arrays (shapes, A, B and D

@@ -399,7 +399,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
 cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
                                  const FusedActivation* fuse) {
   const bool fp8 = p.a_scale != nullptr;
-  if (!tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
+  if (p.quantize_a || !tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
   if (fp8 && fuse != nullptr) return cudaErrorNotSupported;  // the activation stage quantizes
   Epilogue ep{};
   if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;

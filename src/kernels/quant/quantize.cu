@@ -143,6 +143,18 @@ __device__ __forceinline__ void quantize_row_tensor(const Source& src, const typ
   write_scales(s);
 }
 
+// Row values already computed in the compute dtype (GEMM 1's fused
+// activation): quantized as they are.
+template <class T>
+struct RowSource {
+  static constexpr int kSteps = 4;
+  static constexpr int kHeldSteps = 0;
+  const T* rows;  // [rows, K]
+  using Row = const T*;
+  __device__ Row row(int64_t row, int64_t k) const { return rows + row * k; }
+  __device__ void values(const T* r, int64_t col, float (&v)[8]) const { load8(r + col, v); }
+};
+
 // Source row `row` of a block's or warp's first item, looked up before the
 // expert offsets are read, so that at decode both loads (the gather's pair,
 // the offsets) take one round trip instead of two. Any row below max_rows
@@ -320,6 +332,16 @@ cudaError_t launch_permute_quant(const void* hidden, moekit_dtype_t dtype,
       const GatherSource<T> src{static_cast<const T*>(hidden), sorted_pairs, pair_weights, top_k};
       e = launch<GatherSource<T>, T>(src, q, max_rows, hidden_size, dev, stream);
     }
+  });
+  return e;
+}
+
+cudaError_t launch_quantize_rows(const void* rows, moekit_dtype_t dtype, int64_t k, const QuantRows& q,
+                                 int64_t max_rows, const DeviceInfo& dev, cudaStream_t stream) {
+  cudaError_t e = cudaErrorNotSupported;
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (sizeof(T) == 2) e = launch<RowSource<T>, T>({static_cast<const T*>(rows)}, q, max_rows, k, dev, stream);
   });
   return e;
 }
