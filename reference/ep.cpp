@@ -1,6 +1,8 @@
 // The distributed layer's data path on the host (reference/ep.hpp).
 #include "reference/ep.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "reference/dtype.hpp"
@@ -84,14 +86,28 @@ struct ExpertBatch {
 }  // namespace
 
 Status ep_layer(const EpPlacement& pl, const std::vector<EpRank>& ranks,
-                std::vector<std::vector<uint8_t>>* outputs) {
+                std::vector<std::vector<uint8_t>>* outputs, int64_t capacity,
+                std::vector<int64_t>* dropped_rows) {
   const int64_t R = pl.num_ranks;
   if (static_cast<int64_t>(ranks.size()) != R)
     return Status(MOEKIT_ERROR_INVALID_ARGUMENT, "ep_layer: expected one EpRank per rank");
+  if (capacity < 0) return Status(MOEKIT_ERROR_INVALID_ARGUMENT, "ep_layer: expected capacity >= 0");
   std::vector<EpPlan> plans(R);
   for (int64_t r = 0; r < R; ++r) {
     const moekit_problem_t& p = ranks[r].problem;
     plans[r] = ep_plan(pl, p.num_tokens, p.top_k, ranks[r].topk_ids);
+  }
+  // The rows each source sends each destination: its first `capacity`
+  // (rows are in token order, so the dropped ones are the last tokens).
+  auto sent_rows = [&](int64_t src, int64_t d) {
+    const int64_t n = plans[src].row_offset[d + 1] - plans[src].row_offset[d];
+    return capacity > 0 ? std::min(n, capacity) : n;
+  };
+  if (dropped_rows != nullptr) {
+    dropped_rows->assign(R, 0);
+    for (int64_t src = 0; src < R; ++src)
+      for (int64_t d = 0; d < R; ++d)
+        (*dropped_rows)[src] += plans[src].row_offset[d + 1] - plans[src].row_offset[d] - sent_rows(src, d);
   }
   // Dispatch (exchange 1): destination d receives, from each source in rank
   // order, its send rows, and expands each into its pairs on d.
@@ -104,7 +120,7 @@ Status ep_layer(const EpPlacement& pl, const std::vector<EpRank>& ranks,
       const moekit_problem_t& p = in.problem;
       const EpPlan& plan = plans[src];
       const size_t row_bytes = p.hidden_size * dtype_size(p.input_dtype);
-      for (int64_t row = plan.row_offset[d]; row < plan.row_offset[d + 1]; ++row) {
+      for (int64_t row = plan.row_offset[d]; row < plan.row_offset[d] + sent_rows(src, d); ++row) {
         const int64_t t = plan.row_token[row];
         for (int64_t s = 0; s < p.top_k; ++s) {
           const int32_t e = plan.row_ids[row * p.top_k + s];
@@ -175,9 +191,23 @@ Status ep_layer(const EpPlacement& pl, const std::vector<EpRank>& ranks,
         y[plan.pair_offset[d] * p.hidden_size + i] =
             load_as_float(cd, expert_rows[d].data(), b.from_offset[r] * p.hidden_size + i);
     }
+    // Tokens with a row past a destination's capacity: no partial sum, the
+    // whole row NaN (their pairs there were never computed).
+    std::vector<int32_t> pair_row = plan.pair_row;
+    std::vector<char> dropped(p.num_tokens, 0);
+    for (int64_t d = 0; d < R; ++d)
+      for (int64_t row = plan.row_offset[d] + sent_rows(r, d); row < plan.row_offset[d + 1]; ++row)
+        dropped[plan.row_token[row]] = 1;
+    for (int64_t t = 0; t < p.num_tokens; ++t)
+      if (dropped[t])
+        for (int64_t s = 0; s < p.top_k; ++s) pair_row[t * p.top_k + s] = -1;
     (*outputs)[r].assign(p.num_tokens * p.hidden_size * dtype_size(p.output_dtype), 0);
-    finalize(y.data(), plan.pair_row.data(), p.apply_router_weight_on_input ? nullptr : in.topk_weights,
+    finalize(y.data(), pair_row.data(), p.apply_router_weight_on_input ? nullptr : in.topk_weights,
              p.num_tokens, p.top_k, p.hidden_size, (*outputs)[r].data(), p.output_dtype);
+    for (int64_t t = 0; t < p.num_tokens; ++t)
+      if (dropped[t])
+        for (int64_t i = 0; i < p.hidden_size; ++i)
+          store_from_float(p.output_dtype, (*outputs)[r].data(), t * p.hidden_size + i, std::nanf(""));
   }
   return Status();
 }

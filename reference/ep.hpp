@@ -75,7 +75,14 @@ struct EpRank {
 // dtype. Each rank's experts run on the CPU backend, over the pairs routed to
 // it as top-1 tokens of weight 1 (their router weight when weights apply on
 // the input), in (source rank, token, slot) order.
+// capacity > 0 is graph mode's fixed size (docs/DISTRIBUTED.md): a source
+// sends a destination at most `capacity` rows, its first ones (tokens
+// ascending); a token whose row to some destination is past that is dropped
+// there, and its whole output row is NaN (defined and visible, never a
+// silently partial sum). dropped_rows[r] (when given) = the rows source r
+// could not send. capacity = 0: no limit.
 Status ep_layer(const EpPlacement& placement, const std::vector<EpRank>& ranks,
-                std::vector<std::vector<uint8_t>>* outputs);
+                std::vector<std::vector<uint8_t>>* outputs, int64_t capacity = 0,
+                std::vector<int64_t>* dropped_rows = nullptr);
 
 }  // namespace moekit::ref

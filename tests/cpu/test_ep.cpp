@@ -29,8 +29,12 @@ struct Split {
 };
 
 // Runs g (E_total experts, all tokens) on the CPU backend and split over the
-// ranks through ref::ep_layer; expects every rank's rows bitwise equal.
-void expect_ep_equals_one_layer(const ref::HostLayer& g, const Split& sp, const std::string& what) {
+// ranks through ref::ep_layer; expects every rank's rows bitwise equal. With
+// a capacity, a token whose row to some rank is past it (counted here from
+// the routing, not from the plan) must be NaN throughout instead, and each
+// rank's dropped rows must be reported.
+void expect_ep_equals_one_layer(const ref::HostLayer& g, const Split& sp, const std::string& what,
+                                int64_t capacity = 0) {
   SCOPED_TRACE(what);
   const Problem& p = g.problem;
   const int64_t R = sp.placement.num_ranks, E = p.num_experts, H = p.hidden_size, k = p.top_k;
@@ -79,19 +83,48 @@ void expect_ep_equals_one_layer(const ref::HostLayer& g, const Split& sp, const 
     begin += sp.tokens[r];
   }
   std::vector<std::vector<uint8_t>> outs;
-  const Status s = ref::ep_layer(sp.placement, ranks, &outs);
+  std::vector<int64_t> dropped_rows;
+  const Status s = ref::ep_layer(sp.placement, ranks, &outs, capacity, &dropped_rows);
   ASSERT_TRUE(s.ok()) << s.message();
   const size_t out_row = H * ref::dtype_size(p.output_dtype);
   begin = 0;
   for (int64_t r = 0; r < R; ++r) {
     ASSERT_EQ(outs[r].size(), sp.tokens[r] * out_row) << "rank " << r;
+    // Which of rank r's tokens lost a row: the (capacity+1)-th and later
+    // tokens with a slot on a destination, in token order.
+    std::vector<char> lost(sp.tokens[r], 0);
+    std::vector<int64_t> sent(R, 0);
+    int64_t lost_rows = 0;
+    for (int64_t t = 0; t < sp.tokens[r]; ++t) {
+      std::vector<char> on(R, 0);
+      for (int64_t slot = 0; slot < k; ++slot) {
+        const int64_t d = sp.placement.owner_of(g.topk_ids[(begin + t) * k + slot]);
+        if (d >= 0) on[d] = 1;
+      }
+      for (int64_t d = 0; d < R; ++d)
+        if (on[d] && capacity > 0 && sent[d]++ >= capacity) {
+          lost[t] = 1;
+          ++lost_rows;
+        }
+    }
+    EXPECT_EQ(dropped_rows[r], lost_rows) << "rank " << r;
     const uint8_t* want = one.output.data() + begin * out_row;
-    for (int64_t t = 0; t < sp.tokens[r]; ++t)
+    for (int64_t t = 0; t < sp.tokens[r]; ++t) {
+      if (lost[t]) {
+        for (int64_t i = 0; i < H; ++i)
+          if (!std::isnan(ref::load_as_float(p.output_dtype, outs[r].data(), t * H + i))) {
+            ADD_FAILURE() << "rank " << r << " token " << t << " lost a row past the capacity but element " << i
+                          << " is not NaN";
+            break;
+          }
+        continue;
+      }
       if (std::memcmp(outs[r].data() + t * out_row, want + t * out_row, out_row) != 0) {
         ADD_FAILURE() << "rank " << r << " token " << t << " (global " << begin + t
                       << ") differs from the one-layer output";
         break;
       }
+    }
     begin += sp.tokens[r];
   }
 }
@@ -205,5 +238,24 @@ TEST(ExpertParallelReference, ScatteredPlacementWeightsOnTheInputAndFp8) {
     const Problem f = test::fp8_problem(48, E, 3, 256, 128, kind);
     expect_ep_equals_one_layer(ref::make_random_layer(f, 9), Split{pl, {16, 16, 16}},
                                kind == MOEKIT_QUANT_FP8_BLOCK ? "fp8 block" : "fp8 per tensor");
+  }
+}
+
+// Graph mode's fixed capacity (rows one rank sends another per call): at
+// exactly the rows routing needs nothing is lost and every rank equals the
+// one layer; one row under, the last token to the full rank comes back NaN
+// throughout (never a partial sum) and is counted; far under, with random
+// routing, every token that lost a row is NaN and every other token exact.
+TEST(ExpertParallelReference, CapacityFullOneOverAndFarUnder) {
+  const int64_t E = 16, k = 4, R = 4;
+  Problem p = test::small_problem(80, E, k, 64, 32, MOEKIT_DTYPE_BF16);
+  ref::HostLayer all_to_two = ref::make_random_layer(p, 11);
+  for (int64_t i = 0; i < 80 * k; ++i) all_to_two.topk_ids[i] = static_cast<int32_t>(8 + i % 4);
+  const Split sp{ref::EpPlacement::contiguous(E, R), {20, 25, 15, 20}};
+  expect_ep_equals_one_layer(all_to_two, sp, "capacity exactly full (25)", 25);
+  expect_ep_equals_one_layer(all_to_two, sp, "capacity one under the largest rank (24)", 24);
+  for (auto dt : {MOEKIT_DTYPE_BF16, MOEKIT_DTYPE_FP32}) {
+    Problem q = test::small_problem(61, E, k, 64, 32, dt);
+    expect_ep_equals_one_layer(ref::make_random_layer(q, 12), even_split(61, E, R), "random routing, capacity 6", 6);
   }
 }
