@@ -12,6 +12,7 @@ per kernel launch in start order, where its time went:
   blocks/SMs   distinct blocks and SMs that recorded
 
     python3 bench/timeline_report.py records.csv [--png timeline.png]
+    python3 bench/timeline_report.py --compare a.csv b.csv   (two builds or knobs, side by side)
     python3 bench/timeline_report.py --self-test
 
 --png draws one bar per warp (start to end, wait and first stage marked) when
@@ -99,6 +100,27 @@ def report(records):
     return "\n".join(lines) + "\n"
 
 
+def compare(a, b):
+    """Per launch position, a's and b's first start, median wait, last end (µs from each replay's first start)."""
+    ga, gb = launches(a), launches(b)
+    ta = min(min(g["starts"]) for g in ga) if ga else 0
+    tb = min(min(g["starts"]) for g in gb) if gb else 0
+    f = lambda ns, t0: "-" if ns is None else f"{(ns - t0) / 1000:.2f}"
+    med = lambda v: None if not v else int(statistics.median(v))
+    lines = ["| # | kernel (a / b) | start a / b | median wait a / b | last end a / b |", "|---|---|---|---|---|"]
+    for i in range(max(len(ga), len(gb))):
+        x = ga[i] if i < len(ga) else None
+        y = gb[i] if i < len(gb) else None
+        cell = lambda g, key, t0: "-" if g is None else f(key(g), t0)
+        kinds = f"{x['kind'] if x else '-'} / {y['kind'] if y else '-'}"
+        lines.append(
+            f"| {i} | {kinds} | {cell(x, lambda g: min(g['starts']), ta)} / {cell(y, lambda g: min(g['starts']), tb)} | "
+            f"{cell(x, lambda g: med(list(g['wait'].values())), ta)} / {cell(y, lambda g: med(list(g['wait'].values())), tb)} | "
+            f"{cell(x, lambda g: max(g['end'].values()) if g['end'] else None, ta)} / "
+            f"{cell(y, lambda g: max(g['end'].values()) if g['end'] else None, tb)} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(records, path):
     try:
         import matplotlib
@@ -150,6 +172,10 @@ def self_test():
     assert row[7].strip() == "3.50" and row[9].strip() == "0.50", row  # first wait; 0.5 µs after the sort's end
     assert row[10].strip() == "4.20" and row[15].strip() == "10.00", row
     assert "first start to last end 10.00 µs over 2 launches" in text, text
+    # The same replay against one without the sort: rows by position, "-" where b has none.
+    cmp = compare(records, [r for r in records if r["grid"] == 2]).splitlines()
+    assert cmp[2].startswith("| 0 | sort / decode GEMM | 0.00 / 0.00 |"), cmp
+    assert cmp[3].startswith("| 1 | decode GEMM / - | 0.50 / - |"), cmp
     print("timeline_report self-test: ok")
 
 
@@ -160,6 +186,9 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         print(__doc__)
         sys.exit(2)
+    if sys.argv[1] == "--compare":
+        sys.stdout.write(compare(load(sys.argv[2]), load(sys.argv[3])))
+        sys.exit(0)
     recs = load(sys.argv[1])
     sys.stdout.write(report(recs))
     if "--png" in sys.argv:
