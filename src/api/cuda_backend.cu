@@ -447,18 +447,19 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                      !fp8 || gemm2_quantizes ? &fuse : nullptr, act, &activated, route);
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     const void* gemm2_a = act;
-    if (fp8 && activated) {  // act: the 16-bit activation
+    bool gemm2_done = false;
+    if (fp8 && activated) {  // act: the 16-bit activation, quantized by GEMM 2 itself
       GemmScales sc2_rows = sc2;
       sc2_rows.a = nullptr;
       e = grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y, max_rows,
                        p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch, dev, stream, nullptr, nullptr,
                        nullptr, {}, /*quantize_a=*/true);
-      if (e == cudaErrorNotSupported) {  // declined: quantize the activation, then GEMM 2 as usual
+      gemm2_done = e == cudaSuccess;
+      if (e == cudaErrorNotSupported) {  // declined (e.g. no tensor map): quantize the rows, GEMM 2 below
         e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
                                           max_rows, dev, stream);
         if (e != cudaSuccess) return cuda_status(e, "activation quantize");
         gemm2_a = gemm1;
-        activated = false;  // GEMM 2 below, on the quantized rows
       } else if (e != cudaSuccess) {
         return cuda_status(e, "grouped GEMM 2");
       }
@@ -472,7 +473,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                        p.gate_up_order, cd, dev, stream);
       if (e != cudaSuccess) return cuda_status(e, "activation");
     }
-    if (!(fp8 && activated)) {
+    if (!gemm2_done) {
       e = grouped_gemm(plan.gemm2, gemm2_a, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
                        max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
       if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");

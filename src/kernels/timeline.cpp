@@ -3,7 +3,6 @@
 #include "kernels/timeline.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <map>
 #include <mutex>
 
@@ -143,28 +142,6 @@ std::vector<Span> summarize(const std::vector<Record>& records) {
     return x.first_start != y.first_start ? x.first_start < y.first_start : x.grid < y.grid;
   });
   return spans;
-}
-
-std::string format(const std::vector<Span>& spans) {
-  auto us = [](int64_t ns) {
-    char b[32];
-    if (ns < 0) return std::string("-");
-    std::snprintf(b, sizeof b, "%.2f", static_cast<double>(ns) / 1000.0);
-    return std::string(b);
-  };
-  std::string out =
-      "| # | kernel | blocks | first start | last start | first wait | median wait | last wait | first stage | "
-      "median end | last end |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
-  for (size_t i = 0; i < spans.size(); ++i) {
-    const Span& s = spans[i];
-    char row[512];
-    std::snprintf(row, sizeof row, "| %zu | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", i, kind_name(s.kind),
-                  s.blocks, us(s.first_start).c_str(), us(s.last_start).c_str(), us(s.first_wait).c_str(),
-                  us(s.median_wait).c_str(), us(s.last_wait).c_str(), us(s.first_stage).c_str(),
-                  us(s.median_end).c_str(), us(s.last_end).c_str());
-    out += row;
-  }
-  return out;
 }
 
 }  // namespace moekit::kernels::timeline

@@ -9,7 +9,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 namespace moekit::kernels::timeline {
@@ -75,9 +74,6 @@ struct Span {
 // The launches in `records`, ordered by their first START. Records of a
 // launch without a START (the log filled up) are dropped.
 std::vector<Span> summarize(const std::vector<Record>& records);
-
-// Rows of "kernel  start ... end" per span, for the bench's output.
-std::string format(const std::vector<Span>& spans);
 
 // Points every instrumented translation unit's kernels at `log` (a null
 // records pointer stops recording). False if a copy failed or the build has

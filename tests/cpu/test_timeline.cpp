@@ -59,7 +59,6 @@ TEST(Timeline, SummarizesLaunchesInStartOrder) {
   EXPECT_EQ(g.first_stage, 650);
   EXPECT_EQ(g.median_end, 1500);
   EXPECT_EQ(g.last_end, 2000);
-  EXPECT_NE(format(spans).find("decode GEMM"), std::string::npos);
   EXPECT_TRUE(summarize({}).empty());
 }
 

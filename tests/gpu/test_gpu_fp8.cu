@@ -91,8 +91,6 @@ TEST(GpuFp8, LayerMatchesTheCpuReferenceOnEveryFamily) {
       {300, 8, 2, 512, 256},   // 75 rows per expert: 128x128 tiles
       {64, 130, 8, 128, 64},   // many experts, many empty
       {40, 1100, 4, 128, 64},  // more experts than the quantizing stages cache
-      {3, 8, 2, 256, 72},      // I % 16 != 0: the decode GEMM 2 declines the 16-bit activation,
-                               // which is quantized by its own launch instead
   };
   int seed = 1;
   for (const Scheme& sc : kSchemes)
@@ -500,10 +498,11 @@ TEST(GpuFp8, DeviceEncodingMatchesTheHostReference) {
 // activation and GEMM 2 quantizes it stage by stage, one 1x128 group a
 // stage, instead of the activation-quantize stage. Its bytes must be the
 // stage's: every gated kind and gate/up order and a plain activation, biases,
-// fp16, partial scale groups in H and I, I % 16 != 0 (GEMM 2 declines the
-// 16-bit rows: their own quantize launch), tiny batches (the sort's launch
-// quantizes the input), an expert map and an EP rank, and the special values
-// with extreme weight scales; and the CPU reference with it on.
+// fp16, partial scale groups in H and I, I % 32 == 16 (the gate half's last
+// 32-row slice half full, and up rows straddling a 128-row scale block),
+// tiny batches (the sort's launch quantizes the input), an expert map and an
+// EP rank, and the special values with extreme weight scales; and the CPU
+// reference with it on.
 TEST(GpuFp8, SecondGemmQuantizingItsRowsWritesTheStagesBytes) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr || std::getenv("MOEKIT_FP8_GEMM2_QUANTIZES") != nullptr)
@@ -519,7 +518,7 @@ TEST(GpuFp8, SecondGemmQuantizingItsRowsWritesTheStagesBytes) {
       {3, 8, 208, 80, MOEKIT_ACT_GEGLU_TANH, true, false, false, test::Placing::kExpertMap},   // tiny, partial groups
       {7, 4, 384, 256, MOEKIT_ACT_GELU_TANH, true, true, false, test::Placing::kFirst},        // not gated, fp16
       {20, 3, 256, 128, MOEKIT_ACT_SWIGLU, false, false, true, test::Placing::kFirst},         // special values
-      {3, 2, 256, 72, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst},          // I % 16 != 0
+      {3, 2, 256, 208, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst},         // I % 32 == 16
       {30, 4, 512, 336, MOEKIT_ACT_GEGLU_ERF, true, false, false, test::Placing::kEpRank},     // EP rank, 3 groups of I
   };
   auto run_with = [](DeviceLayer& d, const char* value) {

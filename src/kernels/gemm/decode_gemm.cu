@@ -27,9 +27,10 @@
 //    experts that beats CUTLASS's 64x256 tiles (select_config).
 //  - For GEMM 1 the epilogue can apply the activation instead (Epilogue),
 //    so the layer skips the activation stage at decode; with e4m3 weights
-//    too, GEMM 2 then takes that 16-bit activation and quantizes each stage's
-//    rows itself (Fp8QuantA: one 128-deep stage is one 1x128 scale group),
-//    so the fp8 layer skips its activation-quantize stage as well.
+//    too (MOEKIT_FP8_GEMM2_QUANTIZES=1, cuda_backend.cu), GEMM 2 then takes
+//    that 16-bit activation and quantizes each stage's rows itself
+//    (Fp8QuantA: one 128-deep stage is one 1x128 scale group), so the fp8
+//    layer skips its activation-quantize stage as well.
 //  - e4m3 operands with block scales (fp8 layers) run the same pipeline:
 //    a 128-byte box row is 128 k, one scale block, so a stage is one block.
 //    The four consumer warps are one warpgroup and run wgmma m64n16k32 (or n32) on
