@@ -11,6 +11,12 @@ per kernel launch in start order, where its time went:
   end          warp ends (each warp's last): median, 90th percentile, last
   blocks/SMs   distinct blocks and SMs that recorded
 
+and, for the GEMM kernels that mark their items (decode, prefill), a second
+table: items per consumer warp, and per item its main loop (from the warp's
+previous item stored, or from its first full stage for its first item) and
+its epilogue (accumulators done to outputs stored), median and 90th
+percentile over the launch's warps.
+
     python3 bench/timeline_report.py records.csv [--png timeline.png]
     python3 bench/timeline_report.py --compare a.csv b.csv   (two builds or knobs, side by side)
     python3 bench/timeline_report.py --self-test
@@ -22,7 +28,7 @@ import csv
 import statistics
 import sys
 
-START, WAIT, STAGE, END = 0, 1, 2, 3
+START, WAIT, STAGE, END, ITEM_MATH, ITEM_STORED = 0, 1, 2, 3, 4, 5
 
 
 def load(path):
@@ -36,6 +42,7 @@ def load(path):
                 "warp": int(r["warp"]),
                 "smid": int(r["smid"]),
                 "ns": int(r["ns"]),
+                "clock": int(r.get("clock") or 0),
             }
             for r in csv.DictReader(f)
         ]
@@ -71,6 +78,53 @@ def launches(records):
     return out
 
 
+def items(records):
+    """Per grid with item records: (kind, items per warp, first main loops, later main loops, epilogues), ns."""
+    events, kind, first_stage = {}, {}, {}
+    for r in records:
+        w = (r["grid"], r["block"], r["warp"])
+        if r["event"] == START:
+            kind[r["grid"]] = r["kind"]
+        elif r["event"] == STAGE:
+            first_stage[w] = min(first_stage.get(w, r["ns"]), r["ns"])
+        elif r["event"] in (ITEM_MATH, ITEM_STORED):
+            events.setdefault(w, []).append((r["ns"], r["event"], r.get("clock", 0)))
+    out = {}
+    for w, ev in events.items():
+        g = out.setdefault(w[0], {"kind": kind.get(w[0], "?"), "count": [], "first": [], "loop": [], "epilogue": [],
+                                  "epilogue_clocks": []})
+        ev.sort()
+        prev_stored, n = first_stage.get(w), 0
+        math = None
+        for ns, e, clock in ev:
+            if e == ITEM_MATH:
+                math = (ns, clock)
+                if prev_stored is not None:
+                    (g["loop"] if n else g["first"]).append(ns - prev_stored)
+            elif math is not None:  # ITEM_STORED of the item whose math was marked
+                g["epilogue"].append(ns - math[0])
+                g["epilogue_clocks"].append((clock - math[1]) % (1 << 32))  # the SM's clock(): finer than the timer
+                prev_stored, math, n = ns, None, n + 1
+        g["count"].append(n)
+    return out
+
+
+def item_report(records):
+    per = items(records)
+    if not per:
+        return ""
+    order = {g["grid"]: i for i, g in enumerate(launches(records))}
+    q = lambda v, p: "-" if not v else f"{pct(v, p) / 1000:.2f}"
+    lines = ["\n| # | kernel | items per warp (median / max) | first item's main loop | main loop median | p90 | "
+             "epilogue median | p90 | epilogue SM cycles median |", "|" + "---|" * 9]
+    for grid, g in sorted(per.items(), key=lambda kv: order.get(kv[0], 1 << 30)):
+        lines.append(f"| {order.get(grid, '?')} | {g['kind']} | {int(statistics.median(g['count']))} / "
+                     f"{max(g['count'])} | {q(g['first'], 0.5)} | {q(g['loop'], 0.5)} | {q(g['loop'], 0.9)} | "
+                     f"{q(g['epilogue'], 0.5)} | {q(g['epilogue'], 0.9)} | "
+                     f"{pct(g['epilogue_clocks'], 0.5) if g['epilogue_clocks'] else '-'} |")
+    return "\n".join(lines) + "\n(µs per item and consumer warp)\n"
+
+
 def report(records):
     gs = launches(records)
     if not gs:
@@ -97,7 +151,7 @@ def report(records):
             prev_end = max(ends)
     last = max(max(g["end"].values()) for g in gs if g["end"])
     lines.append(f"\nreplay: first start to last end {(last - t0) / 1000:.2f} µs over {len(gs)} launches")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + item_report(records)
 
 
 def compare(a, b):
@@ -155,7 +209,8 @@ def plot(records, path):
 
 def self_test():
     rec = lambda grid, kind, ev, ns, block=0, warp=0, sm=0: {"grid": grid, "kind": kind, "event": ev,
-                                                             "block": block, "warp": warp, "smid": sm, "ns": ns}
+                                                             "block": block, "warp": warp, "smid": sm, "ns": ns,
+                                                             "clock": 2 * ns}
     records = [
         rec(1, "sort", START, 0), rec(1, "sort", END, 3000),
         rec(2, "decode GEMM", START, 500, 0, 0, 1), rec(2, "decode GEMM", START, 600, 1, 0, 2),
@@ -176,6 +231,18 @@ def self_test():
     cmp = compare(records, [r for r in records if r["grid"] == 2]).splitlines()
     assert cmp[2].startswith("| 0 | sort / decode GEMM | 0.00 / 0.00 |"), cmp
     assert cmp[3].startswith("| 1 | decode GEMM / - | 0.50 / - |"), cmp
+    # Items: warp (0, 0) of launch 2 runs two items (first stage at 4.2 µs, math 5.0 / 7.0,
+    # stored 5.5 / 7.25), warp (1, 0) one (no first stage: its main loop is not known).
+    records += [rec(2, "decode GEMM", ITEM_MATH, 5000, 0, 0, 1), rec(2, "decode GEMM", ITEM_STORED, 5500, 0, 0, 1),
+                rec(2, "decode GEMM", ITEM_MATH, 7000, 0, 0, 1), rec(2, "decode GEMM", ITEM_STORED, 7250, 0, 0, 1),
+                rec(2, "decode GEMM", ITEM_MATH, 9500, 1, 0, 2), rec(2, "decode GEMM", ITEM_STORED, 9900, 1, 0, 2)]
+    it = items(records)
+    assert list(it) == [2], it
+    assert sorted(it[2]["count"]) == [1, 2] and it[2]["first"] == [800] and it[2]["loop"] == [1500], it
+    assert sorted(it[2]["epilogue"]) == [250, 400, 500], it
+    assert sorted(it[2]["epilogue_clocks"]) == [500, 800, 1000], it
+    row = [l for l in report(records).splitlines() if l.startswith("| 1 | decode GEMM | 1 / 2")]
+    assert row and row[0].split("|")[4].strip() == "0.80" and row[0].split("|")[5].strip() == "1.50", row
     print("timeline_report self-test: ok")
 
 

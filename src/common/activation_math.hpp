@@ -22,7 +22,7 @@ struct ActivationParams {
   float limit;  // SwiGLU clamp; +inf disables it
 };
 
-MOEKIT_HD bool activation_is_gated(moekit_activation_t kind) {
+MOEKIT_HD constexpr bool activation_is_gated(moekit_activation_t kind) {
   return kind == MOEKIT_ACT_SWIGLU || kind == MOEKIT_ACT_GEGLU_ERF ||
          kind == MOEKIT_ACT_GEGLU_TANH;
 }

@@ -4,7 +4,8 @@
 // release of its programmatic-dependent-launch wait, a GEMM consumer's first
 // full stage, its end) to a device log, so one graph replay of a decode layer
 // shows where its microseconds go with the kernels overlapped as they run,
-// which ncu (one kernel at a time) cannot. The host side: attach a log,
+// which ncu (one kernel at a time) cannot; the GEMM kernels also mark each
+// item's main loop and epilogue. The host side: attach a log,
 // replay, download, summarize (bench/layer_bench.cu --timeline).
 #pragma once
 
@@ -13,7 +14,11 @@
 
 namespace moekit::kernels::timeline {
 
-enum Event : uint8_t { kStart = 0, kWait = 1, kFirstStage = 2, kEnd = 3 };
+// kItemMath / kItemStored: a GEMM consumer warp has an item's accumulators
+// (its main loop is done, the epilogue starts) / has stored the item, once
+// per item (decode and prefill kernels), so a report can split each item's
+// time into main loop and epilogue.
+enum Event : uint8_t { kStart = 0, kWait = 1, kFirstStage = 2, kEnd = 3, kItemMath = 4, kItemStored = 5 };
 
 // What a kernel is (its START records say; a WAIT record carries kUnknown).
 enum Kind : uint8_t {

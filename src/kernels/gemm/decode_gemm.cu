@@ -447,6 +447,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       }
       // D^T fragment of block j: acc[j][0..1] at weight row g of this warp's
       // 16, tokens row0 + 8j + 2q, +1; acc[j][2..3] at weight row g + 8.
+      if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemMath);
       const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
       if (!ep.fused) {
 #pragma unroll
@@ -459,6 +460,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
             const float b = bias_e ? to_float(bias_e[r]) : 0.0f;
             c[static_cast<int64_t>(u.begin + t) * n + r] = from_float<T>(acc[j][i] + b);
           }
+        if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemStored);
         continue;
       }
       // Fused: GEMM 1's values as it would store them, [kTok tokens, 64 local rows].
@@ -493,6 +495,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
         }
       }
       consumer_barrier();  // the staged tile is rewritten by the next item
+      if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemStored);
     }
   }
   // Every thread triggers only after its own wait (the layer's rule,
