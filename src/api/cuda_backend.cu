@@ -269,20 +269,24 @@ struct GemmScales {
 // otherwise c gets the GEMM's output and the caller runs the activation.
 // quantize_a (fp8 block scaling, a 16-bit): the decode kernel quantizes a
 // itself (GroupedGemmParams::quantize_a); cudaErrorNotSupported if it
-// declines, with nothing launched, and no fallback here.
+// declines, with nothing launched, and no fallback here. The same for
+// gather_pairs (GEMM 1 on the prefill kernel, a the layer's input rows):
+// the caller then gathers the rows and calls again.
 cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const int32_t* offsets,
                          int64_t experts, const void* w, const void* bias, void* c,
                          int64_t max_rows, int64_t n, int64_t k, moekit_dtype_t dtype,
                          const GemmScales& sc, void* scratch, const kernels::DeviceInfo& dev,
                          cudaStream_t stream, const kernels::FusedActivation* fuse = nullptr,
                          void* act_out = nullptr, bool* activated = nullptr,
-                         const kernels::DecodeRouting& route = {}, bool quantize_a = false) {
+                         const kernels::DecodeRouting& route = {}, bool quantize_a = false,
+                         const int32_t* gather_pairs = nullptr, int64_t top_k = 0) {
   if (quantize_a && cfg.kernel != kernels::GemmKernel::kFp8Decode) return cudaErrorNotSupported;
+  if (gather_pairs != nullptr && cfg.kernel != kernels::GemmKernel::kPrefill) return cudaErrorNotSupported;
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
     kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
                                   c,     n,       k,    dtype,  scratch,
                                   dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
-                                  sc.ones ? sc.ones_count : 0, quantize_a};
+                                  sc.ones ? sc.ones_count : 0, quantize_a, gather_pairs, top_k};
     cudaError_t e;
     if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
       if (fuse != nullptr) gp.c = act_out;
@@ -291,7 +295,8 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
     } else {
       e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
     }
-    if (e != cudaErrorNotSupported || quantize_a) return e;  // else declined: the simple kernel takes it
+    if (e != cudaErrorNotSupported || quantize_a || gather_pairs != nullptr)
+      return e;  // else declined: the simple kernel takes it
   }
   if (sc.a == nullptr)
     return kernels::launch_grouped_gemm(a, offsets, experts, w, bias, c, max_rows, n, k, dtype,
@@ -407,6 +412,16 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                       (fp8 ? p.quant.kind == MOEKIT_QUANT_FP8_BLOCK &&
                                  plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode
                            : plan.gemm1.kernel == kernels::GemmKernel::kDecode);
+    // GEMM 1 on the prefill kernel gathers its rows itself (cp.async through
+    // the sort's map; no gather stage, no [T*k, H] round trip) where they
+    // need no conversion and no router weight; if it declines, the gather
+    // stage runs and GEMM 1 is called again.
+    const bool gather_in_gemm1 = !tiny && !fp8 && plan.gemm1.kernel == kernels::GemmKernel::kPrefill &&
+                                 input_weights == nullptr && p.input_dtype == cd;
+    auto gather = [&] {
+      return kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows, max_rows,
+                                     p.top_k, p.hidden_size, rows, cd, dev, stream, /*maps_written=*/true);
+    };
     kernels::DecodeRouting route{};
     if (tiny) {
       e = kernels::launch_sort_gather_tiny(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts,
@@ -423,10 +438,8 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
       if (fp8)
         e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
                                           p.hidden_size, gather_quant, max_rows, dev, stream);
-      else
-        e = kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
-                                    max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
-                                    /*maps_written=*/true);
+      else if (!gather_in_gemm1)
+        e = gather();
     }
     if (e != cudaSuccess) return cuda_status(e, "permute");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
@@ -442,9 +455,18 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                  plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&
                                  fp8_gemm2_quantizes_requested();
     bool activated = false;
-    e = grouped_gemm(plan.gemm1, rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias,
-                     gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
-                     !fp8 || gemm2_quantizes ? &fuse : nullptr, act, &activated, route);
+    auto run_gemm1 = [&](bool gathering) {
+      return grouped_gemm(plan.gemm1, gathering ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
+                          a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
+                          !fp8 || gemm2_quantizes ? &fuse : nullptr, act, &activated, route, false,
+                          gathering ? sorted_pairs : nullptr, p.top_k);
+    };
+    e = run_gemm1(gather_in_gemm1);
+    if (e == cudaErrorNotSupported && gather_in_gemm1) {
+      e = gather();
+      if (e != cudaSuccess) return cuda_status(e, "permute");
+      e = run_gemm1(false);
+    }
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     const void* gemm2_a = act;
     bool gemm2_done = false;

@@ -46,6 +46,13 @@ struct GroupedGemmParams {
   // quantizing stages' arithmetic (kernels::QuantRows). The decode kernel
   // only; every other kernel declines it.
   bool quantize_a = false;
+  // Gathered rows (16-bit a only; the prefill kernel, every other kernel
+  // declines): row i of the GEMM's A is row gather_pairs[i] / gather_top_k
+  // of a, the layer's [T, K] input, so the gather stage does not run.
+  // gather_pairs is the sort's row -> (token, slot) pair map; null: a holds
+  // the rows in expert order.
+  const int32_t* gather_pairs = nullptr;
+  int64_t gather_top_k = 0;
 };
 
 // The scratch starts with kGroupArrays per-group arrays (shapes, A, B and D

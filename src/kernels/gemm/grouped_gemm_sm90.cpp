@@ -20,6 +20,7 @@ size_t grouped_gemm_scratch_bytes(int64_t num_experts, int sm_count) {
 cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams& p,
                                      cudaStream_t stream) {
   if (p.quantize_a) return cudaErrorNotSupported;  // the decode kernel's form only
+  if (p.gather_pairs != nullptr) return cudaErrorNotSupported;  // the prefill kernel's form only
   switch (kernel) {
     case GemmKernel::kSwap128x16: return sm90_grouped_gemm_swap128x16(p, stream);
     case GemmKernel::kTile128x128: return sm90_grouped_gemm_tile128x128(p, stream);
@@ -49,7 +50,9 @@ cudaError_t launch_hand_written_gemm(GemmKernel kernel, const GroupedGemmParams&
                                      const DecodeRouting& route) {
   switch (kernel) {
     case GemmKernel::kDecode:
-    case GemmKernel::kFp8Decode: return decode_grouped_gemm(p, rows_capacity, stream, fuse, pass_tokens, route);
+    case GemmKernel::kFp8Decode:
+      if (p.gather_pairs != nullptr) break;  // its rows come in expert order
+      return decode_grouped_gemm(p, rows_capacity, stream, fuse, pass_tokens, route);
     case GemmKernel::kPrefill:
     case GemmKernel::kFp8Prefill:
       if (route.pairs > 0) break;  // it reads expert_offsets before its wait

@@ -19,7 +19,14 @@
 //    weight rows x 128 bytes) tiles with TMA into a ring of stages; each
 //    consumer warpgroup runs wgmma over its 64 rows and all kCols columns
 //    straight from the swizzled tiles, one batch in flight while it waits
-//    for the one before.
+//    for the one before. A warpgroup whose 64 rows are all past the
+//    expert's (a last unit of at most 64 rows) skips its wgmmas.
+//  - GEMM 1 in 16 bits can gather its rows itself (GroupedGemmParams::
+//    gather_pairs): the producer warpgroup's 128 threads copy each stage's
+//    rows from the layer's input with cp.async into the same swizzled
+//    layout, through the sort's row -> pair map, and the stage's barrier
+//    counts their arrivals beside the weights' TMA bytes; the layer then
+//    runs no gather stage.
 //  - 16-bit operands: 128 x 256 tiles, k16 wgmmas. e4m3 with block scales:
 //    128 x 128 tiles, a stage is one 128-deep scale block summed into a
 //    partial accumulator and promoted (acc = fma(partial, a_scale * w_scale,
@@ -30,7 +37,8 @@
 //    and up columns of an output column are in the same thread (one box
 //    holds rows j.. of both halves, or they are adjacent when interleaved).
 //  - Programmatic dependent launch as in the decode kernel: the prologue and
-//    the first stages' weights overlap the previous kernel.
+//    the first stages' weights overlap the previous kernel (not when
+//    gathering: that kernel is the sort, which writes the offsets).
 //
 // Arithmetic is that of the other kernels (one fp32 accumulator per output,
 // K ascending in wgmma steps, block promotion as CUTLASS's FP8Blockwise,
@@ -172,6 +180,12 @@ __device__ __forceinline__ void load_pair(const T* p, float& a, float& b) {
   a = to_float(v.x);
   b = to_float(v.y);
 }
+// 16 bytes from global to shared memory, asynchronously (cp.async, L2 only);
+// src_bytes 0 writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
 // The epilogue of an item, per consumer warpgroup. acc[4i + 2h + e] holds
 // row r_lo + 8h, tile column 8i + 2q + e. It runs in chunks of kChunk tile
 // columns through the warpgroup's staging tile: first the values GEMM 1 would
@@ -319,7 +333,10 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
     int num_experts,
     const T* __restrict__ bias,                 // [E, N] or null
     T* __restrict__ c,                          // [rows, N], or fused: [rows, inter]
-    int n, int k, Epilogue ep, Scales sc) {
+    int n, int k, Epilogue ep, Scales sc,
+    const T* __restrict__ gather_src,           // gathered rows: [T, K], the layer's input; else null
+    const int32_t* __restrict__ gather_pairs,   // row -> (token, slot) pair (GroupedGemmParams)
+    int top_k) {
   timeline::Scope timeline_scope(timeline::kGemmPrefill);  // MOEKIT_TIMELINE builds only
   using S = Tile<Op>;
   constexpr int kStages = S::kStages, kCols = S::kCols, kBytes = kStageBytes<Op>;
@@ -337,9 +354,16 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
   __shared__ typename cub::BlockScan<int, kThreads>::TempStorage scan_storage;
 
   const int wg = threadIdx.x / kWarpgroup, lane = threadIdx.x % 32;
-  // Before pdl_wait(): the offsets and the weights only, as in the decode kernel.
+  // Before pdl_wait(): the offsets and the weights only, as in the decode
+  // kernel. Gathering its rows, the kernel runs right after the sort, whose
+  // offsets are not final before that wait.
+  const bool gather = !S::kFp8 && gather_pairs != nullptr;
+  if (gather) pdl_wait();
+  // full: the producer thread's arrival with the transaction bytes, and when
+  // gathering, one more per producer thread once its row copies have landed.
   tma::start_block<kThreads>(full, empty, kStages, kConsumers * 4, &w_map, &a_map, offsets, DecodeRouting{}, offs,
-                             first_unit, num_experts, kTileRows, scan_storage);  // empty: every consumer warp
+                             first_unit, num_experts, kTileRows, scan_storage,
+                             gather ? 1 + kWarpgroup : 1);  // empty: every consumer warp
   const bool gated = ep.fused && activation_is_gated(ep.act.kind);
   // Output columns an item writes, slices per unit, and a slice's first
   // weight coordinate (a row of w, or of each half with split_halves).
@@ -353,18 +377,54 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegs>();
     constexpr uint64_t kHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-    if (threadIdx.x == 0)
+    auto load_weights = [&](int slot, const tma::Cursor& cur) {
+      Barrier::arrive_and_expect_tx(&full[slot], gather ? kBytes - kRowBoxBytes : kBytes);
+      tma::load_weight_box(&w_map, &full[slot], kHint, base + slot * kBytes + kRowBoxBytes, cur.kb * S::kStageK,
+                           cur, ep.split_halves);
+    };
+    if (!gather) {
+      if (threadIdx.x == 0)
+        tma::produce(it, empty, kStages, load_weights, [&](int slot, const tma::Cursor& cur) {
+          cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kHint, base + slot * kBytes, cur.kb * S::kStageK,
+                                       cur.u.begin + cur.u.row0);
+        });
+    } else if constexpr (!S::kFp8) {
+      // Gathered rows, by every producer thread: thread t copies 16-byte
+      // chunk t % 8 of tile rows t / 8 + 16 i (i < 8), so each copy
+      // instruction of a warp reads four whole 128-byte row segments, and the
+      // chunk's place in the 128-byte swizzle (chunk ^ row % 8, as TMA writes
+      // it) is the same for all of the thread's rows. Rows past the expert's
+      // and columns past K are zero-filled (never stored either way).
+      const int t = static_cast<int>(threadIdx.x), chunk = t % 8, row_lo = t / 8;
+      const uint32_t chunk_at = static_cast<uint32_t>(row_lo * kBoxBytes + (chunk ^ (row_lo % 8)) * 16);
+      int64_t item_of_rows = -1;
+      int32_t token[kTileRows / 16];  // the input row of each of the thread's tile rows, -1: none
       tma::produce(
           it, empty, kStages,
           [&](int slot, const tma::Cursor& cur) {
-            Barrier::arrive_and_expect_tx(&full[slot], kBytes);
-            tma::load_weight_box(&w_map, &full[slot], kHint, base + slot * kBytes + kRowBoxBytes,
-                                 cur.kb * S::kStageK, cur, ep.split_halves);
+            if (t == 0) load_weights(slot, cur);
           },
           [&](int slot, const tma::Cursor& cur) {
-            cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kHint, base + slot * kBytes,
-                                         cur.kb * S::kStageK, cur.u.begin + cur.u.row0);
+            if (cur.item != item_of_rows) {
+              item_of_rows = cur.item;
+#pragma unroll
+              for (int i = 0; i < kTileRows / 16; ++i) {
+                const int r = cur.u.row0 + row_lo + 16 * i;
+                token[i] = r < cur.u.rows ? gather_pairs[cur.u.begin + r] / top_k : -1;
+              }
+            }
+            const int col = cur.kb * S::kStageK + chunk * 8;  // the chunk's first element
+            const uint32_t dst = stages + slot * kBytes + chunk_at;
+#pragma unroll
+            for (int i = 0; i < kTileRows / 16; ++i) {
+              const bool ok = token[i] >= 0 && col < k;
+              cp_async_16(dst + i * 16 * kBoxBytes, ok ? gather_src + static_cast<int64_t>(token[i]) * k + col : gather_src,
+                          ok ? 16 : 0);
+            }
+            cutlass::arch::cpasync_barrier_arrive_noinc(&full[slot]);
           });
+      asm volatile("cp.async.wait_all;" ::: "memory");  // no copy outlives its thread
+    }
   } else {
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegs>();
     const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, g = lane / 4, q = lane % 4;
@@ -382,6 +442,22 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
       const int slice = static_cast<int>(item % slices), w_row0 = cur.w_row0;
       // This thread's rows (within the expert): r_lo and r_lo + 8.
       const int r_lo = u.row0 + cw * 64 + warp * 16 + g;
+      if (u.row0 + cw * 64 >= u.rows) {
+        // Every row of this warpgroup's half of the tile is past the expert's
+        // rows (a last unit of at most 64 rows): it passes its stages on
+        // unread, so the other warpgroup's wgmmas have the tensor cores to
+        // themselves, and stores nothing.
+        for (int kb = 0; kb < k_stages; ++kb) {
+          Barrier::wait(&full[slot], phase);
+          release(slot);
+          if (++slot == kStages) { slot = 0; phase ^= 1; }
+        }
+        if constexpr (MOEKIT_TIMELINE) {
+          timeline::mark(timeline::kGemmPrefill, timeline::kItemMath);
+          timeline::mark(timeline::kGemmPrefill, timeline::kItemStored);
+        }
+        continue;
+      }
       float acc[kAcc<Op>];
       if constexpr (!S::kFp8) {
         int prev = 0;
@@ -478,6 +554,12 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
   const bool fp8 = p.a_scale != nullptr;
   if (p.quantize_a || !tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
   if (fp8 && fuse != nullptr) return cudaErrorNotSupported;  // the activation stage quantizes
+  // Gathering: 16-bit rows only (e4m3 rows are quantized by the gather
+  // stage), copied 16 bytes at a time from a 16-byte aligned input.
+  const bool gather = p.gather_pairs != nullptr;
+  if (gather && (fp8 || p.gather_top_k < 1 || p.gather_top_k > rows_capacity ||
+                 reinterpret_cast<uintptr_t>(p.a) % 16 != 0))
+    return cudaErrorNotSupported;
   Epilogue ep{};
   if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
   const int elem_bytes = fp8 ? 1 : 2;
@@ -485,7 +567,8 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
   CUtensorMap w_map{}, a_map{};
   if (!tma::encode_weights(&w_map, tma::map_type(p), p.w, p.num_experts, p.n, p.k, elem_bytes, cols,
                            ep.split_halves) ||
-      !tma::encode_rows(&a_map, tma::map_type(p), p.a, rows_capacity, p.k, elem_bytes, kTileRows))
+      !tma::encode_rows(&a_map, tma::map_type(p), p.a, gather ? rows_capacity / p.gather_top_k : rows_capacity,
+                        p.k, elem_bytes, kTileRows))  // gathering: the input's rows (the map is not read)
     return cudaErrorNotSupported;
   const Scales sc = tma::scales_of(p);
 
@@ -499,7 +582,8 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
     using Op = decltype(op_tag);
     return tma::launch<T, prefill_gemm_kernel<T, Op>>(
         smem_bytes<Op>(kPrefillMaxExperts), dim3(static_cast<unsigned>(grid)), dim3(kThreads),
-        smem_bytes<Op>(p.num_experts), stream, p, w_map, a_map, ep, sc);
+        smem_bytes<Op>(p.num_experts), stream, p, w_map, a_map, ep, sc,
+        gather ? static_cast<const T*>(p.a) : nullptr, p.gather_pairs, static_cast<int>(p.gather_top_k));
   });
 }
 

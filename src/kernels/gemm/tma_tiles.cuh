@@ -121,8 +121,9 @@ __device__ __forceinline__ void scan_units(const int32_t* offs, int32_t* first_u
 }
 
 // The kernels' common start, by all kThreads threads: thread 0 sets up the
-// stage barriers (full: one producer arrival plus the transaction bytes;
-// empty: empty_arrivals consumer arrivals) and prefetches both tensor maps;
+// stage barriers (full: full_arrivals producer arrivals, one by default, plus
+// the transaction bytes; empty: empty_arrivals consumer arrivals) and
+// prefetches both tensor maps;
 // then the block fills offs with the expert offsets and scans the units.
 // It runs before the PDL wait: expert_offsets come from the sort, two or
 // more kernels back (decode_gemm.cu), or, with a route, from ranking its
@@ -132,11 +133,12 @@ __device__ __forceinline__ void start_block(uint64_t* full, uint64_t* empty, int
                                             const CUtensorMap* w_map, const CUtensorMap* a_map,
                                             const int32_t* offsets, const DecodeRouting& route, int32_t* offs,
                                             int32_t* first_unit, int num_experts, int unit_rows,
-                                            typename cub::BlockScan<int, kThreads>::TempStorage& storage) {
+                                            typename cub::BlockScan<int, kThreads>::TempStorage& storage,
+                                            int full_arrivals = 1) {
   using Barrier = cutlass::arch::ClusterTransactionBarrier;
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
-      Barrier::init(&full[s], 1);
+      Barrier::init(&full[s], full_arrivals);
       Barrier::init(&empty[s], empty_arrivals);
     }
     cutlass::arch::fence_barrier_init();
