@@ -281,7 +281,9 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                          const kernels::DecodeRouting& route = {}, bool quantize_a = false,
                          const int32_t* gather_pairs = nullptr, int64_t top_k = 0) {
   if (quantize_a && cfg.kernel != kernels::GemmKernel::kFp8Decode) return cudaErrorNotSupported;
-  if (gather_pairs != nullptr && cfg.kernel != kernels::GemmKernel::kPrefill) return cudaErrorNotSupported;
+  if (gather_pairs != nullptr && cfg.kernel != kernels::GemmKernel::kPrefill &&
+      cfg.kernel != kernels::GemmKernel::kFp8Prefill)
+    return cudaErrorNotSupported;
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
     kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
                                   c,     n,       k,    dtype,  scratch,
@@ -414,13 +416,20 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                            : plan.gemm1.kernel == kernels::GemmKernel::kDecode);
     // GEMM 1 on the prefill kernel gathers its rows itself (cp.async through
     // the sort's map; no gather stage, no [T*k, H] round trip) where they
-    // need no conversion and no router weight; if it declines, the gather
-    // stage runs and GEMM 1 is called again.
-    const bool gather_in_gemm1 = !tiny && !fp8 && plan.gemm1.kernel == kernels::GemmKernel::kPrefill &&
-                                 input_weights == nullptr && p.input_dtype == cd;
+    // need no conversion and no router weight; with fp8 block scaling from
+    // the input quantized once per token (a token's 1x128 groups are the
+    // same in every expert's copy, so are its bytes and scales). If GEMM 1
+    // declines, the gather stage runs and GEMM 1 is called again.
+    const bool gather_in_gemm1 =
+        !tiny && input_weights == nullptr && p.input_dtype == cd &&
+        (fp8 ? p.quant.kind == MOEKIT_QUANT_FP8_BLOCK && plan.gemm1.kernel == kernels::GemmKernel::kFp8Prefill
+             : plan.gemm1.kernel == kernels::GemmKernel::kPrefill);
     auto gather = [&] {
-      return kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows, max_rows,
-                                     p.top_k, p.hidden_size, rows, cd, dev, stream, /*maps_written=*/true);
+      return fp8 ? kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
+                                                 p.hidden_size, gather_quant, max_rows, dev, stream)
+                 : kernels::launch_permute(hidden, p.input_dtype, sorted_pairs, input_weights, valid_rows,
+                                           max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
+                                           /*maps_written=*/true);
     };
     kernels::DecodeRouting route{};
     if (tiny) {
@@ -435,11 +444,13 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
       e = kernels::launch_sort(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
                                a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);
       if (e != cudaSuccess) return cuda_status(e, "sort");
-      if (fp8)
-        e = kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
-                                          p.hidden_size, gather_quant, max_rows, dev, stream);
-      else if (!gather_in_gemm1)
+      if (!gather_in_gemm1)
         e = gather();
+      else if (fp8)  // the input's T rows, quantized in place of the gathered T * k
+        e = kernels::launch_quantize_rows(hidden, cd, p.hidden_size,
+                                          kernels::QuantRows{nullptr, 1, p.quant.kind, nullptr, nullptr,
+                                                             static_cast<uint8_t*>(rows), scales},
+                                          T, dev, stream);
     }
     if (e != cudaSuccess) return cuda_status(e, "permute");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
@@ -456,7 +467,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                  fp8_gemm2_quantizes_requested();
     bool activated = false;
     auto run_gemm1 = [&](bool gathering) {
-      return grouped_gemm(plan.gemm1, gathering ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
+      return grouped_gemm(plan.gemm1, gathering && !fp8 ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
                           a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
                           !fp8 || gemm2_quantizes ? &fuse : nullptr, act, &activated, route, false,
                           gathering ? sorted_pairs : nullptr, p.top_k);

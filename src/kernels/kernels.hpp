@@ -106,7 +106,8 @@ cudaError_t launch_permute(const void* hidden, moekit_dtype_t input_dtype,
 // column-major [ceil(K/128), rows_e] block at scales + offsets[e] * ceil(K/128);
 // with FP8_TENSOR every block of a row holds its scale times w_scale[e].
 struct QuantRows {
-  const int32_t* expert_offsets;  // [E + 1]
+  const int32_t* expert_offsets;  // [E + 1]; null: one group of all max_rows rows (num_experts 1,
+                                  // FP8_BLOCK only)
   int num_experts;
   moekit_quant_t kind;
   const float* static_scale;      // FP8_TENSOR static scale [1], or null (dynamic)

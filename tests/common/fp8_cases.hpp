@@ -16,6 +16,15 @@
 
 namespace moekit::test {
 
+// fp8 layers, GPU vs CPU: both quantize the same values the same way; they
+// differ in the summation inside a 128-deep block (wgmma's fp8 accumulation
+// vs fp32 on the host), which moves a GEMM 1 output by one bf16 step now and
+// then, and such a value's activation by one e4m3 step (6-12%) when it sits
+// near a rounding midpoint (about 1 in 30). Measured on an H200: rows up to
+// 0.038. A row is allowed half an e4m3 step on average; a wrong row, scale
+// or expert is off by O(1).
+constexpr double kFp8RowGpuVsCpu = 0.06;
+
 inline Problem fp8_problem(int64_t T, int64_t E, int64_t k, int64_t H, int64_t I,
                            moekit_quant_t kind, bool static_scale = false) {
   Problem p = small_problem(T, E, k, H, I, MOEKIT_DTYPE_BF16);

@@ -5,6 +5,7 @@
 #include <functional>
 #include <random>
 
+#include "common/fp8_cases.hpp"
 #include "common/test_util.hpp"
 #include "gpu_util.hpp"
 #include "reference/reference.hpp"
@@ -422,41 +423,50 @@ TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
 }
 
 // GEMM 1 on the prefill kernel gathers its own rows (cp.async through the
-// sort's map, no gather stage) where they need no conversion or router
-// weight, and otherwise falls back to the gather stage: either way the CPU's
-// answer and bitwise that of CUTLASS 128x256 after the gather stage, for
-// adversarial ids, an expert map, an expert-parallel rank, weights on the
-// input and fp32 input (the fallbacks), fp16, K = 200 (a partial last
-// stage), two chunks, and in place (every chunk reads its rows before
+// sort's map, no gather stage; with fp8 block scaling from the input
+// quantized once per token) where they need no conversion or router weight,
+// and otherwise falls back to the gather stage: either way the CPU's answer
+// and bitwise that of CUTLASS after the gather stage (128x256; fp8 the
+// blockwise 128x128), for adversarial ids, an expert map, an expert-parallel
+// rank, weights on the input and fp32 input (the fallbacks), fp16, K = 200
+// (a partial last stage), fp8 per tensor (the gather stage quantizes per
+// expert), two chunks, and in place (every chunk reads its rows before
 // finalize overwrites them).
 TEST(GpuLayer, PrefillKernelGathersItsOwnRows) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr)
     GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
-  struct Case { int64_t T, k, H; int variant; };
-  for (const Case c : {Case{1, 8, 256, 0}, Case{33, 8, 256, 0}, Case{300, 8, 256, 1}, Case{300, 8, 256, 2},
-                       Case{300, 1, 256, 3}, Case{300, 8, 256, 4}, Case{300, 8, 200, 5}, Case{2100, 6, 128, 0},
-                       Case{9000, 8, 128, 6}}) {
-    Problem p = problem(c.T, 40, c.k, c.H, 128, c.variant == 5 ? MOEKIT_DTYPE_FP16 : MOEKIT_DTYPE_BF16);
-    test::place_40_local_experts(p, c.variant == 1   ? test::Placing::kExpertMap
-                                    : c.variant == 2 ? test::Placing::kEpRank
-                                                     : test::Placing::kFirst);
-    p.apply_router_weight_on_input = c.variant == 3;
-    if (c.variant == 4) p.input_dtype = MOEKIT_DTYPE_FP32;
-    ref::HostLayer l = ref::make_random_layer(p, 7 * c.T + c.variant);
-    make_adversarial(l, c.T + c.variant);
+  enum Variant { kPlain, kMap, kRank, kOnInput, kFp32In, kFp16, kFp8Block, kFp8BlockRank, kFp8Tensor, kInPlace,
+                 kFp8InPlace };
+  struct Case { int64_t T, k, H; Variant v; };
+  for (const Case c : {Case{1, 8, 256, kPlain}, Case{33, 8, 256, kPlain}, Case{300, 8, 256, kMap},
+                       Case{300, 8, 256, kRank}, Case{300, 1, 256, kOnInput}, Case{300, 8, 256, kFp32In},
+                       Case{300, 8, 200, kFp16}, Case{2100, 6, 128, kPlain}, Case{300, 8, 384, kFp8Block},
+                       Case{300, 8, 256, kFp8BlockRank}, Case{300, 8, 256, kFp8Tensor},
+                       Case{9000, 8, 128, kInPlace}, Case{9000, 8, 128, kFp8InPlace}}) {
+    const bool fp8 = c.v == kFp8Block || c.v == kFp8BlockRank || c.v == kFp8Tensor || c.v == kFp8InPlace;
+    Problem p = fp8 ? test::fp8_problem(c.T, 40, c.k, c.H, 128,
+                                        c.v == kFp8Tensor ? MOEKIT_QUANT_FP8_TENSOR : MOEKIT_QUANT_FP8_BLOCK)
+                    : problem(c.T, 40, c.k, c.H, 128, c.v == kFp16 ? MOEKIT_DTYPE_FP16 : MOEKIT_DTYPE_BF16);
+    test::place_40_local_experts(p, c.v == kMap                              ? test::Placing::kExpertMap
+                                    : c.v == kRank || c.v == kFp8BlockRank ? test::Placing::kEpRank
+                                                                           : test::Placing::kFirst);
+    p.apply_router_weight_on_input = c.v == kOnInput;
+    if (c.v == kFp32In) p.input_dtype = MOEKIT_DTYPE_FP32;
+    ref::HostLayer l = ref::make_random_layer(p, 7 * c.T + c.v);
+    make_adversarial(l, c.T + c.v);
     const std::string what = "T=" + std::to_string(c.T) + " k=" + std::to_string(c.k) + " H=" +
-                             std::to_string(c.H) + " variant " + std::to_string(c.variant);
+                             std::to_string(c.H) + " variant " + std::to_string(c.v);
     DeviceLayer d(l);
-    const std::vector<uint8_t> gathered = test::run_forced(d, "prefill");
-    const std::vector<uint8_t> staged = test::run_forced(d, "tile128x256");
-    EXPECT_EQ(gathered, staged) << what;
+    const char* ours = fp8 ? "fp8_prefill" : "prefill";
+    const std::vector<uint8_t> gathered = test::run_forced(d, ours);
+    EXPECT_EQ(gathered, test::run_forced(d, fp8 ? "fp8_tile128x128" : "tile128x256")) << what;
     EXPECT_TRUE(test::rows_match(gathered, test::cpu_reference(l), p.num_tokens, p.hidden_size, p.output_dtype,
-                                 tolerance(p)))
+                                 fp8 ? test::kFp8RowGpuVsCpu : tolerance(p)))
         << what;
-    if (c.variant == 6) {  // in place, two chunks
+    if (c.v == kInPlace || c.v == kFp8InPlace) {  // two chunks
       d.args.output = d.hidden.data();
-      EXPECT_EQ(test::run_forced(d, "prefill"), std::vector<uint8_t>(d.output.size(), 0xFF)) << what;
+      EXPECT_EQ(test::run_forced(d, ours), std::vector<uint8_t>(d.output.size(), 0xFF)) << what;
       EXPECT_EQ(d.hidden.download(), gathered) << what << " in place";
     }
     EXPECT_TRUE(d.all_canaries_intact()) << what;

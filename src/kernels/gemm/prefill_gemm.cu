@@ -21,12 +21,13 @@
 //    straight from the swizzled tiles, one batch in flight while it waits
 //    for the one before. A warpgroup whose 64 rows are all past the
 //    expert's (a last unit of at most 64 rows) skips its wgmmas.
-//  - GEMM 1 in 16 bits can gather its rows itself (GroupedGemmParams::
-//    gather_pairs): the producer warpgroup's 128 threads copy each stage's
-//    rows from the layer's input with cp.async into the same swizzled
-//    layout, through the sort's row -> pair map, and the stage's barrier
-//    counts their arrivals beside the weights' TMA bytes; the layer then
-//    runs no gather stage.
+//  - GEMM 1 can gather its rows itself (GroupedGemmParams::gather_pairs):
+//    the producer warpgroup's 128 threads copy each stage's rows from the
+//    layer's input (e4m3: the input quantized once per token, and its
+//    scales read at the token) with cp.async into the same swizzled layout,
+//    through the sort's row -> pair map, and the stage's barrier counts
+//    their arrivals beside the weights' TMA bytes; the layer then runs no
+//    gather stage.
 //  - 16-bit operands: 128 x 256 tiles, k16 wgmmas. e4m3 with block scales:
 //    128 x 128 tiles, a stage is one 128-deep scale block summed into a
 //    partial accumulator and promoted (acc = fma(partial, a_scale * w_scale,
@@ -334,9 +335,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
     const T* __restrict__ bias,                 // [E, N] or null
     T* __restrict__ c,                          // [rows, N], or fused: [rows, inter]
     int n, int k, Epilogue ep, Scales sc,
-    const T* __restrict__ gather_src,           // gathered rows: [T, K], the layer's input; else null
-    const int32_t* __restrict__ gather_pairs,   // row -> (token, slot) pair (GroupedGemmParams)
-    int top_k) {
+    const unsigned char* __restrict__ gather_src,  // gathered rows: [in_rows, K] (a), the layer's input; else null
+    const int32_t* __restrict__ gather_pairs,      // row -> (token, slot) pair (GroupedGemmParams)
+    int top_k, int in_rows) {
   timeline::Scope timeline_scope(timeline::kGemmPrefill);  // MOEKIT_TIMELINE builds only
   using S = Tile<Op>;
   constexpr int kStages = S::kStages, kCols = S::kCols, kBytes = kStageBytes<Op>;
@@ -355,9 +356,10 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
 
   const int wg = threadIdx.x / kWarpgroup, lane = threadIdx.x % 32;
   // Before pdl_wait(): the offsets and the weights only, as in the decode
-  // kernel. Gathering its rows, the kernel runs right after the sort, whose
-  // offsets are not final before that wait.
-  const bool gather = !S::kFp8 && gather_pairs != nullptr;
+  // kernel. Gathering its rows, the kernel runs right after the sort (16
+  // bits) or the input's quantization (e4m3), the offsets' writer or the
+  // kernel after it, so it reads them only after that wait.
+  const bool gather = gather_pairs != nullptr;
   if (gather) pdl_wait();
   // full: the producer thread's arrival with the transaction bytes, and when
   // gathering, one more per producer thread once its row copies have landed.
@@ -388,7 +390,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
           cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kHint, base + slot * kBytes, cur.kb * S::kStageK,
                                        cur.u.begin + cur.u.row0);
         });
-    } else if constexpr (!S::kFp8) {
+    } else {
       // Gathered rows, by every producer thread: thread t copies 16-byte
       // chunk t % 8 of tile rows t / 8 + 16 i (i < 8), so each copy
       // instruction of a warp reads four whole 128-byte row segments, and the
@@ -413,13 +415,15 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
                 token[i] = r < cur.u.rows ? gather_pairs[cur.u.begin + r] / top_k : -1;
               }
             }
-            const int col = cur.kb * S::kStageK + chunk * 8;  // the chunk's first element
+            // Bytes: a stage is one 128-byte box column of every row (64
+            // 16-bit values or 128 e4m3 ones); row_bytes is a multiple of 16.
+            const int row_bytes = k * (S::kFp8 ? 1 : 2), col = cur.kb * kBoxBytes + chunk * 16;
             const uint32_t dst = stages + slot * kBytes + chunk_at;
 #pragma unroll
             for (int i = 0; i < kTileRows / 16; ++i) {
-              const bool ok = token[i] >= 0 && col < k;
-              cp_async_16(dst + i * 16 * kBoxBytes, ok ? gather_src + static_cast<int64_t>(token[i]) * k + col : gather_src,
-                          ok ? 16 : 0);
+              const bool ok = token[i] >= 0 && col < row_bytes;
+              cp_async_16(dst + i * 16 * kBoxBytes,
+                          ok ? gather_src + static_cast<int64_t>(token[i]) * row_bytes + col : gather_src, ok ? 16 : 0);
             }
             cutlass::arch::cpasync_barrier_arrive_noinc(&full[slot]);
           });
@@ -478,18 +482,25 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
         fence(acc);
         release(prev);
       } else {
-        // Scales of block kb for rows r_lo, r_lo + 8 (0 past the expert's rows).
-        const float* sa_e = sc.a + static_cast<int64_t>(u.begin) * k_stages;
+        // Scales of block kb for rows r_lo, r_lo + 8 (0 past the expert's
+        // rows): the expert's column-major [k_stages, rows] block, or when
+        // gathering, the input's [k_stages, in_rows] at the row's token.
+        const float* sa_e = sc.a + (gather ? 0 : static_cast<int64_t>(u.begin) * k_stages);
+        const int a_rows = gather ? in_rows : u.rows;
+        int a_col[2];  // the scale column of rows r_lo, r_lo + 8; -1: none
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = r_lo + 8 * h;
+          a_col[h] = r >= u.rows ? -1 : gather ? gather_pairs[u.begin + r] / top_k : r;
+        }
         const float* sw_e =
             sc.w != nullptr ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_row0 / 128) * k_stages
                             : nullptr;
         auto block_scales = [&](int kb, float (&s)[2]) {
           const float sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = r_lo + 8 * h;
-            s[h] = r < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + r) * sw : 0.0f;
-          }
+          for (int h = 0; h < 2; ++h)
+            s[h] = a_col[h] >= 0 ? __ldg(sa_e + static_cast<int64_t>(kb) * a_rows + a_col[h]) * sw : 0.0f;
         };
         float part[kAcc<Op>];
 #pragma unroll
@@ -554,11 +565,10 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
   const bool fp8 = p.a_scale != nullptr;
   if (p.quantize_a || !tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
   if (fp8 && fuse != nullptr) return cudaErrorNotSupported;  // the activation stage quantizes
-  // Gathering: 16-bit rows only (e4m3 rows are quantized by the gather
-  // stage), copied 16 bytes at a time from a 16-byte aligned input.
+  // Gathering: rows copied 16 bytes at a time from a 16-byte aligned input
+  // of rows_capacity / top_k rows.
   const bool gather = p.gather_pairs != nullptr;
-  if (gather && (fp8 || p.gather_top_k < 1 || p.gather_top_k > rows_capacity ||
-                 reinterpret_cast<uintptr_t>(p.a) % 16 != 0))
+  if (gather && (p.gather_top_k < 1 || p.gather_top_k > rows_capacity || reinterpret_cast<uintptr_t>(p.a) % 16 != 0))
     return cudaErrorNotSupported;
   Epilogue ep{};
   if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
@@ -583,7 +593,8 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
     return tma::launch<T, prefill_gemm_kernel<T, Op>>(
         smem_bytes<Op>(kPrefillMaxExperts), dim3(static_cast<unsigned>(grid)), dim3(kThreads),
         smem_bytes<Op>(p.num_experts), stream, p, w_map, a_map, ep, sc,
-        gather ? static_cast<const T*>(p.a) : nullptr, p.gather_pairs, static_cast<int>(p.gather_top_k));
+        gather ? static_cast<const unsigned char*>(p.a) : nullptr, p.gather_pairs, static_cast<int>(p.gather_top_k),
+        static_cast<int>(gather ? rows_capacity / p.gather_top_k : 0));
   });
 }
 
