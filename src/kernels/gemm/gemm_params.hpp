@@ -48,10 +48,10 @@ struct GroupedGemmParams {
   bool quantize_a = false;
   // Gathered rows (the prefill kernel; every other kernel declines): row i
   // of the GEMM's A is row gather_pairs[i] / gather_top_k of a, the layer's
-  // [T, K] input (e4m3: quantized once per token, a_scale then one
-  // column-major [ceil(K/128), T] block, QuantRows without offsets), so the
-  // gather stage does not run. gather_pairs is the sort's row -> (token,
-  // slot) pair map; null: a holds the rows in expert order.
+  // [T, K] input (e4m3 with block scales: quantized once per token, a_scale
+  // then one column-major [ceil(K/128), T] block, QuantRows without
+  // offsets), so the gather stage does not run. gather_pairs is the sort's
+  // row -> (token, slot) pair map; null: a holds the rows in expert order.
   const int32_t* gather_pairs = nullptr;
   int64_t gather_top_k = 0;
 };

@@ -566,9 +566,11 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
   if (p.quantize_a || !tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
   if (fp8 && fuse != nullptr) return cudaErrorNotSupported;  // the activation stage quantizes
   // Gathering: rows copied 16 bytes at a time from a 16-byte aligned input
-  // of rows_capacity / top_k rows.
+  // of rows_capacity / top_k rows; e4m3 with block scales only (per-tensor
+  // scaling folds each expert's weight scale into its rows' scales).
   const bool gather = p.gather_pairs != nullptr;
-  if (gather && (p.gather_top_k < 1 || p.gather_top_k > rows_capacity || reinterpret_cast<uintptr_t>(p.a) % 16 != 0))
+  if (gather && (p.gather_top_k < 1 || p.gather_top_k > rows_capacity || p.w_scale_ones != nullptr ||
+                 reinterpret_cast<uintptr_t>(p.a) % 16 != 0))
     return cudaErrorNotSupported;
   Epilogue ep{};
   if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
