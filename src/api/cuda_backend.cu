@@ -420,10 +420,8 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     // the input quantized once per token (a token's 1x128 groups are the
     // same in every expert's copy, so are its bytes and scales). If GEMM 1
     // declines, the gather stage runs and GEMM 1 is called again.
-    const bool gather_in_gemm1 =
-        !tiny && input_weights == nullptr && p.input_dtype == cd &&
-        (fp8 ? p.quant.kind == MOEKIT_QUANT_FP8_BLOCK && plan.gemm1.kernel == kernels::GemmKernel::kFp8Prefill
-             : plan.gemm1.kernel == kernels::GemmKernel::kPrefill);
+    const bool gather_in_gemm1 = !tiny && kernels::gemm1_gathers_rows(plan.gemm1.kernel, p.quant.kind,
+                                                                       input_weights != nullptr, p.input_dtype == cd);
     auto gather = [&] {
       return fp8 ? kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
                                                  p.hidden_size, gather_quant, max_rows, dev, stream)

@@ -215,3 +215,26 @@ TEST(GemmConfig, DecodeKernelsCarryThePassSizeOfTheirRowCount) {
     EXPECT_EQ(c.pass_tokens, 0) << moekit::kernels::gemm_kernel_name(c.kernel);
   }
 }
+
+// GEMM 1 gathers its own rows on the prefill kernels only, and only where
+// a row is the input row as it is: no conversion, no router weight, and for
+// e4m3 a block-scaled quantization that does not depend on the expert.
+TEST(GemmConfig, OnlyThePrefillKernelsGatherTheirOwnRows) {
+  using moekit::kernels::gemm1_gathers_rows;
+  EXPECT_TRUE(gemm1_gathers_rows(GemmKernel::kPrefill, MOEKIT_QUANT_NONE, false, true));
+  EXPECT_TRUE(gemm1_gathers_rows(GemmKernel::kFp8Prefill, MOEKIT_QUANT_FP8_BLOCK, false, true));
+  // The router weight scales the gathered rows; an fp32 input is converted.
+  EXPECT_FALSE(gemm1_gathers_rows(GemmKernel::kPrefill, MOEKIT_QUANT_NONE, true, true));
+  EXPECT_FALSE(gemm1_gathers_rows(GemmKernel::kPrefill, MOEKIT_QUANT_NONE, false, false));
+  EXPECT_FALSE(gemm1_gathers_rows(GemmKernel::kFp8Prefill, MOEKIT_QUANT_FP8_BLOCK, true, true));
+  EXPECT_FALSE(gemm1_gathers_rows(GemmKernel::kFp8Prefill, MOEKIT_QUANT_FP8_BLOCK, false, false));
+  // Per-tensor scaling folds each expert's weight scale into its rows' scales.
+  EXPECT_FALSE(gemm1_gathers_rows(GemmKernel::kFp8Prefill, MOEKIT_QUANT_FP8_TENSOR, false, true));
+  // A kernel of the other operand kind, and every other kernel.
+  EXPECT_FALSE(gemm1_gathers_rows(GemmKernel::kPrefill, MOEKIT_QUANT_FP8_BLOCK, false, true));
+  EXPECT_FALSE(gemm1_gathers_rows(GemmKernel::kFp8Prefill, MOEKIT_QUANT_NONE, false, true));
+  for (GemmKernel k : {GemmKernel::kSimple, GemmKernel::kDecode, GemmKernel::kFp8Decode, GemmKernel::kTile128x256,
+                       GemmKernel::kTile64x256, GemmKernel::kSwap128x16, GemmKernel::kFp8Tile128x128})
+    for (moekit_quant_t q : {MOEKIT_QUANT_NONE, MOEKIT_QUANT_FP8_BLOCK})
+      EXPECT_FALSE(gemm1_gathers_rows(k, q, false, true)) << moekit::kernels::gemm_kernel_name(k);
+}

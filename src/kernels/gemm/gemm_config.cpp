@@ -202,4 +202,11 @@ GemmConfig select_config(const GemmProblem& p) {
           "(590-640 TFLOP/s on mixtral prefill, H100)"};
 }
 
+bool gemm1_gathers_rows(GemmKernel kernel, moekit_quant_t quant, bool weights_on_input,
+                        bool input_in_compute_dtype) {
+  if (weights_on_input || !input_in_compute_dtype) return false;
+  if (quant == MOEKIT_QUANT_NONE) return kernel == GemmKernel::kPrefill;
+  return quant == MOEKIT_QUANT_FP8_BLOCK && kernel == GemmKernel::kFp8Prefill;
+}
+
 }  // namespace moekit::kernels

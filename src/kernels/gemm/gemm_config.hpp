@@ -100,4 +100,14 @@ struct GemmConfig {
 
 GemmConfig select_config(const GemmProblem& p);
 
+// Whether GEMM 1 on `kernel` gathers its own rows from the layer's input
+// (GroupedGemmParams::gather_pairs), so the layer runs no gather stage: the
+// prefill kernels only, when the rows need no conversion (the input already
+// in the compute dtype) and no router weight (not applied on the input), and
+// for e4m3 with block scales only (per-tensor scaling folds each expert's
+// weight scale into its rows' scales, so a token's quantized row differs by
+// expert). The layer falls back to the gather stage if the kernel declines.
+bool gemm1_gathers_rows(GemmKernel kernel, moekit_quant_t quant, bool weights_on_input,
+                        bool input_in_compute_dtype);
+
 }  // namespace moekit::kernels
