@@ -452,13 +452,16 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     }
     if (e != cudaSuccess) return cuda_status(e, "permute");
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
-    // The decode kernel runs the activation in its epilogue and writes act
-    // directly (one launch and GEMM 1's [rows, N1] round trip fewer). fp8,
-    // with MOEKIT_FP8_GEMM2_QUANTIZES=1 (off until it has run on a GPU):
-    // with block scales and the decode kernel for both GEMMs, GEMM 2 then
-    // quantizes that 16-bit activation itself, stage by stage (one 1x128
-    // group a stage), so the activation-quantize stage goes too; otherwise
-    // that stage quantizes GEMM 1's output.
+    // The decode and prefill kernels run the activation in their epilogue
+    // and write act directly (one launch and GEMM 1's [rows, N1] round trip
+    // fewer). fp8, with MOEKIT_FP8_GEMM2_QUANTIZES=1 (off until it has run
+    // on a GPU): with block scales and the decode kernel for both GEMMs,
+    // GEMM 2 then quantizes that 16-bit activation itself, stage by stage
+    // (one 1x128 group a stage), so the activation-quantize stage goes too;
+    // GEMM 1 on the fp8 prefill kernel (forced only, so far) writes the
+    // 16-bit activation and a plain quantize stage reads half the bytes the
+    // activation-quantize stage would; otherwise that stage quantizes GEMM
+    // 1's output.
     const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
     const bool gemm2_quantizes = fp8 && !per_tensor && plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
                                  plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&
@@ -467,7 +470,10 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     auto run_gemm1 = [&](bool gathering) {
       return grouped_gemm(plan.gemm1, gathering && !fp8 ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
                           a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
-                          !fp8 || gemm2_quantizes ? &fuse : nullptr, act, &activated, route, false,
+                          !fp8 || gemm2_quantizes || plan.gemm1.kernel == kernels::GemmKernel::kFp8Prefill
+                              ? &fuse
+                              : nullptr,
+                          act, &activated, route, false,
                           gathering ? sorted_pairs : nullptr, p.top_k);
     };
     e = run_gemm1(gather_in_gemm1);
@@ -479,14 +485,15 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     const void* gemm2_a = act;
     bool gemm2_done = false;
-    if (fp8 && activated) {  // act: the 16-bit activation, quantized by GEMM 2 itself
+    if (fp8 && activated) {  // act: the 16-bit activation, quantized by GEMM 2 itself where it can
       GemmScales sc2_rows = sc2;
       sc2_rows.a = nullptr;
-      e = grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y, max_rows,
-                       p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch, dev, stream, nullptr, nullptr,
-                       nullptr, {}, /*quantize_a=*/true);
+      e = gemm2_quantizes ? grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias,
+                                         y, max_rows, p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch,
+                                         dev, stream, nullptr, nullptr, nullptr, {}, /*quantize_a=*/true)
+                          : cudaErrorNotSupported;
       gemm2_done = e == cudaSuccess;
-      if (e == cudaErrorNotSupported) {  // declined (e.g. no tensor map): quantize the rows, GEMM 2 below
+      if (e == cudaErrorNotSupported) {  // not asked, or declined (e.g. no tensor map): quantize the rows
         e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
                                           max_rows, dev, stream);
         if (e != cudaSuccess) return cuda_status(e, "activation quantize");

@@ -37,6 +37,9 @@
 //  - GEMM 1's activation can run in the epilogue (tma::Epilogue): the gate
 //    and up columns of an output column are in the same thread (one box
 //    holds rows j.. of both halves, or they are adjacent when interleaved).
+//    With e4m3 operands too: the 16-bit activation is what the fp8 layer's
+//    activation-quantize stage would quantize, bit for bit, so the layer
+//    quantizes it as it is (launch_quantize_rows).
 //  - Programmatic dependent launch as in the decode kernel: the prologue and
 //    the first stages' weights overlap the previous kernel (not when
 //    gathering: that kernel is the sort, which writes the offsets).
@@ -534,9 +537,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
       const ItemOut<T> out{staging + cw * kStageRows * kStagePitch, bias_e, c, n, ep.fused ? ep.inter : n,
                            u.begin, u.row0 + cw * 64, u.rows, gated ? slice * item_cols : w_row0, w_row0,
                            ep.inter, warp, g, q};
-      if constexpr (S::kFp8) {
-        epilogue<kCopy, false, kCols>(acc, out, ep, cw);  // fp8 layers run the activation stage
-      } else if (!ep.fused) {
+      if (!ep.fused) {
         epilogue<kCopy, false, kCols>(acc, out, ep, cw);
       } else {
         with_kind(ep.act.kind, [&](auto kind_tag) {
@@ -564,7 +565,6 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
                                  const FusedActivation* fuse) {
   const bool fp8 = p.a_scale != nullptr;
   if (p.quantize_a || !tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
-  if (fp8 && fuse != nullptr) return cudaErrorNotSupported;  // the activation stage quantizes
   // Gathering: rows copied 16 bytes at a time from a 16-byte aligned input
   // of rows_capacity / top_k rows; e4m3 with block scales only (per-tensor
   // scaling folds each expert's weight scale into its rows' scales).
