@@ -206,6 +206,7 @@ namespace {
 // would give each local expert.
 struct LayerPlan {
   kernels::GemmConfig gemm1, gemm2;
+  bool gemm1_gathers;  // GEMM 1 gathers its own rows (gemm1_gathers_rows), no gather stage
   int64_t chunk_tokens, chunks;
 };
 
@@ -238,6 +239,8 @@ LayerPlan plan_layer(const Problem& p) {
   force("MOEKIT_GEMM", "forced by MOEKIT_GEMM", {&plan.gemm1, &plan.gemm2});
   force("MOEKIT_GEMM1", "forced by MOEKIT_GEMM1", {&plan.gemm1});
   force("MOEKIT_GEMM2", "forced by MOEKIT_GEMM2", {&plan.gemm2});
+  plan.gemm1_gathers = kernels::gemm1_gathers_rows(plan.gemm1.kernel, p.quant.kind, p.apply_router_weight_on_input,
+                                                   p.input_dtype == ref::compute_dtype(p));
   return plan;
 }
 
@@ -312,7 +315,7 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
 
 std::string describe(const LayerPlan& plan) {
   return "gemm1 " + std::string(kernels::gemm_kernel_name(plan.gemm1.kernel)) + " (" +
-         plan.gemm1.reason + "); gemm2 " + kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" +
+         plan.gemm1.reason + (plan.gemm1_gathers ? "; gathers its rows" : "") + "); gemm2 " + kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" +
          plan.gemm2.reason + "); " + std::to_string(plan.chunks) + " chunk(s) of " +
          std::to_string(plan.chunk_tokens) + " tokens";
 }
@@ -420,8 +423,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     // the input quantized once per token (a token's 1x128 groups are the
     // same in every expert's copy, so are its bytes and scales). If GEMM 1
     // declines, the gather stage runs and GEMM 1 is called again.
-    const bool gather_in_gemm1 = !tiny && kernels::gemm1_gathers_rows(plan.gemm1.kernel, p.quant.kind,
-                                                                       input_weights != nullptr, p.input_dtype == cd);
+    const bool gather_in_gemm1 = !tiny && plan.gemm1_gathers;
     auto gather = [&] {
       return fp8 ? kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
                                                  p.hidden_size, gather_quant, max_rows, dev, stream)
