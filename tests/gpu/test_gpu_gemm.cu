@@ -239,9 +239,27 @@ TEST(GpuGemm, Fp8FamiliesDeclineSixteenBitOperandsAndTheOtherWayRound) {
   p.w_scale = static_cast<const float*>(buf.data());
   EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kTile128x128, p, nullptr),
             cudaErrorNotSupported);
-  // The hand-written kernels take both forms, but their fused activation only 16 bits.
-  const kernels::FusedActivation fuse{{MOEKIT_ACT_SWIGLU, 1.0f, 0.0f, 0.0f}, MOEKIT_GATE_UP, 64};
-  EXPECT_EQ(kernels::decode_grouped_gemm(p, 64, nullptr, &fuse), cudaErrorNotSupported);
-  EXPECT_EQ(kernels::prefill_grouped_gemm(p, 64, nullptr, &fuse), cudaErrorNotSupported);
+  // The hand-written kernels take both forms and fuse the activation in both
+  // (nothing below launches: every call is one they decline). e4m3 with
+  // split gate/up halves: the decode kernel needs I % 16 == 0 (a warp's 16
+  // weight rows in one 128-row scale block).
+  const kernels::FusedActivation fuse72{{MOEKIT_ACT_SWIGLU, 1.0f, 0.0f, 0.0f}, MOEKIT_GATE_UP, 72};
+  p.n = 144;
+  EXPECT_EQ(kernels::decode_grouped_gemm(p, 64, nullptr, &fuse72), cudaErrorNotSupported);
+  p.n = 128;
+  // Rows it quantizes itself: the decode kernel only.
+  p.quantize_a = true;
+  EXPECT_EQ(kernels::prefill_grouped_gemm(p, 64, nullptr, nullptr), cudaErrorNotSupported);
+  p.quantize_a = false;
+  // Gathered rows: the prefill kernel only, and with e4m3 only with block
+  // scales (per-tensor scaling's stand-in ones: w_scale_ones).
+  p.gather_pairs = static_cast<const int32_t*>(off.data());
+  p.gather_top_k = 1;
+  EXPECT_EQ(kernels::decode_grouped_gemm(p, 64, nullptr, nullptr), cudaErrorNotSupported);
+  EXPECT_EQ(kernels::launch_grouped_gemm_sm90(kernels::GemmKernel::kFp8Tile128x128, p, nullptr),
+            cudaErrorNotSupported);
+  p.w_scale_ones = static_cast<float*>(buf.data());
+  p.w_scale_ones_count = 4;
+  EXPECT_EQ(kernels::prefill_grouped_gemm(p, 64, nullptr, nullptr), cudaErrorNotSupported);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }

@@ -584,7 +584,8 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
   // e4m3 weights with block scales: e4m3 rows with their scales (a_scale),
   // or 16-bit rows the kernel quantizes (quantize_a).
   const bool fp8 = p.a_scale != nullptr || p.quantize_a;
-  if (!tma::operands_fit(p, rows_capacity, kDecodeMaxExperts)) return cudaErrorNotSupported;
+  if (!tma::operands_fit(p, rows_capacity, kDecodeMaxExperts) || p.gather_pairs != nullptr)
+    return cudaErrorNotSupported;  // (rows come in expert order)
   if (route.pairs > kWarpRankPairs || (route.pairs > 0 && route.pl.num_local != p.num_experts))
     return cudaErrorNotSupported;
   const int elem_bytes = fp8 ? 1 : 2, row_bytes = p.quantize_a ? 2 : elem_bytes;

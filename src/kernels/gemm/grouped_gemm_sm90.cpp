@@ -50,9 +50,7 @@ cudaError_t launch_hand_written_gemm(GemmKernel kernel, const GroupedGemmParams&
                                      const DecodeRouting& route) {
   switch (kernel) {
     case GemmKernel::kDecode:
-    case GemmKernel::kFp8Decode:
-      if (p.gather_pairs != nullptr) break;  // its rows come in expert order
-      return decode_grouped_gemm(p, rows_capacity, stream, fuse, pass_tokens, route);
+    case GemmKernel::kFp8Decode: return decode_grouped_gemm(p, rows_capacity, stream, fuse, pass_tokens, route);
     case GemmKernel::kPrefill:
     case GemmKernel::kFp8Prefill:
       if (route.pairs > 0) break;  // it reads expert_offsets before its wait
