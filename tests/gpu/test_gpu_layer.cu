@@ -626,7 +626,8 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
                                      1, H, dt, tolerance(l.problem)));
       }
       EXPECT_EQ(row, first) << moekit_dtype_name(dt) << " T=" << T << ": " << plan;
-      if (T == 64) EXPECT_NE(plan.find("32-token"), std::string::npos) << plan;
+      if (T == 64 && std::getenv("MOEKIT_GEMM") == nullptr)  // (a forced kernel runs every T)
+        EXPECT_NE(plan.find("32-token"), std::string::npos) << plan;
       if (T <= 7) {  // CUTLASS's wgmma swap-AB kernel gives the same bits as mma.sync
         const std::vector<uint8_t> again = test::run_forced(d, "swap128x16");
         EXPECT_TRUE(std::equal(again.begin() + pos * H * b, again.begin() + (pos + 1) * H * b,
