@@ -269,7 +269,8 @@ struct GemmScales {
 // One grouped GEMM: the chosen sm90 kernel, or the simple one. With fuse
 // (GEMM 1), a kernel that can apply the activation in its epilogue (the
 // hand-written decode and prefill kernels) writes the activation to act_out and sets *activated;
-// otherwise c gets the GEMM's output and the caller runs the activation.
+// otherwise (or if it declines the activation: e4m3 split halves whose I it
+// cannot take) c gets the GEMM's output and the caller runs the activation.
 // quantize_a (fp8 block scaling, a 16-bit): the decode kernel quantizes a
 // itself (GroupedGemmParams::quantize_a); cudaErrorNotSupported if it
 // declines, with nothing launched, and no fallback here. The same for
@@ -294,9 +295,13 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                                   sc.ones ? sc.ones_count : 0, quantize_a, gather_pairs, top_k};
     cudaError_t e;
     if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
-      if (fuse != nullptr) gp.c = act_out;
-      e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, fuse, cfg.pass_tokens, route);
-      if (e == cudaSuccess && fuse != nullptr) *activated = true;
+      kernels::GroupedGemmParams fused = gp;
+      if (fuse != nullptr) fused.c = act_out;
+      e = kernels::launch_hand_written_gemm(cfg.kernel, fused, max_rows, stream, fuse, cfg.pass_tokens, route);
+      if (e == cudaSuccess && fuse != nullptr)
+        *activated = true;
+      else if (e == cudaErrorNotSupported && fuse != nullptr)  // the activation declined: the GEMM alone, the stage after it
+        e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, nullptr, cfg.pass_tokens, route);
     } else {
       e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
     }

@@ -39,7 +39,9 @@
 //    holds rows j.. of both halves, or they are adjacent when interleaved).
 //    With e4m3 operands too: the 16-bit activation is what the fp8 layer's
 //    activation-quantize stage would quantize, bit for bit, so the layer
-//    quantizes it as it is (launch_quantize_rows).
+//    quantizes it as it is (launch_quantize_rows). Split halves then take
+//    each half's weight scales (I % 64 == 0, so that a 64-row half lies in
+//    one 128-row scale block; otherwise the kernel declines the activation).
 //  - Programmatic dependent launch as in the decode kernel: the prologue and
 //    the first stages' weights overlap the previous kernel (not when
 //    gathering: that kernel is the sort, which writes the offsets).
@@ -335,14 +337,23 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
           const int r = r_lo + 8 * h;
           a_col[h] = r >= u.rows ? -1 : gather ? gather_pairs[u.begin + r] / top_k : r;
         }
-        const float* sw_e =
-            sc.w != nullptr ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_row0 / 128) * k_stages
-                            : nullptr;
-        auto block_scales = [&](int kb, float (&s)[2]) {
-          const float sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
+        // Weight scales: the tile's columns lie in one 128-row block (rows
+        // w_row0..), or with split halves (fused GEMM 1) in one per half:
+        // rows w_row0.. of the gate half and inter + w_row0.. of the up half
+        // (the launcher declines an I that would put a half in two blocks).
+        const float* sw_e = sc.w != nullptr ? sc.w + u.expert * sc.w_stride : nullptr;
+        const int64_t sw_half0 = static_cast<int64_t>(w_row0 / 128) * k_stages;
+        const int64_t sw_half1 = ep.split_halves ? static_cast<int64_t>((ep.inter + w_row0) / 128) * k_stages
+                                                 : sw_half0;
+        auto block_scales = [&](int kb, float (&s)[2][2]) {  // [half of the tile's columns][row r_lo, r_lo + 8]
+          const float sw0 = sw_e != nullptr ? __ldg(sw_e + sw_half0 + kb) : 1.0f;
+          const float sw1 = sw_e != nullptr && ep.split_halves ? __ldg(sw_e + sw_half1 + kb) : sw0;
 #pragma unroll
-          for (int h = 0; h < 2; ++h)
-            s[h] = a_col[h] >= 0 ? __ldg(sa_e + static_cast<int64_t>(kb) * a_rows + a_col[h]) * sw : 0.0f;
+          for (int h = 0; h < 2; ++h) {
+            const float a = a_col[h] >= 0 ? __ldg(sa_e + static_cast<int64_t>(kb) * a_rows + a_col[h]) : 0.0f;
+            s[0][h] = a * sw0;
+            s[1][h] = a * sw1;
+          }
         };
         float part[kAcc<Op>];
 #pragma unroll
@@ -355,7 +366,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
         // then serializes every wgmma: it does not let a register of one
         // accumulator be read while a later batch is pending.)
         for (int kb = 0; kb < k_stages; ++kb) {
-          float s[2];
+          float s[2][2];
           block_scales(kb, s);
           Barrier::wait(&full[slot], phase);
           if constexpr (MOEKIT_TIMELINE)  // when the warp's first stage arrived
@@ -367,7 +378,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
           release(slot);
           if (++slot == kStages) { slot = 0; phase ^= 1; }
 #pragma unroll
-          for (int i = 0; i < kAcc<Op>; ++i) acc[i] = fmaf(part[i], s[(i / 2) % 2], acc[i]);
+          for (int i = 0; i < kAcc<Op>; ++i)  // part[i]: tile column 8 (i / 4) + ..., row r_lo + 8 ((i / 2) % 2)
+            acc[i] = fmaf(part[i], s[i / 4 >= kAcc<Op> / 8][(i / 2) % 2], acc[i]);
         }
       }
 
@@ -413,6 +425,9 @@ cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capaci
     return cudaErrorNotSupported;
   Epilogue ep{};
   if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
+  // e4m3 with split halves: each half of a tile (64 weight rows) must lie in
+  // one 128-row scale block, which the up half does only if I % 64 == 0.
+  if (fp8 && ep.split_halves && ep.inter % (Tile<Fp8>::kCols / 2) != 0) return cudaErrorNotSupported;
   const int elem_bytes = fp8 ? 1 : 2;
   const int cols = fp8 ? Tile<Fp8>::kCols : Tile<__nv_bfloat16>::kCols;
   CUtensorMap w_map{}, a_map{};
