@@ -269,6 +269,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
               cp_async_16(dst + i * 16 * kBoxBytes,
                           ok ? gather_src + static_cast<int64_t>(token[i]) * row_bytes + col : gather_src, ok ? 16 : 0);
             }
+            // The stage's barrier completes once these copies have landed;
+            // wgmma then reads them with no proxy fence, as CUTLASS's sm90
+            // cp.async + GMMA mainloop does.
             cutlass::arch::cpasync_barrier_arrive_noinc(&full[slot]);
           });
       asm volatile("cp.async.wait_all;" ::: "memory");  // no copy outlives its thread
