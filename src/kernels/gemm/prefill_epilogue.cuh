@@ -32,6 +32,7 @@ __device__ __forceinline__ void wg_barrier(int cw) {
   else
     asm volatile("bar.sync 2, %0;" ::"n"(kWarpgroup) : "memory");
 }
+
 // f(std::integral_constant<int, I>{}) for I = 0 .. N-1: indices that stay
 // compile-time constants (accumulator registers cannot be indexed at run time).
 template <class F, int... I>
@@ -42,7 +43,6 @@ template <int N, class F>
 __device__ __forceinline__ void static_for(F&& f) {
   static_for_impl(f, std::make_integer_sequence<int, N>{});
 }
-
 
 template <class T>
 using T2 = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, __nv_bfloat162, __half2>;
