@@ -430,21 +430,24 @@ TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
 // blockwise 128x128), for adversarial ids, an expert map, an expert-parallel
 // rank, weights on the input and fp32 input (the fallbacks), fp16, K = 200
 // (a partial last stage), fp8 per tensor (the gather stage quantizes per
-// expert), two chunks, and in place (every chunk reads its rows before
-// finalize overwrites them).
+// expert), two chunks, in place (every chunk reads its rows before
+// finalize overwrites them), and experts whose last 128-row unit has 0, 1
+// or 64 rows in its second warpgroup's half.
 TEST(GpuLayer, PrefillKernelGathersItsOwnRows) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr)
     GTEST_SKIP() << "compares two kernel choices itself; runs without MOEKIT_GEMM";
   enum Variant { kPlain, kMap, kRank, kOnInput, kFp32In, kFp16, kFp8Block, kFp8BlockRank, kFp8Tensor, kInPlace,
-                 kFp8InPlace };
+                 kFp8InPlace, kUnitEdges, kFp8UnitEdges };
   struct Case { int64_t T, k, H; Variant v; };
   for (const Case c : {Case{1, 8, 256, kPlain}, Case{33, 8, 256, kPlain}, Case{300, 8, 256, kMap},
                        Case{300, 8, 256, kRank}, Case{300, 1, 256, kOnInput}, Case{300, 8, 256, kFp32In},
                        Case{300, 8, 200, kFp16}, Case{2100, 6, 128, kPlain}, Case{300, 8, 384, kFp8Block},
                        Case{300, 8, 256, kFp8BlockRank}, Case{300, 8, 256, kFp8Tensor},
-                       Case{9000, 8, 128, kInPlace}, Case{9000, 8, 128, kFp8InPlace}}) {
-    const bool fp8 = c.v == kFp8Block || c.v == kFp8BlockRank || c.v == kFp8Tensor || c.v == kFp8InPlace;
+                       Case{9000, 8, 128, kInPlace}, Case{9000, 8, 128, kFp8InPlace}, Case{771, 1, 256, kUnitEdges},
+                       Case{771, 1, 256, kFp8UnitEdges}}) {
+    const bool fp8 = c.v == kFp8Block || c.v == kFp8BlockRank || c.v == kFp8Tensor || c.v == kFp8InPlace ||
+                     c.v == kFp8UnitEdges;
     Problem p = fp8 ? test::fp8_problem(c.T, 40, c.k, c.H, 128,
                                         c.v == kFp8Tensor ? MOEKIT_QUANT_FP8_TENSOR : MOEKIT_QUANT_FP8_BLOCK)
                     : problem(c.T, 40, c.k, c.H, 128, c.v == kFp16 ? MOEKIT_DTYPE_FP16 : MOEKIT_DTYPE_BF16);
@@ -454,7 +457,16 @@ TEST(GpuLayer, PrefillKernelGathersItsOwnRows) {
     p.apply_router_weight_on_input = c.v == kOnInput;
     if (c.v == kFp32In) p.input_dtype = MOEKIT_DTYPE_FP32;
     ref::HostLayer l = ref::make_random_layer(p, 7 * c.T + c.v);
-    make_adversarial(l, c.T + c.v);
+    if (c.v == kUnitEdges || c.v == kFp8UnitEdges) {
+      // Experts of 64, 65, 128, 129, 192 and 193 rows: units of 128 rows
+      // whose second 64 are empty, hold one row, or are full.
+      const int rows[] = {64, 65, 128, 129, 192, 193};
+      int64_t t = 0;
+      for (int e = 0; e < 6; ++e)
+        for (int r = 0; r < rows[e]; ++r) l.topk_ids[t++] = 3 * e + 1;
+    } else {
+      make_adversarial(l, c.T + c.v);
+    }
     const std::string what = "T=" + std::to_string(c.T) + " k=" + std::to_string(c.k) + " H=" +
                              std::to_string(c.H) + " variant " + std::to_string(c.v);
     DeviceLayer d(l);
