@@ -284,10 +284,6 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                          void* act_out = nullptr, bool* activated = nullptr,
                          const kernels::DecodeRouting& route = {}, bool quantize_a = false,
                          const int32_t* gather_pairs = nullptr, int64_t top_k = 0) {
-  if (quantize_a && cfg.kernel != kernels::GemmKernel::kFp8Decode) return cudaErrorNotSupported;
-  if (gather_pairs != nullptr && cfg.kernel != kernels::GemmKernel::kPrefill &&
-      cfg.kernel != kernels::GemmKernel::kFp8Prefill)
-    return cudaErrorNotSupported;
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
     kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
                                   c,     n,       k,    dtype,  scratch,
@@ -305,9 +301,10 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
     } else {
       e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
     }
-    if (e != cudaErrorNotSupported || quantize_a || gather_pairs != nullptr)
-      return e;  // else declined: the simple kernel takes it
+    if (e != cudaErrorNotSupported) return e;  // else declined: the simple kernel takes it
   }
+  // ... unless the rows are the kernel's to quantize or gather, which it does not do.
+  if (quantize_a || gather_pairs != nullptr) return cudaErrorNotSupported;
   if (sc.a == nullptr)
     return kernels::launch_grouped_gemm(a, offsets, experts, w, bias, c, max_rows, n, k, dtype,
                                         dev, stream);
@@ -319,9 +316,9 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
 }
 
 std::string describe(const LayerPlan& plan) {
-  return "gemm1 " + std::string(kernels::gemm_kernel_name(plan.gemm1.kernel)) + " (" +
-         plan.gemm1.reason + (plan.gemm1_gathers ? "; gathers its rows" : "") + "); gemm2 " + kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" +
-         plan.gemm2.reason + "); " + std::to_string(plan.chunks) + " chunk(s) of " +
+  return "gemm1 " + std::string(kernels::gemm_kernel_name(plan.gemm1.kernel)) + " (" + plan.gemm1.reason +
+         (plan.gemm1_gathers ? "; gathers its rows" : "") + "); gemm2 " +
+         kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" + plan.gemm2.reason + "); " + std::to_string(plan.chunks) + " chunk(s) of " +
          std::to_string(plan.chunk_tokens) + " tokens";
 }
 
@@ -427,8 +424,8 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     // need no conversion and no router weight; with fp8 block scaling from
     // the input quantized once per token (a token's 1x128 groups are the
     // same in every expert's copy, so are its bytes and scales). If GEMM 1
-    // declines, the gather stage runs and GEMM 1 is called again.
-    const bool gather_in_gemm1 = !tiny && plan.gemm1_gathers;
+    // declines, the gather stage runs and GEMM 1 is called again (never at
+    // tiny batches: those are the decode kernel's).
     auto gather = [&] {
       return fp8 ? kernels::launch_permute_quant(hidden, p.input_dtype, sorted_pairs, input_weights, p.top_k,
                                                  p.hidden_size, gather_quant, max_rows, dev, stream)
@@ -449,7 +446,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
       e = kernels::launch_sort(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts, p.ep_rank,
                                a.expert_map, sb, a.diagnostics, &sorted_pairs, dev, stream);
       if (e != cudaSuccess) return cuda_status(e, "sort");
-      if (!gather_in_gemm1)
+      if (!plan.gemm1_gathers)
         e = gather();
       else if (fp8)  // the input's T rows, quantized in place of the gathered T * k
         e = kernels::launch_quantize_rows(hidden, cd, p.hidden_size,
@@ -483,8 +480,8 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                           act, &activated, route, false,
                           gathering ? sorted_pairs : nullptr, p.top_k);
     };
-    e = run_gemm1(gather_in_gemm1);
-    if (e == cudaErrorNotSupported && gather_in_gemm1) {
+    e = run_gemm1(plan.gemm1_gathers);
+    if (e == cudaErrorNotSupported && plan.gemm1_gathers) {
       e = gather();
       if (e != cudaSuccess) return cuda_status(e, "permute");
       e = run_gemm1(false);
