@@ -252,6 +252,13 @@ bool fp8_gemm2_quantizes_requested() {
   return s != nullptr && std::string(s) == "1";
 }
 
+// MOEKIT_DECODE_PAIR=1: both GEMMs of a tiny decode batch in one launch
+// (kernels::decode_pair_gemm); off until it has run on a GPU.
+bool decode_pair_requested() {
+  const char* s = std::getenv("MOEKIT_DECODE_PAIR");
+  return s != nullptr && std::string(s) == "1";
+}
+
 bool print_config_requested() {
   static const bool on = std::getenv("MOEKIT_PRINT_CONFIG") != nullptr;
   return on;
@@ -265,6 +272,17 @@ struct GemmScales {
   float* ones;                 // per tensor: the block to fill with ones, else null
   int64_t ones_count;
 };
+
+kernels::GroupedGemmParams gemm_params(const void* a, const int32_t* offsets, int64_t experts, const void* w,
+                                       const void* bias, void* c, int64_t n, int64_t k, moekit_dtype_t dtype,
+                                       const GemmScales& sc, void* scratch, const kernels::DeviceInfo& dev,
+                                       bool quantize_a = false, const int32_t* gather_pairs = nullptr,
+                                       int64_t top_k = 0) {
+  return {a,     offsets, static_cast<int>(experts), w,   bias,
+          c,     n,       k,    dtype,  scratch,
+          dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
+          sc.ones ? sc.ones_count : 0, quantize_a, gather_pairs, top_k};
+}
 
 // One grouped GEMM: the chosen sm90 kernel, or the simple one. With fuse
 // (GEMM 1), a kernel that can apply the activation in its epilogue (the
@@ -285,10 +303,8 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                          const kernels::DecodeRouting& route = {}, bool quantize_a = false,
                          const int32_t* gather_pairs = nullptr, int64_t top_k = 0) {
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
-    kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
-                                  c,     n,       k,    dtype,  scratch,
-                                  dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
-                                  sc.ones ? sc.ones_count : 0, quantize_a, gather_pairs, top_k};
+    const kernels::GroupedGemmParams gp = gemm_params(a, offsets, experts, w, bias, c, n, k, dtype, sc, scratch,
+                                                      dev, quantize_a, gather_pairs, top_k);
     cudaError_t e;
     if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
       kernels::GroupedGemmParams fused = gp;
@@ -433,12 +449,21 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                            max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
                                            /*maps_written=*/true);
     };
+    // With MOEKIT_DECODE_PAIR=1, a tiny batch with the decode kernel for both
+    // GEMMs runs them in one launch (kernels::decode_pair_gemm), its work
+    // counters in the GEMM scratch (which the decode kernels do not use),
+    // zeroed by the tiny sort's launch.
+    const int64_t sync_words = kernels::decode_pair_sync_words(p.num_local_experts, max_rows);
+    const bool pair = tiny && decode_pair_requested() && plan.gemm2.kernel == plan.gemm1.kernel &&
+                      static_cast<size_t>(sync_words) * sizeof(int32_t) <= l.gemm_scratch_bytes;
+    auto* sync = static_cast<int32_t*>(scratch);
     kernels::DecodeRouting route{};
     if (tiny) {
       e = kernels::launch_sort_gather_tiny(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts,
                                            p.ep_rank, a.expert_map, sb, a.diagnostics, &sorted_pairs, hidden,
                                            p.input_dtype, input_weights, p.hidden_size, rows, cd,
-                                           fp8 ? &gather_quant : nullptr, stream);
+                                           fp8 ? &gather_quant : nullptr, stream, pair ? sync : nullptr,
+                                           pair ? sync_words : 0);
       if (e != cudaSuccess) return cuda_status(e, "sort and gather");
       route = {topk_ids, topk_ids64, max_rows,
                {p.num_experts, p.ep_rank * p.num_local_experts, p.num_local_experts, a.expert_map}};
@@ -467,58 +492,73 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     // activation-quantize stage would; otherwise that stage quantizes GEMM
     // 1's output.
     const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
+    bool pair_done = false;
+    if (pair) {  // GEMM 2 reads the activation (fp8: quantizing it itself)
+      GemmScales sc2_rows = sc2;
+      sc2_rows.a = nullptr;
+      e = kernels::decode_pair_gemm(
+          gemm_params(rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias, act, n1, p.hidden_size, cd,
+                      sc1, scratch, dev),
+          gemm_params(act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y, p.hidden_size,
+                      p.intermediate_size, cd, fp8 ? sc2_rows : sc2, scratch, dev, /*quantize_a=*/fp8),
+          max_rows, stream, fuse, plan.gemm1.pass_tokens, route, sync);
+      if (e != cudaSuccess && e != cudaErrorNotSupported) return cuda_status(e, "grouped GEMMs");
+      pair_done = e == cudaSuccess;  // else declined, nothing launched: the two GEMMs below
+    }
     const bool gemm2_quantizes = fp8 && !per_tensor && plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
                                  plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&
                                  fp8_gemm2_quantizes_requested();
-    bool activated = false;
-    auto run_gemm1 = [&](bool gathering) {
-      return grouped_gemm(plan.gemm1, gathering && !fp8 ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
-                          a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
-                          !fp8 || gemm2_quantizes || plan.gemm1.kernel == kernels::GemmKernel::kFp8Prefill
-                              ? &fuse
-                              : nullptr,
-                          act, &activated, route, false,
-                          gathering ? sorted_pairs : nullptr, p.top_k);
-    };
-    e = run_gemm1(plan.gemm1_gathers);
-    if (e == cudaErrorNotSupported && plan.gemm1_gathers) {
-      e = gather();
-      if (e != cudaSuccess) return cuda_status(e, "permute");
-      e = run_gemm1(false);
-    }
-    if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
-    const void* gemm2_a = act;
-    bool gemm2_done = false;
-    if (fp8 && activated) {  // act: the 16-bit activation, quantized by GEMM 2 itself where it can
-      GemmScales sc2_rows = sc2;
-      sc2_rows.a = nullptr;
-      e = gemm2_quantizes ? grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias,
-                                         y, max_rows, p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch,
-                                         dev, stream, nullptr, nullptr, nullptr, {}, /*quantize_a=*/true)
-                          : cudaErrorNotSupported;
-      gemm2_done = e == cudaSuccess;
-      if (e == cudaErrorNotSupported) {  // not asked, or declined (e.g. no tensor map): quantize the rows
-        e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
-                                          max_rows, dev, stream);
-        if (e != cudaSuccess) return cuda_status(e, "activation quantize");
-        gemm2_a = gemm1;
-      } else if (e != cudaSuccess) {
-        return cuda_status(e, "grouped GEMM 2");
+    if (!pair_done) {
+      bool activated = false;
+      auto run_gemm1 = [&](bool gathering) {
+        return grouped_gemm(plan.gemm1, gathering && !fp8 ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
+                            a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
+                            !fp8 || gemm2_quantizes || plan.gemm1.kernel == kernels::GemmKernel::kFp8Prefill
+                                ? &fuse
+                                : nullptr,
+                            act, &activated, route, false,
+                            gathering ? sorted_pairs : nullptr, p.top_k);
+      };
+      e = run_gemm1(plan.gemm1_gathers);
+      if (e == cudaErrorNotSupported && plan.gemm1_gathers) {
+        e = gather();
+        if (e != cudaSuccess) return cuda_status(e, "permute");
+        e = run_gemm1(false);
       }
-    } else if (!activated) {
-      if (fp8)
-        e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
-                                             quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
-                                             stream);
-      else
-        e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
-                                       p.gate_up_order, cd, dev, stream);
-      if (e != cudaSuccess) return cuda_status(e, "activation");
-    }
-    if (!gemm2_done) {
-      e = grouped_gemm(plan.gemm2, gemm2_a, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
-                       max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
-      if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
+      if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
+      const void* gemm2_a = act;
+      bool gemm2_done = false;
+      if (fp8 && activated) {  // act: the 16-bit activation, quantized by GEMM 2 itself where it can
+        GemmScales sc2_rows = sc2;
+        sc2_rows.a = nullptr;
+        e = gemm2_quantizes ? grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias,
+                                           y, max_rows, p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch,
+                                           dev, stream, nullptr, nullptr, nullptr, {}, /*quantize_a=*/true)
+                            : cudaErrorNotSupported;
+        gemm2_done = e == cudaSuccess;
+        if (e == cudaErrorNotSupported) {  // not asked, or declined (e.g. no tensor map): quantize the rows
+          e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
+                                            max_rows, dev, stream);
+          if (e != cudaSuccess) return cuda_status(e, "activation quantize");
+          gemm2_a = gemm1;
+        } else if (e != cudaSuccess) {
+          return cuda_status(e, "grouped GEMM 2");
+        }
+      } else if (!activated) {
+        if (fp8)
+          e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
+                                               quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
+                                               stream);
+        else
+          e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
+                                         p.gate_up_order, cd, dev, stream);
+        if (e != cudaSuccess) return cuda_status(e, "activation");
+      }
+      if (!gemm2_done) {
+        e = grouped_gemm(plan.gemm2, gemm2_a, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
+                         max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
+        if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
+      }
     }
     e = kernels::launch_finalize(y, cd, sb.pair_to_row, output_weights, T, p.top_k, p.hidden_size,
                                  output, p.output_dtype, dev, stream);

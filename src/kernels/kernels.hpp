@@ -76,6 +76,9 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
 // the compute dtype), the rows are quantized as launch_permute_quant does
 // (rows unused; quant->expert_offsets is not read: the offsets come from the
 // ranking). Per-tensor scaling measured no faster this way (bench/RESULTS.md).
+// zero (or null): zero_words int32 words block 0 zeroes before the kernel
+// triggers its dependents (the decode pair kernel's counters, which it
+// claims from before its PDL wait).
 struct QuantRows;
 cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk_ids64, int64_t num_tokens,
                                     int64_t top_k, int64_t num_experts, int64_t num_local_experts,
@@ -83,7 +86,8 @@ cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk
                                     moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
                                     const void* hidden, moekit_dtype_t input_dtype, const float* pair_weights,
                                     int64_t hidden_size, void* rows, moekit_dtype_t compute_dtype,
-                                    const QuantRows* quant, cudaStream_t stream);
+                                    const QuantRows* quant, cudaStream_t stream, int32_t* zero = nullptr,
+                                    int64_t zero_words = 0);
 
 // ---- permute ---------------------------------------------------------------
 // rows [T*k, H] compute dtype <- hidden [T, H] input dtype, for rows < offsets[E_local].

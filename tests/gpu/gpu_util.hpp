@@ -160,19 +160,25 @@ inline void make_adversarial(ref::HostLayer& l, uint64_t seed) {
   }
 }
 
-// The layer's output with MOEKIT_GEMM=kernel for this one run (output poisoned first).
-inline std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
-  // The caller's own setting (a sanitizer run forces MOEKIT_GEMM=simple for
-  // the whole suite) comes back afterwards, so later tests keep it.
-  const char* before = std::getenv("MOEKIT_GEMM");
+// The layer's output with the environment variable `name` set to value
+// (null: unset) for this one run (output poisoned first). The caller's own
+// setting comes back afterwards (a sanitizer run forces MOEKIT_GEMM=simple
+// for the whole suite), so later tests keep it.
+inline std::vector<uint8_t> run_with_env(DeviceLayer& d, const char* name, const char* value) {
+  const char* before = std::getenv(name);
   const std::string saved = before != nullptr ? before : "";
-  setenv("MOEKIT_GEMM", kernel, 1);
+  if (value != nullptr) setenv(name, value, 1); else unsetenv(name);
   EXPECT_EQ(cudaMemset(d.output.data(), 0xFF, d.output.size()), cudaSuccess);
   const Status s = d.run();
-  if (before != nullptr) setenv("MOEKIT_GEMM", saved.c_str(), 1); else unsetenv("MOEKIT_GEMM");
-  EXPECT_TRUE(s.ok()) << kernel << ": " << s.message();
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << kernel;
+  if (before != nullptr) setenv(name, saved.c_str(), 1); else unsetenv(name);
+  EXPECT_TRUE(s.ok()) << name << "=" << (value ? value : "(unset)") << ": " << s.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << name;
   return d.output.download();
+}
+
+// The layer's output with MOEKIT_GEMM=kernel for this one run.
+inline std::vector<uint8_t> run_forced(DeviceLayer& d, const char* kernel) {
+  return run_with_env(d, "MOEKIT_GEMM", kernel);
 }
 
 // Where a problem's 40 local experts sit among the global ids: [0, 40), or

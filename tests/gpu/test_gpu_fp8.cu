@@ -516,15 +516,6 @@ TEST(GpuFp8, SecondGemmQuantizingItsRowsWritesTheStagesBytes) {
       {3, 2, 256, 208, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst},         // I % 32 == 16
       {30, 4, 512, 336, MOEKIT_ACT_GEGLU_ERF, true, false, false, test::Placing::kEpRank},     // EP rank, 3 groups of I
   };
-  auto run_with = [](DeviceLayer& d, const char* value) {
-    if (value != nullptr) setenv("MOEKIT_FP8_GEMM2_QUANTIZES", value, 1);
-    EXPECT_EQ(cudaMemset(d.output.data(), 0xFF, d.output.size()), cudaSuccess);
-    const Status s = d.run();
-    unsetenv("MOEKIT_FP8_GEMM2_QUANTIZES");
-    EXPECT_TRUE(s.ok()) << s.message();
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    return d.output.download();
-  };
   int seed = 0;
   for (const Case& c : cases)
     for (int order = 0; order < 3; ++order) {
@@ -546,8 +537,8 @@ TEST(GpuFp8, SecondGemmQuantizingItsRowsWritesTheStagesBytes) {
       std::string plan;
       MoeLayer::describe_plan(d.args.problem, &plan);
       ASSERT_NE(plan.find("gemm2 fp8 block-scaled decode"), std::string::npos) << plan;
-      const std::vector<uint8_t> stages = run_with(d, nullptr);
-      const std::vector<uint8_t> fused = run_with(d, "1");
+      const std::vector<uint8_t> stages = test::run_with_env(d, "MOEKIT_FP8_GEMM2_QUANTIZES", nullptr);
+      const std::vector<uint8_t> fused = test::run_with_env(d, "MOEKIT_FP8_GEMM2_QUANTIZES", "1");
       size_t first = 0;
       while (first < fused.size() && fused[first] == stages[first]) ++first;
       EXPECT_EQ(first, fused.size()) << "first differing byte " << first << " of " << fused.size();

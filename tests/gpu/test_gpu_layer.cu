@@ -422,6 +422,101 @@ TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
     }
 }
 
+// MOEKIT_DECODE_PAIR=1: both GEMMs of a tiny decode batch in one launch
+// (decode_pair_gemm, items claimed from a ticket counter, GEMM 2 waiting per
+// unit for GEMM 1's stores) write the bytes of the two decode launches:
+// every activation kind and gate/up order, biases, fp16, an expert map, an
+// expert-parallel rank, adversarial ids, weights on the input, an
+// intermediate size that leaves partial slices, K with a partial last stage,
+// top-32 of one token; fp8 block scaling (GEMM 2 quantizing the 16-bit
+// activation itself, and waiting for all of GEMM 1, whose e4m3 rows its
+// output overwrites) with special values and extreme block scales; and the
+// CPU's answer. Then captured in a graph and replayed with new routing (the
+// counters are zeroed by each replay's sort).
+TEST(GpuLayer, DecodePairKernelWritesTheBytesOfTwoLaunches) {
+  REQUIRE_GPU();
+  if (std::getenv("MOEKIT_GEMM") != nullptr || std::getenv("MOEKIT_DECODE_PAIR") != nullptr)
+    GTEST_SKIP() << "compares the two forms itself; runs without MOEKIT_GEMM and MOEKIT_DECODE_PAIR";
+  struct Case {
+    int64_t T, k, H, I;
+    moekit_activation_t act;
+    bool bias, fp16, fp8;
+    test::Placing placing;
+    bool on_input, special;
+  };
+  const Case cases[] = {
+      {1, 8, 256, 128, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst, false, false},
+      {4, 8, 256, 128, MOEKIT_ACT_SWIGLU, true, false, false, test::Placing::kExpertMap, false, false},
+      {1, 32, 200, 80, MOEKIT_ACT_GEGLU_TANH, false, false, false, test::Placing::kFirst, false, false},
+      {3, 8, 384, 96, MOEKIT_ACT_GELU_TANH, true, true, false, test::Placing::kEpRank, false, false},
+      {2, 1, 256, 128, MOEKIT_ACT_SILU, false, false, false, test::Placing::kFirst, true, false},
+      {1, 8, 256, 128, MOEKIT_ACT_SWIGLU, false, false, true, test::Placing::kFirst, false, false},
+      {3, 8, 208, 80, MOEKIT_ACT_GEGLU_ERF, true, false, true, test::Placing::kExpertMap, false, false},
+      {4, 8, 256, 208, MOEKIT_ACT_SWIGLU, false, true, true, test::Placing::kEpRank, false, false},
+      {2, 8, 256, 128, MOEKIT_ACT_SWIGLU, false, false, true, test::Placing::kFirst, false, true},
+  };
+  int seed = 0;
+  for (const Case& c : cases)
+    for (int order = 0; order < 3; ++order) {
+      const moekit_dtype_t dt = c.fp16 ? MOEKIT_DTYPE_FP16 : MOEKIT_DTYPE_BF16;
+      Problem p = c.fp8 ? test::fp8_problem(c.T, 40, c.k, c.H, c.I, MOEKIT_QUANT_FP8_BLOCK, false)
+                        : problem(c.T, 40, c.k, c.H, c.I, dt);
+      if (c.fp8 && c.fp16) p.input_dtype = p.output_dtype = MOEKIT_DTYPE_FP16;
+      test::place_40_local_experts(p, c.placing);
+      p.activation = c.act;
+      p.gate_up_order = static_cast<moekit_gate_up_order_t>(order);
+      p.has_w13_bias = p.has_w2_bias = c.bias;
+      p.apply_router_weight_on_input = c.on_input;
+      ref::HostLayer l = ref::make_random_layer(p, 3100 + seed++);
+      if (c.special) {
+        test::set_special_tokens(l);
+        test::set_extreme_weight_scales(l);
+      } else if (order == 1) {
+        make_adversarial(l, seed);
+      }
+      const std::string what = std::string(moekit_activation_name(c.act)) + " order " + std::to_string(order) +
+                               " T=" + std::to_string(c.T) + " k=" + std::to_string(c.k) + " H=" +
+                               std::to_string(c.H) + " I=" + std::to_string(c.I) + (c.fp8 ? " fp8" : "");
+      SCOPED_TRACE(what);
+      DeviceLayer d(l);
+      std::string plan;
+      MoeLayer::describe_plan(d.args.problem, &plan);
+      ASSERT_NE(plan.find(c.fp8 ? "gemm2 fp8 block-scaled decode" : "gemm2 decode"), std::string::npos) << plan;
+      const std::vector<uint8_t> two = test::run_with_env(d, "MOEKIT_DECODE_PAIR", nullptr);
+      const std::vector<uint8_t> one = test::run_with_env(d, "MOEKIT_DECODE_PAIR", "1");
+      size_t first = 0;
+      while (first < one.size() && one[first] == two[first]) ++first;
+      EXPECT_EQ(first, one.size()) << "first differing byte " << first << " of " << one.size();
+      EXPECT_TRUE(d.all_canaries_intact());
+      if (!c.special)
+        EXPECT_TRUE(test::rows_match(one, test::cpu_reference(l), p.num_tokens, p.hidden_size, p.output_dtype,
+                                     c.fp8 ? test::kFp8RowGpuVsCpu : tolerance(p)));
+      if (HasFailure()) return;
+    }
+  // In a graph, replayed with new routing and inputs.
+  for (const bool fp8 : {false, true}) {
+    SCOPED_TRACE(fp8 ? "graph fp8" : "graph bf16");
+    const Problem p = fp8 ? test::fp8_problem(4, 40, 8, 256, 128, MOEKIT_QUANT_FP8_BLOCK, false)
+                          : problem(4, 40, 8, 256, 128);
+    ref::HostLayer l = ref::make_random_layer(p, 77);
+    DeviceLayer d(l);
+    setenv("MOEKIT_DECODE_PAIR", "1", 1);
+    expect_graph_replays_match(d, 4, [&](int replay) {
+      ref::HostLayer next = ref::make_random_layer(l.problem, 200 + replay);
+      if (replay % 2) make_adversarial(next, replay);
+      next.w13 = l.w13;  // weights stay; routing and inputs change
+      next.w2 = l.w2;
+      next.w13_scale = l.w13_scale;
+      next.w2_scale = l.w2_scale;
+      d.hidden.upload(next.hidden.data(), next.hidden.size());
+      d.ids.upload(next.topk_ids.data(), next.topk_ids.size() * 4);
+      d.weights.upload(next.topk_weights.data(), next.topk_weights.size() * 4);
+      return next;
+    });
+    unsetenv("MOEKIT_DECODE_PAIR");
+  }
+}
+
 // GEMM 1 on the prefill kernel gathers its own rows (cp.async through the
 // sort's map, no gather stage; with fp8 block scaling from the input
 // quantized once per token) where they need no conversion or router weight,

@@ -1,0 +1,128 @@
+// The producer of the decode pair kernel (decode_gemm.cu: both GEMMs of a
+// decode layer in one persistent launch), written against an environment so
+// that the CPU tests can run it over simulated CTAs (test_gemm_config.cpp).
+//
+// Work items are numbered by tickets: GEMM 1's items are [0, items1), GEMM
+// 2's are [items1, total). A CTA's producer claims its items one at a time
+// from one ticket counter (zeroed by the kernel before), so the items a CTA
+// holds rise, and every claimed item is held by a CTA that is running. A
+// GEMM 2 item's rows are GEMM 1's output for its unit (its expert's rows):
+// they load once the unit's GEMM 1 items are stored. Why it cannot hang,
+// whatever CTAs are resident and whatever else runs on the GPU: a GEMM 1
+// item waits for nothing but the previous kernel; a CTA holding one has
+// only GEMM 1 items before it (tickets rise), so its producer arms and
+// loads all of that item's stages and its consumers finish it; so every
+// unit completes, and then every GEMM 2 item can load. A static assignment
+// (item = blockIdx.x + i * gridDim.x) could leave a GEMM 1 item to a CTA
+// that is not resident while the resident ones spin on GEMM 2 items.
+//
+// Stages are numbered in the order the producer arms them; stage s uses
+// ring slot s % stages. Arming a stage loads its weights (never waited on:
+// they are the caller's inputs), so weights run up to a ring ahead of rows;
+// a stage's rows load in order, GEMM 1's after the PDL wait, GEMM 2's once
+// their unit is complete. After the last item the producer arms one more
+// slot with the end ticket, which tells the consumers to stop.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define MOEKIT_PAIR_HD __host__ __device__ __forceinline__
+#else
+#define MOEKIT_PAIR_HD inline
+#endif
+
+namespace moekit::kernels::pair {
+
+constexpr int32_t kEndTicket = -1;  // what the slot after the last stage carries
+
+// Env, the kernel's (or a simulation's) side:
+//   int64_t claim()                    the next ticket (atomic, from 0)
+//   bool slot_free(int slot, uint32_t parity)
+//                                      the consumers have released the slot's
+//                                      use of that parity (non-blocking)
+//   void arm(int slot, int64_t ticket, int kb)
+//                                      record the ticket in the slot, arm its
+//                                      barrier for the whole stage, load weights
+//   void arm_end(int slot)             record kEndTicket, complete the barrier
+//   int64_t ticket_at(int slot)        the ticket arm recorded
+//   bool wait_previous()               the PDL wait: whether the previous
+//                                      kernel has finished (the kernel's blocks
+//                                      until it has and returns true)
+//   bool unit_ready(int64_t ticket)    a GEMM 2 ticket's unit is complete
+//                                      (non-blocking; on true, ready to load)
+//   void load(int slot, int64_t ticket, int kb)
+//                                      load the stage's rows
+struct Producer {
+  int64_t items1 = 0, total = 0;  // GEMM 1's items, all items
+  int k_stages1 = 1, k_stages2 = 1, stages = 2;
+  int64_t armed = 0;   // stages armed, the end slot included
+  int64_t loaded = 0;  // stages whose rows are loading
+  int64_t w_ticket = 0;  // the item of the next stage to arm ...
+  int w_kb = 0;          // ... and its stage within the item
+  int64_t r_ticket = 0;  // the item of the next stage to load rows of ...
+  int r_kb = 0;
+  int64_t ready = -1;  // the GEMM 2 ticket whose unit was found complete
+  bool ended = false, waited = false;
+
+  MOEKIT_PAIR_HD int k_stages(int64_t t) const { return t < items1 ? k_stages1 : k_stages2; }
+  MOEKIT_PAIR_HD bool done() const { return ended && loaded + 1 == armed; }
+
+  template <class Env>
+  MOEKIT_PAIR_HD void start(Env& env) {
+    w_ticket = env.claim();
+  }
+
+  // One step: arm the next stage if its slot is free, then load the oldest
+  // armed stage's rows if they may load. Returns whether anything happened;
+  // the PDL wait is taken only when nothing else could be done (so the
+  // first ring of weights streams while the previous kernel finishes).
+  template <class Env>
+  MOEKIT_PAIR_HD bool step(Env& env) {
+    bool did = false;
+    if (!ended) {
+      const int slot = static_cast<int>(armed % stages);
+      if (armed < stages || env.slot_free(slot, static_cast<uint32_t>((armed / stages - 1) & 1))) {
+        if (w_ticket >= total) {
+          env.arm_end(slot);
+          ended = true;
+        } else {
+          env.arm(slot, w_ticket, w_kb);
+          if (++w_kb == k_stages(w_ticket)) {
+            w_kb = 0;
+            w_ticket = env.claim();
+          }
+        }
+        ++armed;
+        did = true;
+      }
+    }
+    if (loaded < armed - (ended ? 1 : 0)) {
+      const int slot = static_cast<int>(loaded % stages);
+      if (r_kb == 0) r_ticket = env.ticket_at(slot);
+      bool may = true;
+      if (r_ticket < items1) {
+        if (!waited) {
+          if (did) {
+            may = false;
+          } else {
+            waited = env.wait_previous();
+            may = waited;
+          }
+        }
+      } else if (ready != r_ticket) {
+        may = env.unit_ready(r_ticket);
+        if (may) ready = r_ticket;
+      }
+      if (may) {
+        env.load(slot, r_ticket, r_kb);
+        if (++r_kb == k_stages(r_ticket)) r_kb = 0;
+        ++loaded;
+        did = true;
+      }
+    }
+    return did;
+  }
+};
+
+}  // namespace moekit::kernels::pair
