@@ -449,21 +449,27 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                            max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
                                            /*maps_written=*/true);
     };
-    // With MOEKIT_DECODE_PAIR=1, a tiny batch with the decode kernel for both
-    // GEMMs runs them in one launch (kernels::decode_pair_gemm), its work
-    // counters in the GEMM scratch (which the decode kernels do not use),
-    // zeroed by the tiny sort's launch.
+    // With MOEKIT_DECODE_PAIR=1 (off until it has run on a GPU), a decode
+    // batch with the decode kernel for both GEMMs (16-bit or fp8 block
+    // scaling) runs them in one launch (kernels::decode_pair_gemm, which
+    // also declines batches of 32-token passes), its work counters in the
+    // GEMM scratch (which the decode kernels do not use), zeroed by the sort.
     const int64_t sync_words = kernels::decode_pair_sync_words(p.num_local_experts, max_rows);
-    const bool pair = tiny && decode_pair_requested() && plan.gemm2.kernel == plan.gemm1.kernel &&
+    const bool decode_both = fp8 ? plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
+                                       plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode && !per_tensor
+                                 : plan.gemm1.kernel == kernels::GemmKernel::kDecode &&
+                                       plan.gemm2.kernel == kernels::GemmKernel::kDecode;
+    const bool pair = decode_both && decode_pair_requested() &&
                       static_cast<size_t>(sync_words) * sizeof(int32_t) <= l.gemm_scratch_bytes;
     auto* sync = static_cast<int32_t*>(scratch);
+    sb.zero = pair ? sync : nullptr;
+    sb.zero_words = pair ? sync_words : 0;
     kernels::DecodeRouting route{};
     if (tiny) {
       e = kernels::launch_sort_gather_tiny(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts,
                                            p.ep_rank, a.expert_map, sb, a.diagnostics, &sorted_pairs, hidden,
                                            p.input_dtype, input_weights, p.hidden_size, rows, cd,
-                                           fp8 ? &gather_quant : nullptr, stream, pair ? sync : nullptr,
-                                           pair ? sync_words : 0);
+                                           fp8 ? &gather_quant : nullptr, stream);
       if (e != cudaSuccess) return cuda_status(e, "sort and gather");
       route = {topk_ids, topk_ids64, max_rows,
                {p.num_experts, p.ep_rank * p.num_local_experts, p.num_local_experts, a.expert_map}};

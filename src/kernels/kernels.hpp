@@ -29,6 +29,11 @@ struct SortBuffers {
   size_t temp_bytes;
   int32_t* expert_offsets;  // [E_local + 1]
   int32_t* pair_to_row;     // [T*k]: row of pair p, -1 if invalid
+  // Words a later kernel of the layer needs zero when it starts (the decode
+  // pair kernel's counters, grouped_gemm_sm90.hpp), or null: the sort's
+  // first kernel zeroes them (launch_sort_gather_tiny: before its trigger).
+  int32_t* zero = nullptr;
+  int64_t zero_words = 0;
 };
 
 // Where the global experts live: [first, first + num_local), or the expert
@@ -76,9 +81,8 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
 // the compute dtype), the rows are quantized as launch_permute_quant does
 // (rows unused; quant->expert_offsets is not read: the offsets come from the
 // ranking). Per-tensor scaling measured no faster this way (bench/RESULTS.md).
-// zero (or null): zero_words int32 words block 0 zeroes before the kernel
-// triggers its dependents (the decode pair kernel's counters, which it
-// claims from before its PDL wait).
+// b.zero is zeroed before the kernel triggers its dependents (the decode
+// pair kernel claims work from those counters before its PDL wait).
 struct QuantRows;
 cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk_ids64, int64_t num_tokens,
                                     int64_t top_k, int64_t num_experts, int64_t num_local_experts,
@@ -86,8 +90,7 @@ cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk
                                     moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
                                     const void* hidden, moekit_dtype_t input_dtype, const float* pair_weights,
                                     int64_t hidden_size, void* rows, moekit_dtype_t compute_dtype,
-                                    const QuantRows* quant, cudaStream_t stream, int32_t* zero = nullptr,
-                                    int64_t zero_words = 0);
+                                    const QuantRows* quant, cudaStream_t stream);
 
 // ---- permute ---------------------------------------------------------------
 // rows [T*k, H] compute dtype <- hidden [T, H] input dtype, for rows < offsets[E_local].

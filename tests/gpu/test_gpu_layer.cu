@@ -422,7 +422,7 @@ TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
     }
 }
 
-// MOEKIT_DECODE_PAIR=1: both GEMMs of a tiny decode batch in one launch
+// MOEKIT_DECODE_PAIR=1: both GEMMs of a decode batch in one launch
 // (decode_pair_gemm, items claimed from a ticket counter, GEMM 2 waiting per
 // unit for GEMM 1's stores) write the bytes of the two decode launches:
 // every activation kind and gate/up order, biases, fp16, an expert map, an
@@ -430,9 +430,11 @@ TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
 // intermediate size that leaves partial slices, K with a partial last stage,
 // top-32 of one token; fp8 block scaling (GEMM 2 quantizing the 16-bit
 // activation itself, and waiting for all of GEMM 1, whose e4m3 rows its
-// output overwrites) with special values and extreme block scales; and the
-// CPU's answer. Then captured in a graph and replayed with new routing (the
-// counters are zeroed by each replay's sort).
+// output overwrites) with special values and extreme block scales; tiny
+// batches (after the one-launch sort and gather) and larger ones (after the
+// sort and the gather stage), and a batch of 32-token passes the kernel
+// declines; and the CPU's answer. Then captured in a graph and replayed with
+// new routing (the counters are zeroed by each replay's sort).
 TEST(GpuLayer, DecodePairKernelWritesTheBytesOfTwoLaunches) {
   REQUIRE_GPU();
   if (std::getenv("MOEKIT_GEMM") != nullptr || std::getenv("MOEKIT_DECODE_PAIR") != nullptr)
@@ -454,6 +456,13 @@ TEST(GpuLayer, DecodePairKernelWritesTheBytesOfTwoLaunches) {
       {3, 8, 208, 80, MOEKIT_ACT_GEGLU_ERF, true, false, true, test::Placing::kExpertMap, false, false},
       {4, 8, 256, 208, MOEKIT_ACT_SWIGLU, false, true, true, test::Placing::kEpRank, false, false},
       {2, 8, 256, 128, MOEKIT_ACT_SWIGLU, false, false, true, test::Placing::kFirst, false, true},
+      // Past the tiny batches: the sort, the gather, then the pair kernel.
+      {8, 8, 256, 128, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst, false, false},
+      {33, 4, 384, 96, MOEKIT_ACT_GELU_TANH, true, true, false, test::Placing::kEpRank, false, false},
+      {20, 8, 256, 128, MOEKIT_ACT_SWIGLU, true, false, true, test::Placing::kExpertMap, false, false},
+      {40, 8, 512, 336, MOEKIT_ACT_GEGLU_ERF, false, false, true, test::Placing::kFirst, false, false},
+      // 12.8 rows per expert: 32-token passes, which the pair kernel declines.
+      {64, 8, 256, 128, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst, false, false},
   };
   int seed = 0;
   for (const Case& c : cases)
@@ -494,10 +503,12 @@ TEST(GpuLayer, DecodePairKernelWritesTheBytesOfTwoLaunches) {
       if (HasFailure()) return;
     }
   // In a graph, replayed with new routing and inputs.
-  for (const bool fp8 : {false, true}) {
-    SCOPED_TRACE(fp8 ? "graph fp8" : "graph bf16");
-    const Problem p = fp8 ? test::fp8_problem(4, 40, 8, 256, 128, MOEKIT_QUANT_FP8_BLOCK, false)
-                          : problem(4, 40, 8, 256, 128);
+  for (int graph_case = 0; graph_case < 4; ++graph_case) {
+    const int64_t T = graph_case < 2 ? 4 : 20;  // tiny, and past it
+    const bool fp8 = graph_case % 2 == 1;
+    SCOPED_TRACE(std::string(fp8 ? "graph fp8" : "graph bf16") + " T=" + std::to_string(T));
+    const Problem p = fp8 ? test::fp8_problem(T, 40, 8, 256, 128, MOEKIT_QUANT_FP8_BLOCK, false)
+                          : problem(T, 40, 8, 256, 128);
     ref::HostLayer l = ref::make_random_layer(p, 77);
     DeviceLayer d(l);
     setenv("MOEKIT_DECODE_PAIR", "1", 1);

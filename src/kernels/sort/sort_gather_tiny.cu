@@ -9,6 +9,7 @@ namespace {
 
 using sort_detail::add_diagnostics;
 using sort_detail::kSortThreads;
+using sort_detail::zero_words;
 
 // Up to kWarpRankPairs pairs (T <= 4 at k = 8): every block ranks the ids in
 // its first warp (32 shuffles), block 0 writes the maps, the offsets and the
@@ -29,14 +30,14 @@ __global__ void __launch_bounds__(kSortThreads) sort_gather_tiny_kernel(
     QuantRows q,                             // kQuant: e4m3 rows and their block scales instead
     int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ pair_to_row,
     int32_t* __restrict__ expert_offsets, moekit_diagnostics_t* diagnostics, int32_t* __restrict__ zero,
-    int64_t zero_words) {
+    int64_t zero_count) {
   timeline::Scope timeline_scope(timeline::kSortGatherTiny);  // MOEKIT_TIMELINE builds only
   // The next kernel launches once every block has triggered; the decode pair
   // kernel claims work from `zero` at once (before its PDL wait), so block 0
   // zeroes it and fences before any of its threads triggers. (This kernel is
   // launched the ordinary way: the previous user of those words has finished.)
   if (zero != nullptr && blockIdx.x == 0) {
-    for (int64_t i = threadIdx.x; i < zero_words; i += kSortThreads) zero[i] = 0;
+    zero_words(zero, zero_count);
     __threadfence();
     __syncthreads();
   }
@@ -92,8 +93,7 @@ cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk
                                     moekit_diagnostics_t* diagnostics, const int32_t** sorted_pairs,
                                     const void* hidden, moekit_dtype_t input_dtype, const float* pair_weights,
                                     int64_t hidden_size, void* rows, moekit_dtype_t compute_dtype,
-                                    const QuantRows* quant, cudaStream_t stream, int32_t* zero,
-                                    int64_t zero_words) {
+                                    const QuantRows* quant, cudaStream_t stream) {
   const int64_t pairs = num_tokens * top_k;
   if (pairs < 1 || pairs > kWarpRankPairs || compute_dtype == MOEKIT_DTYPE_FP32) return cudaErrorNotSupported;
   // fp8: block scaling, the input already the 16-bit compute dtype (launch_permute_quant's condition).
@@ -112,7 +112,7 @@ cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk
         <<<static_cast<unsigned>(pairs), kSortThreads, 0, stream>>>(
             ids, pairs, top_k, pl, static_cast<const TIn*>(hidden), pair_weights, hidden_size,
             static_cast<TOut*>(rows), quant != nullptr ? *quant : QuantRows{}, b.pairs[0], b.pair_to_row,
-            b.expert_offsets, diagnostics, zero, zero_words);
+            b.expert_offsets, diagnostics, b.zero, b.zero_words);
     launched = true;
   };
   // Each instance from the tags of one lambda: choosing the quantizing one
