@@ -425,7 +425,25 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                 p.quant.kind, static_scale, w_scale, static_cast<uint8_t*>(out),
                                 scales};
     };
-    const kernels::QuantRows gather_quant = quant_rows(a.a13_scale, a.w13_scale, rows);
+    // With MOEKIT_DECODE_PAIR=1 (off until it has run on a GPU), a decode
+    // batch with the decode kernel for both GEMMs (16-bit or fp8 block
+    // scaling) runs them in one launch (kernels::decode_pair_gemm, which
+    // also declines batches of 32-token passes), its work counters in the
+    // GEMM scratch (which the decode kernels do not use), zeroed by the sort.
+    const int64_t sync_words = kernels::decode_pair_sync_words(p.num_local_experts, max_rows);
+    const bool decode_both = fp8 ? plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
+                                       plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode && !per_tensor
+                                 : plan.gemm1.kernel == kernels::GemmKernel::kDecode &&
+                                       plan.gemm2.kernel == kernels::GemmKernel::kDecode;
+    const bool pair = decode_both && decode_pair_requested() && plan.gemm1.pass_tokens == 16 &&
+                      static_cast<size_t>(sync_words) * sizeof(int32_t) <= l.gemm_scratch_bytes;
+    // fp8: GEMM 2's output is the rows buffer, and one of its 16-bit rows
+    // spans two e4m3 rows of any unit, so the pair kernel's GEMM 2 would have
+    // to wait for all of GEMM 1; where the e4m3 rows fit GEMM 1's output
+    // buffer (unused: the activation is fused), they go there instead and
+    // GEMM 2 waits for its unit's rows only.
+    void* fp8_rows = pair && fp8 && p.hidden_size <= 2 * n1 ? gemm1 : rows;
+    const kernels::QuantRows gather_quant = quant_rows(a.a13_scale, a.w13_scale, fp8_rows);
     // A tiny batch on the decode kernel: the sort and the gather (fp8 block
     // scaling: and its quantization) in one launch, and GEMM 1 ranks the ids
     // itself, so it streams its weights from the layer's first kernel on (one
@@ -449,18 +467,6 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                            max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
                                            /*maps_written=*/true);
     };
-    // With MOEKIT_DECODE_PAIR=1 (off until it has run on a GPU), a decode
-    // batch with the decode kernel for both GEMMs (16-bit or fp8 block
-    // scaling) runs them in one launch (kernels::decode_pair_gemm, which
-    // also declines batches of 32-token passes), its work counters in the
-    // GEMM scratch (which the decode kernels do not use), zeroed by the sort.
-    const int64_t sync_words = kernels::decode_pair_sync_words(p.num_local_experts, max_rows);
-    const bool decode_both = fp8 ? plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
-                                       plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode && !per_tensor
-                                 : plan.gemm1.kernel == kernels::GemmKernel::kDecode &&
-                                       plan.gemm2.kernel == kernels::GemmKernel::kDecode;
-    const bool pair = decode_both && decode_pair_requested() &&
-                      static_cast<size_t>(sync_words) * sizeof(int32_t) <= l.gemm_scratch_bytes;
     auto* sync = static_cast<int32_t*>(scratch);
     sb.zero = pair ? sync : nullptr;
     sb.zero_words = pair ? sync_words : 0;
@@ -503,13 +509,18 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
       GemmScales sc2_rows = sc2;
       sc2_rows.a = nullptr;
       e = kernels::decode_pair_gemm(
-          gemm_params(rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias, act, n1, p.hidden_size, cd,
-                      sc1, scratch, dev),
+          gemm_params(fp8 ? fp8_rows : rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias, act, n1,
+                      p.hidden_size, cd, sc1, scratch, dev),
           gemm_params(act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y, p.hidden_size,
                       p.intermediate_size, cd, fp8 ? sc2_rows : sc2, scratch, dev, /*quantize_a=*/fp8),
           max_rows, stream, fuse, plan.gemm1.pass_tokens, route, sync);
       if (e != cudaSuccess && e != cudaErrorNotSupported) return cuda_status(e, "grouped GEMMs");
-      pair_done = e == cudaSuccess;  // else declined, nothing launched: the two GEMMs below
+      pair_done = e == cudaSuccess;  // else declined, nothing launched: the two GEMMs below ...
+      if (!pair_done && fp8_rows != rows) {  // ... which read the e4m3 rows from the rows buffer
+        e = cudaMemcpyAsync(rows, fp8_rows, static_cast<size_t>(max_rows * p.hidden_size), cudaMemcpyDeviceToDevice,
+                            stream);
+        if (e != cudaSuccess) return cuda_status(e, "gathered rows");
+      }
     }
     const bool gemm2_quantizes = fp8 && !per_tensor && plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
                                  plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&

@@ -429,7 +429,8 @@ TEST(GpuLayer, TinyBatchesSortAndGatherInOneLaunch) {
 // expert-parallel rank, adversarial ids, weights on the input, an
 // intermediate size that leaves partial slices, K with a partial last stage,
 // top-32 of one token; fp8 block scaling (GEMM 2 quantizing the 16-bit
-// activation itself, and waiting for all of GEMM 1, whose e4m3 rows its
+// activation itself; the layer puts the e4m3 rows in GEMM 1's unused output
+// buffer where they fit, else GEMM 2 waits for all of GEMM 1, whose rows its
 // output overwrites) with special values and extreme block scales; tiny
 // batches (after the one-launch sort and gather) and larger ones (after the
 // sort and the gather stage), and a batch of 32-token passes the kernel
@@ -456,6 +457,9 @@ TEST(GpuLayer, DecodePairKernelWritesTheBytesOfTwoLaunches) {
       {3, 8, 208, 80, MOEKIT_ACT_GEGLU_ERF, true, false, true, test::Placing::kExpertMap, false, false},
       {4, 8, 256, 208, MOEKIT_ACT_SWIGLU, false, true, true, test::Placing::kEpRank, false, false},
       {2, 8, 256, 128, MOEKIT_ACT_SWIGLU, false, false, true, test::Placing::kFirst, false, true},
+      // H > 2 N1: the e4m3 rows stay under GEMM 2's output, which waits for all of GEMM 1.
+      {3, 8, 784, 128, MOEKIT_ACT_SWIGLU, false, false, true, test::Placing::kFirst, false, false},
+      {12, 8, 784, 128, MOEKIT_ACT_SILU, true, false, true, test::Placing::kFirst, false, false},
       // Past the tiny batches: the sort, the gather, then the pair kernel.
       {8, 8, 256, 128, MOEKIT_ACT_SWIGLU, false, false, false, test::Placing::kFirst, false, false},
       {33, 4, 384, 96, MOEKIT_ACT_GELU_TANH, true, true, false, test::Placing::kEpRank, false, false},
