@@ -624,7 +624,9 @@ struct PairEnv {  // decode_pair_schedule.hpp's Env on the device
 
   __device__ __forceinline__ int64_t claim() { return atomicAdd(ticket, 1u); }
   __device__ __forceinline__ bool slot_free(int slot, uint32_t parity) {
-    return Barrier::try_wait(&r.empty[slot], parity);
+    // test_wait, not try_wait, which may suspend the thread for a while:
+    // meanwhile a unit could complete whose rows the next step would load.
+    return Barrier::test_wait(&r.empty[slot], parity, 1);
   }
   __device__ __forceinline__ void seek(tma::Cursor& cur, int64_t t, int kb) {
     if (kb == 0) {  // (a branch: selecting one of the two Items by reference would put both on the stack)
