@@ -311,7 +311,10 @@ __device__ __forceinline__ void load_rows(const Side<T>& s, const Ring& r, int s
 
 // The consumer warps' work on one item: its k_stages stages from the ring
 // (w walks on), then its stores. first: the warp's first item (timeline).
-template <class T, class Op, int kTok, int kSlot>
+// kPublish (fused epilogue only): the stores are read next through TMA (the
+// pair kernel's GEMM 2), so each thread fences them into the async proxy
+// before the epilogue's last barrier.
+template <class T, class Op, int kTok, int kSlot, bool kPublish = false>
 __device__ __forceinline__ void consume_item(const Side<T>& s, const Ring& r, Walk& w, const Staging<T>& st,
                                              int64_t item, bool first) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -489,6 +492,7 @@ __device__ __forceinline__ void consume_item(const Side<T>& s, const Ring& r, Wa
       }
     }
   }
+  if constexpr (kPublish) asm volatile("fence.proxy.async.global;" ::: "memory");
   consumer_barrier();  // the staged tile is rewritten by the next item
   if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemStored);
 }
@@ -579,11 +583,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
 // Both GEMMs share the units (kTok rows of an expert) and the ring, whose
 // slots are the larger of the two GEMMs' slots; the consumers' arithmetic
 // is consume_item's, so every value is bitwise what the two decode kernels
-// write. A unit's GEMM 1 items count in unit_done once stored (a fence,
-// then an atomic, after the epilogue's last barrier), and in gemm1_done;
-// the producer loads a GEMM 2 stage's rows, GEMM 1's output, through TMA
-// only after an acquire load has seen the unit complete (with wait_all:
-// every GEMM 1 item) and a proxy fence. wait_all is for GEMM 2's output
+// write. A unit's GEMM 1 items count in unit_done once stored (each
+// thread's proxy fence after its stores, the epilogue's last barrier, a
+// fence, then an atomic), and in gemm1_done; the producer loads a GEMM 2
+// stage's rows, GEMM 1's output, through TMA only after an acquire load has
+// seen the unit complete (with wait_all: every GEMM 1 item) and a proxy
+// fence of its own. wait_all is for GEMM 2's output
 // over GEMM 1's e4m3 rows (the layer's buffers): a 16-bit row of it spans
 // two e4m3 rows, of any unit. (16-bit rows alias one to one: a unit's rows
 // are rewritten only after its own GEMM 1 items have read them; a row box
@@ -738,9 +743,10 @@ __global__ void __launch_bounds__(kThreads, 2) decode_pair_kernel(
       const int32_t t = slot_ticket[walk.slot];
       if (t == pair::kEndTicket) break;
       if (t < s1.it.count) {
-        consume_item<T, Op1, kTok, kSlot>(s1, ring, walk, staging, t, first);
+        consume_item<T, Op1, kTok, kSlot, /*kPublish=*/true>(s1, ring, walk, staging, t, first);
         // The fused epilogue ends at a consumer barrier after every
-        // consumer thread's stores: publish them to the unit's GEMM 2.
+        // consumer thread's stores (and proxy fence): publish them to the
+        // unit's GEMM 2.
         if (threadIdx.x == 0) {
           __threadfence();
           atomicAdd(pa.unit_done + t / s1.it.slices, 1);
