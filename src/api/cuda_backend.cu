@@ -207,8 +207,11 @@ namespace {
 struct LayerPlan {
   kernels::GemmConfig gemm1, gemm2;
   bool gemm1_gathers;  // GEMM 1 gathers its own rows (gemm1_gathers_rows), no gather stage
+  bool gemm_pair;      // both GEMMs in one launch (kernels::decode_pair_gemm)
   int64_t chunk_tokens, chunks;
 };
+
+bool decode_pair_requested();
 
 LayerPlan plan_layer(const Problem& p) {
   LayerPlan plan{};
@@ -241,6 +244,15 @@ LayerPlan plan_layer(const Problem& p) {
   force("MOEKIT_GEMM2", "forced by MOEKIT_GEMM2", {&plan.gemm2});
   plan.gemm1_gathers = kernels::gemm1_gathers_rows(plan.gemm1.kernel, p.quant.kind, p.apply_router_weight_on_input,
                                                    p.input_dtype == ref::compute_dtype(p));
+  // With MOEKIT_DECODE_PAIR=1 (off until it has run on a GPU), a decode
+  // batch of 16-token passes with the decode kernel for both GEMMs (16-bit,
+  // or fp8 with block scales) runs them in one launch.
+  const bool decode_both = fp8 ? plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
+                                     plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&
+                                     p.quant.kind == MOEKIT_QUANT_FP8_BLOCK
+                               : plan.gemm1.kernel == kernels::GemmKernel::kDecode &&
+                                     plan.gemm2.kernel == kernels::GemmKernel::kDecode;
+  plan.gemm_pair = decode_both && plan.gemm1.pass_tokens == 16 && decode_pair_requested();
   return plan;
 }
 
@@ -334,7 +346,8 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
 std::string describe(const LayerPlan& plan) {
   return "gemm1 " + std::string(kernels::gemm_kernel_name(plan.gemm1.kernel)) + " (" + plan.gemm1.reason +
          (plan.gemm1_gathers ? "; gathers its rows" : "") + "); gemm2 " +
-         kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" + plan.gemm2.reason + "); " + std::to_string(plan.chunks) + " chunk(s) of " +
+         kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" + plan.gemm2.reason + "); " +
+         (plan.gemm_pair ? "both in one launch (MOEKIT_DECODE_PAIR); " : "") + std::to_string(plan.chunks) + " chunk(s) of " +
          std::to_string(plan.chunk_tokens) + " tokens";
 }
 
@@ -425,18 +438,12 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                 p.quant.kind, static_scale, w_scale, static_cast<uint8_t*>(out),
                                 scales};
     };
-    // With MOEKIT_DECODE_PAIR=1 (off until it has run on a GPU), a decode
-    // batch with the decode kernel for both GEMMs (16-bit or fp8 block
-    // scaling) runs them in one launch (kernels::decode_pair_gemm, which
-    // also declines batches of 32-token passes), its work counters in the
-    // GEMM scratch (which the decode kernels do not use), zeroed by the sort.
+    // Both GEMMs in one launch (plan.gemm_pair): its work counters in the
+    // GEMM scratch (which the decode kernels do not use; 36 E words at
+    // least, against at most 1.5 E + 2 at 16-token passes), zeroed by the sort.
     const int64_t sync_words = kernels::decode_pair_sync_words(p.num_local_experts, max_rows);
-    const bool decode_both = fp8 ? plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
-                                       plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode && !per_tensor
-                                 : plan.gemm1.kernel == kernels::GemmKernel::kDecode &&
-                                       plan.gemm2.kernel == kernels::GemmKernel::kDecode;
-    const bool pair = decode_both && decode_pair_requested() && plan.gemm1.pass_tokens == 16 &&
-                      static_cast<size_t>(sync_words) * sizeof(int32_t) <= l.gemm_scratch_bytes;
+    const bool pair =
+        plan.gemm_pair && static_cast<size_t>(sync_words) * sizeof(int32_t) <= l.gemm_scratch_bytes;
     // fp8: GEMM 2's output is the rows buffer, and one of its 16-bit rows
     // spans two e4m3 rows of any unit, so the pair kernel's GEMM 2 would have
     // to wait for all of GEMM 1; where the e4m3 rows fit GEMM 1's output
