@@ -289,7 +289,8 @@ TEST(Layer, PlanPairsTheDecodeGemmsOnlyWhereAskedAndWhereTheyFit) {
   Problem fp8_block = test::fp8_problem(8, 128, 8, 2048, 768, MOEKIT_QUANT_FP8_BLOCK);
   Problem fp8_tensor = test::fp8_problem(8, 128, 8, 2048, 768, MOEKIT_QUANT_FP8_TENSOR);
   Problem fp32 = test::small_problem(1, 128, 8, 2048, 768, MOEKIT_DTYPE_FP32);
-  const char* before = std::getenv("MOEKIT_DECODE_PAIR");
+  const char* set = std::getenv("MOEKIT_DECODE_PAIR");
+  const std::string before = set != nullptr ? set : "";  // (a copy: unsetenv may free it)
   unsetenv("MOEKIT_DECODE_PAIR");
   EXPECT_FALSE(paired(bf16_1)) << plan_of(bf16_1);
   EXPECT_FALSE(paired(fp8_block));
@@ -301,5 +302,5 @@ TEST(Layer, PlanPairsTheDecodeGemmsOnlyWhereAskedAndWhereTheyFit) {
   EXPECT_TRUE(paired(fp8_block)) << plan_of(fp8_block);
   EXPECT_FALSE(paired(fp8_tensor)) << plan_of(fp8_tensor);
   EXPECT_FALSE(paired(fp32)) << plan_of(fp32);  // the simple GEMM
-  if (before != nullptr) setenv("MOEKIT_DECODE_PAIR", before, 1); else unsetenv("MOEKIT_DECODE_PAIR");
+  if (set != nullptr) setenv("MOEKIT_DECODE_PAIR", before.c_str(), 1); else unsetenv("MOEKIT_DECODE_PAIR");
 }

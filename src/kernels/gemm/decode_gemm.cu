@@ -662,9 +662,13 @@ struct PairEnv {  // decode_pair_schedule.hpp's Env on the device
   __device__ __forceinline__ bool unit_ready(int64_t t) {
     const int32_t* counter = wait_all ? gemm1_done : unit_done + (t - s1.it.count) / s2.it.slices;
     const int64_t needed = wait_all ? s1.it.count : s1.it.slices;
+    // A relaxed poll, then one acquire fence once the count is there: an
+    // acquire load on every poll invalidates the SM's L1 each time (CCTL),
+    // under the GEMM 1 CTAs sharing the SM.
     int done;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(done) : "l"(counter) : "memory");
+    asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(done) : "l"(counter) : "memory");
     if (done < needed) return false;
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
     asm volatile("fence.proxy.async.global;" ::: "memory");  // GEMM 1's stores, before TMA reads them
     return true;
   }
@@ -732,7 +736,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_pair_kernel(
       prod.stages = stages;
       prod.start(env);
       while (!prod.done())
-        if (!prod.step(env)) __nanosleep(64);
+        if (!prod.step(env)) __nanosleep(128);
     }
   } else {
     pdl_wait();  // before the first store
@@ -748,7 +752,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_pair_kernel(
         // consumer thread's stores (and proxy fence): publish them to the
         // unit's GEMM 2.
         if (threadIdx.x == 0) {
-          __threadfence();
+          asm volatile("fence.acq_rel.gpu;" ::: "memory");
           atomicAdd(pa.unit_done + t / s1.it.slices, 1);
           atomicAdd(pa.gemm1_done, 1);
         }
