@@ -439,8 +439,9 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                 scales};
     };
     // Both GEMMs in one launch (plan.gemm_pair): its work counters in the
-    // GEMM scratch (which the decode kernels do not use; 36 E words at
-    // least, against at most 1.5 E + 2 at 16-token passes), zeroed by the sort.
+    // GEMM scratch (which the decode kernels do not use; about 68 KB of
+    // CUTLASS workspace and 144 E bytes at least, against at most
+    // 128 (1.5 E + 2) bytes at 16-token passes), zeroed by the sort.
     const int64_t sync_words = kernels::decode_pair_sync_words(p.num_local_experts, max_rows);
     const bool pair =
         plan.gemm_pair && static_cast<size_t>(sync_words) * sizeof(int32_t) <= l.gemm_scratch_bytes;

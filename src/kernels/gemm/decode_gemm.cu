@@ -660,7 +660,8 @@ struct PairEnv {  // decode_pair_schedule.hpp's Env on the device
     return true;
   }
   __device__ __forceinline__ bool unit_ready(int64_t t) {
-    const int32_t* counter = wait_all ? gemm1_done : unit_done + (t - s1.it.count) / s2.it.slices;
+    const int32_t* counter =
+        wait_all ? gemm1_done : unit_done + (t - s1.it.count) / s2.it.slices * pair::kCounterStride;
     const int64_t needed = wait_all ? s1.it.count : s1.it.slices;
     // A relaxed poll, then one acquire fence once the count is there: an
     // acquire load on every poll invalidates the SM's L1 each time (CCTL),
@@ -735,8 +736,21 @@ __global__ void __launch_bounds__(kThreads, 2) decode_pair_kernel(
       prod.k_stages2 = s2.it.k_stages;
       prod.stages = stages;
       prod.start(env);
-      while (!prod.done())
-        if (!prod.step(env)) __nanosleep(128);
+      // Nothing to do: if rows wait on a unit (or the previous kernel), poll
+      // with a backoff (every waiting CTA polls, so the counters' lines must
+      // not become hot: 128 ns doubling to 2 µs); else every slot is in use,
+      // so block on the next one (no polling, as the decode kernel).
+      unsigned backoff = 128;
+      while (!prod.done()) {
+        if (prod.step(env)) {
+          backoff = 128;
+        } else if (prod.rows_waiting()) {
+          __nanosleep(backoff);
+          backoff = min(2 * backoff, 2048u);
+        } else {
+          Barrier::wait(&empty[prod.slot_to_arm()], prod.parity_to_arm());
+        }
+      }
     }
   } else {
     pdl_wait();  // before the first store
@@ -753,7 +767,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_pair_kernel(
         // unit's GEMM 2.
         if (threadIdx.x == 0) {
           asm volatile("fence.acq_rel.gpu;" ::: "memory");
-          atomicAdd(pa.unit_done + t / s1.it.slices, 1);
+          atomicAdd(pa.unit_done + t / s1.it.slices * pair::kCounterStride, 1);
           atomicAdd(pa.gemm1_done, 1);
         }
       } else {
@@ -896,8 +910,11 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
 
 int64_t decode_pair_sync_words(int64_t num_experts, int64_t rows_capacity) {
   // A counter per unit of 16 rows (the pair kernel's passes, as
-  // decode_grouped_gemm bounds them), GEMM 1's total, the ticket.
-  return std::min(num_experts, rows_capacity) + rows_capacity / 16 + 2;
+  // decode_grouped_gemm bounds them), GEMM 1's total, the ticket, each on
+  // its own 128-byte line: waiting CTAs poll them (an H200 ran the pair
+  // kernel at half speed with them packed into one line and polled every
+  // 64 ns: 2026-12-05).
+  return (std::min(num_experts, rows_capacity) + rows_capacity / 16 + 2) * pair::kCounterStride;
 }
 
 cudaError_t decode_pair_gemm(const GroupedGemmParams& p1, const GroupedGemmParams& p2, int64_t rows_capacity,
@@ -986,8 +1003,8 @@ cudaError_t decode_pair_gemm(const GroupedGemmParams& p1, const GroupedGemmParam
                            sc2,
                            stages,
                            sync,
-                           sync + sync_words - 2,
-                           reinterpret_cast<unsigned*>(sync + sync_words - 1),
+                           sync + sync_words - 2 * pair::kCounterStride,
+                           reinterpret_cast<unsigned*>(sync + sync_words - pair::kCounterStride),
                            wait_all,
                            route};
     return launch_pdl(kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), smem, stream, w1_map, a1_map,

@@ -35,6 +35,7 @@
 namespace moekit::kernels::pair {
 
 constexpr int32_t kEndTicket = -1;  // what the slot after the last stage carries
+constexpr int kCounterStride = 32;  // int32 words between the kernel's counters: one 128-byte line each
 
 // Env, the kernel's (or a simulation's) side:
 //   int64_t claim()                    the next ticket (atomic, from 0)
@@ -67,6 +68,12 @@ struct Producer {
 
   MOEKIT_PAIR_HD int k_stages(int64_t t) const { return t < items1 ? k_stages1 : k_stages2; }
   MOEKIT_PAIR_HD bool done() const { return ended && loaded + 1 == armed; }
+  // After a step that did nothing: whether rows wait (on the previous
+  // kernel or a unit: poll), else the next slot to arm is in use (block on
+  // it: slot_to_arm() with parity_to_arm()).
+  MOEKIT_PAIR_HD bool rows_waiting() const { return loaded < armed - (ended ? 1 : 0); }
+  MOEKIT_PAIR_HD int slot_to_arm() const { return static_cast<int>(armed % stages); }
+  MOEKIT_PAIR_HD uint32_t parity_to_arm() const { return static_cast<uint32_t>((armed / stages - 1) & 1); }
 
   template <class Env>
   MOEKIT_PAIR_HD void start(Env& env) {
@@ -81,8 +88,8 @@ struct Producer {
   MOEKIT_PAIR_HD bool step(Env& env) {
     bool did = false;
     if (!ended) {
-      const int slot = static_cast<int>(armed % stages);
-      if (armed < stages || env.slot_free(slot, static_cast<uint32_t>((armed / stages - 1) & 1))) {
+      const int slot = slot_to_arm();
+      if (armed < stages || env.slot_free(slot, parity_to_arm())) {
         if (w_ticket >= total) {
           env.arm_end(slot);
           ended = true;
