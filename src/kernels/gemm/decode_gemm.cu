@@ -660,8 +660,8 @@ struct PairEnv {  // decode_pair_schedule.hpp's Env on the device
     return true;
   }
   __device__ __forceinline__ bool unit_ready(int64_t t) {
-    const int32_t* counter =
-        wait_all ? gemm1_done : unit_done + (t - s1.it.count) / s2.it.slices * pair::kCounterStride;
+    const int unit = (static_cast<int>(t) - static_cast<int>(s1.it.count)) / s2.it.slices;  // 32-bit division
+    const int32_t* counter = wait_all ? gemm1_done : unit_done + unit * pair::kCounterStride;
     const int64_t needed = wait_all ? s1.it.count : s1.it.slices;
     // A relaxed poll, then one acquire fence once the count is there: an
     // acquire load on every poll invalidates the SM's L1 each time (CCTL),
@@ -730,8 +730,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_pair_kernel(
       PairEnv<T, Op1, Op2, kTok, kSlot> env{s1,           s2,         ring,          slot_ticket,
                                             pa.ticket,    pa.unit_done, pa.gemm1_done, pa.wait_all != 0};
       pair::Producer prod;
-      prod.items1 = s1.it.count;
-      prod.total = s1.it.count + s2.it.count;
+      prod.items1 = static_cast<int32_t>(s1.it.count);  // < 2^31 (decode_pair_gemm)
+      prod.total = static_cast<int32_t>(s1.it.count + s2.it.count);
       prod.k_stages1 = s1.it.k_stages;
       prod.k_stages2 = s2.it.k_stages;
       prod.stages = stages;
@@ -767,7 +767,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_pair_kernel(
         // unit's GEMM 2.
         if (threadIdx.x == 0) {
           asm volatile("fence.acq_rel.gpu;" ::: "memory");
-          atomicAdd(pa.unit_done + t / s1.it.slices * pair::kCounterStride, 1);
+          atomicAdd(pa.unit_done + t / s1.it.slices * pair::kCounterStride, 1);  // (int32 t)
           atomicAdd(pa.gemm1_done, 1);
         }
       } else {

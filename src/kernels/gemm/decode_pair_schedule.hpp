@@ -55,29 +55,37 @@ constexpr int kCounterStride = 32;  // int32 words between the kernel's counters
 //   void load(int slot, int64_t ticket, int kb)
 //                                      load the stage's rows
 struct Producer {
-  int64_t items1 = 0, total = 0;  // GEMM 1's items, all items
+  // 32-bit counts and slots kept step by step: a 64-bit division or modulo
+  // is a software routine on the GPU, and three of them a step made the
+  // producer thread, not DRAM, set the pace (H200, 2026-12-05: GEMM 1 items
+  // at half the decode kernel's speed).
+  int32_t items1 = 0, total = 0;  // GEMM 1's items, all items (tickets are int32)
   int k_stages1 = 1, k_stages2 = 1, stages = 2;
-  int64_t armed = 0;   // stages armed, the end slot included
-  int64_t loaded = 0;  // stages whose rows are loading
-  int64_t w_ticket = 0;  // the item of the next stage to arm ...
+  int32_t armed = 0;   // stages armed, the end slot included
+  int32_t loaded = 0;  // stages whose rows are loading
+  int arm_slot = 0;    // armed % stages
+  int arm_round = 0;   // armed / stages, up to 2 (only its parity and "past the first" matter)
+  int load_slot = 0;   // loaded % stages
+  int32_t w_ticket = 0;  // the item of the next stage to arm ...
   int w_kb = 0;          // ... and its stage within the item
-  int64_t r_ticket = 0;  // the item of the next stage to load rows of ...
+  int32_t r_ticket = 0;  // the item of the next stage to load rows of ...
   int r_kb = 0;
-  int64_t ready = -1;  // the GEMM 2 ticket whose unit was found complete
+  int32_t ready = -1;  // the GEMM 2 ticket whose unit was found complete
   bool ended = false, waited = false;
 
-  MOEKIT_PAIR_HD int k_stages(int64_t t) const { return t < items1 ? k_stages1 : k_stages2; }
+  MOEKIT_PAIR_HD int k_stages(int32_t t) const { return t < items1 ? k_stages1 : k_stages2; }
   MOEKIT_PAIR_HD bool done() const { return ended && loaded + 1 == armed; }
   // After a step that did nothing: whether rows wait (on the previous
   // kernel or a unit: poll), else the next slot to arm is in use (block on
   // it: slot_to_arm() with parity_to_arm()).
   MOEKIT_PAIR_HD bool rows_waiting() const { return loaded < armed - (ended ? 1 : 0); }
-  MOEKIT_PAIR_HD int slot_to_arm() const { return static_cast<int>(armed % stages); }
-  MOEKIT_PAIR_HD uint32_t parity_to_arm() const { return static_cast<uint32_t>((armed / stages - 1) & 1); }
+  MOEKIT_PAIR_HD int slot_to_arm() const { return arm_slot; }
+  // The parity of the slot's previous use, whose release arming waits for.
+  MOEKIT_PAIR_HD uint32_t parity_to_arm() const { return static_cast<uint32_t>((arm_round - 1) & 1); }
 
   template <class Env>
   MOEKIT_PAIR_HD void start(Env& env) {
-    w_ticket = env.claim();
+    w_ticket = claim(env);
   }
 
   // One step: arm the next stage if its slot is free, then load the oldest
@@ -87,26 +95,26 @@ struct Producer {
   template <class Env>
   MOEKIT_PAIR_HD bool step(Env& env) {
     bool did = false;
-    if (!ended) {
-      const int slot = slot_to_arm();
-      if (armed < stages || env.slot_free(slot, parity_to_arm())) {
-        if (w_ticket >= total) {
-          env.arm_end(slot);
-          ended = true;
-        } else {
-          env.arm(slot, w_ticket, w_kb);
-          if (++w_kb == k_stages(w_ticket)) {
-            w_kb = 0;
-            w_ticket = env.claim();
-          }
+    if (!ended && (arm_round == 0 || env.slot_free(arm_slot, parity_to_arm()))) {
+      if (w_ticket >= total) {
+        env.arm_end(arm_slot);
+        ended = true;
+      } else {
+        env.arm(arm_slot, w_ticket, w_kb);
+        if (++w_kb == k_stages(w_ticket)) {
+          w_kb = 0;
+          w_ticket = claim(env);
         }
-        ++armed;
-        did = true;
       }
+      ++armed;
+      if (++arm_slot == stages) {
+        arm_slot = 0;
+        arm_round = arm_round == 0 ? 1 : 3 - arm_round;  // 1, 2, 1, 2, ...: the parity flips each round
+      }
+      did = true;
     }
     if (loaded < armed - (ended ? 1 : 0)) {
-      const int slot = static_cast<int>(loaded % stages);
-      if (r_kb == 0) r_ticket = env.ticket_at(slot);
+      if (r_kb == 0) r_ticket = static_cast<int32_t>(env.ticket_at(load_slot));
       bool may = true;
       if (r_ticket < items1) {
         if (!waited) {
@@ -122,13 +130,21 @@ struct Producer {
         if (may) ready = r_ticket;
       }
       if (may) {
-        env.load(slot, r_ticket, r_kb);
+        env.load(load_slot, r_ticket, r_kb);
         if (++r_kb == k_stages(r_ticket)) r_kb = 0;
         ++loaded;
+        if (++load_slot == stages) load_slot = 0;
         did = true;
       }
     }
     return did;
+  }
+
+ private:
+  template <class Env>
+  MOEKIT_PAIR_HD int32_t claim(Env& env) {
+    const int64_t t = env.claim();  // past total: the end (a clamp keeps it in int32)
+    return t < total ? static_cast<int32_t>(t) : total;
   }
 };
 
