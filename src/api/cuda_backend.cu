@@ -207,11 +207,8 @@ namespace {
 struct LayerPlan {
   kernels::GemmConfig gemm1, gemm2;
   bool gemm1_gathers;  // GEMM 1 gathers its own rows (gemm1_gathers_rows), no gather stage
-  bool gemm_pair;      // both GEMMs in one launch (kernels::decode_pair_gemm)
   int64_t chunk_tokens, chunks;
 };
-
-bool decode_pair_requested();
 
 LayerPlan plan_layer(const Problem& p) {
   LayerPlan plan{};
@@ -244,15 +241,6 @@ LayerPlan plan_layer(const Problem& p) {
   force("MOEKIT_GEMM2", "forced by MOEKIT_GEMM2", {&plan.gemm2});
   plan.gemm1_gathers = kernels::gemm1_gathers_rows(plan.gemm1.kernel, p.quant.kind, p.apply_router_weight_on_input,
                                                    p.input_dtype == ref::compute_dtype(p));
-  // With MOEKIT_DECODE_PAIR=1 (off until it has run on a GPU), a decode
-  // batch of 16-token passes with the decode kernel for both GEMMs (16-bit,
-  // or fp8 with block scales) runs them in one launch.
-  const bool decode_both = fp8 ? plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
-                                     plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&
-                                     p.quant.kind == MOEKIT_QUANT_FP8_BLOCK
-                               : plan.gemm1.kernel == kernels::GemmKernel::kDecode &&
-                                     plan.gemm2.kernel == kernels::GemmKernel::kDecode;
-  plan.gemm_pair = decode_both && plan.gemm1.pass_tokens == 16 && decode_pair_requested();
   return plan;
 }
 
@@ -261,13 +249,6 @@ LayerPlan plan_layer(const Problem& p) {
 // a test can compare both forms in one process.
 bool fp8_gemm2_quantizes_requested() {
   const char* s = std::getenv("MOEKIT_FP8_GEMM2_QUANTIZES");
-  return s != nullptr && std::string(s) == "1";
-}
-
-// MOEKIT_DECODE_PAIR=1: both GEMMs of a tiny decode batch in one launch
-// (kernels::decode_pair_gemm); off until it has run on a GPU.
-bool decode_pair_requested() {
-  const char* s = std::getenv("MOEKIT_DECODE_PAIR");
   return s != nullptr && std::string(s) == "1";
 }
 
@@ -284,17 +265,6 @@ struct GemmScales {
   float* ones;                 // per tensor: the block to fill with ones, else null
   int64_t ones_count;
 };
-
-kernels::GroupedGemmParams gemm_params(const void* a, const int32_t* offsets, int64_t experts, const void* w,
-                                       const void* bias, void* c, int64_t n, int64_t k, moekit_dtype_t dtype,
-                                       const GemmScales& sc, void* scratch, const kernels::DeviceInfo& dev,
-                                       bool quantize_a = false, const int32_t* gather_pairs = nullptr,
-                                       int64_t top_k = 0) {
-  return {a,     offsets, static_cast<int>(experts), w,   bias,
-          c,     n,       k,    dtype,  scratch,
-          dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
-          sc.ones ? sc.ones_count : 0, quantize_a, gather_pairs, top_k};
-}
 
 // One grouped GEMM: the chosen sm90 kernel, or the simple one. With fuse
 // (GEMM 1), a kernel that can apply the activation in its epilogue (the
@@ -315,8 +285,10 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
                          const kernels::DecodeRouting& route = {}, bool quantize_a = false,
                          const int32_t* gather_pairs = nullptr, int64_t top_k = 0) {
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
-    const kernels::GroupedGemmParams gp = gemm_params(a, offsets, experts, w, bias, c, n, k, dtype, sc, scratch,
-                                                      dev, quantize_a, gather_pairs, top_k);
+    kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
+                                  c,     n,       k,    dtype,  scratch,
+                                  dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
+                                  sc.ones ? sc.ones_count : 0, quantize_a, gather_pairs, top_k};
     cudaError_t e;
     if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
       kernels::GroupedGemmParams fused = gp;
@@ -346,8 +318,7 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
 std::string describe(const LayerPlan& plan) {
   return "gemm1 " + std::string(kernels::gemm_kernel_name(plan.gemm1.kernel)) + " (" + plan.gemm1.reason +
          (plan.gemm1_gathers ? "; gathers its rows" : "") + "); gemm2 " +
-         kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" + plan.gemm2.reason + "); " +
-         (plan.gemm_pair ? "both in one launch (MOEKIT_DECODE_PAIR); " : "") + std::to_string(plan.chunks) + " chunk(s) of " +
+         kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" + plan.gemm2.reason + "); " + std::to_string(plan.chunks) + " chunk(s) of " +
          std::to_string(plan.chunk_tokens) + " tokens";
 }
 
@@ -438,20 +409,7 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                 p.quant.kind, static_scale, w_scale, static_cast<uint8_t*>(out),
                                 scales};
     };
-    // Both GEMMs in one launch (plan.gemm_pair): its work counters in the
-    // GEMM scratch (which the decode kernels do not use; about 68 KB of
-    // CUTLASS workspace and 144 E bytes at least, against at most
-    // 128 (1.5 E + 2) bytes at 16-token passes), zeroed by the sort.
-    const int64_t sync_words = kernels::decode_pair_sync_words(p.num_local_experts, max_rows);
-    const bool pair =
-        plan.gemm_pair && static_cast<size_t>(sync_words) * sizeof(int32_t) <= l.gemm_scratch_bytes;
-    // fp8: GEMM 2's output is the rows buffer, and one of its 16-bit rows
-    // spans two e4m3 rows of any unit, so the pair kernel's GEMM 2 would have
-    // to wait for all of GEMM 1; where the e4m3 rows fit GEMM 1's output
-    // buffer (unused: the activation is fused), they go there instead and
-    // GEMM 2 waits for its unit's rows only.
-    void* fp8_rows = pair && fp8 && p.hidden_size <= 2 * n1 ? gemm1 : rows;
-    const kernels::QuantRows gather_quant = quant_rows(a.a13_scale, a.w13_scale, fp8_rows);
+    const kernels::QuantRows gather_quant = quant_rows(a.a13_scale, a.w13_scale, rows);
     // A tiny batch on the decode kernel: the sort and the gather (fp8 block
     // scaling: and its quantization) in one launch, and GEMM 1 ranks the ids
     // itself, so it streams its weights from the layer's first kernel on (one
@@ -475,9 +433,6 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                            max_rows, p.top_k, p.hidden_size, rows, cd, dev, stream,
                                            /*maps_written=*/true);
     };
-    auto* sync = static_cast<int32_t*>(scratch);
-    sb.zero = pair ? sync : nullptr;
-    sb.zero_words = pair ? sync_words : 0;
     kernels::DecodeRouting route{};
     if (tiny) {
       e = kernels::launch_sort_gather_tiny(topk_ids, topk_ids64, T, p.top_k, p.num_experts, p.num_local_experts,
@@ -512,78 +467,58 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     // activation-quantize stage would; otherwise that stage quantizes GEMM
     // 1's output.
     const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
-    bool pair_done = false;
-    if (pair) {  // GEMM 2 reads the activation (fp8: quantizing it itself)
-      GemmScales sc2_rows = sc2;
-      sc2_rows.a = nullptr;
-      e = kernels::decode_pair_gemm(
-          gemm_params(fp8 ? fp8_rows : rows, sb.expert_offsets, p.num_local_experts, a.w13, a.w13_bias, act, n1,
-                      p.hidden_size, cd, sc1, scratch, dev),
-          gemm_params(act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y, p.hidden_size,
-                      p.intermediate_size, cd, fp8 ? sc2_rows : sc2, scratch, dev, /*quantize_a=*/fp8),
-          max_rows, stream, fuse, plan.gemm1.pass_tokens, route, sync);
-      if (e != cudaSuccess && e != cudaErrorNotSupported) return cuda_status(e, "grouped GEMMs");
-      pair_done = e == cudaSuccess;  // else declined, nothing launched: the two GEMMs below ...
-      if (!pair_done && fp8_rows != rows) {  // ... which read the e4m3 rows from the rows buffer
-        e = cudaMemcpyAsync(rows, fp8_rows, static_cast<size_t>(max_rows * p.hidden_size), cudaMemcpyDeviceToDevice,
-                            stream);
-        if (e != cudaSuccess) return cuda_status(e, "gathered rows");
-      }
-    }
     const bool gemm2_quantizes = fp8 && !per_tensor && plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
                                  plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&
                                  fp8_gemm2_quantizes_requested();
-    if (!pair_done) {
-      bool activated = false;
-      auto run_gemm1 = [&](bool gathering) {
-        return grouped_gemm(plan.gemm1, gathering && !fp8 ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
-                            a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
-                            !fp8 || gemm2_quantizes || plan.gemm1.kernel == kernels::GemmKernel::kFp8Prefill
-                                ? &fuse
-                                : nullptr,
-                            act, &activated, route, false,
-                            gathering ? sorted_pairs : nullptr, p.top_k);
-      };
-      e = run_gemm1(plan.gemm1_gathers);
-      if (e == cudaErrorNotSupported && plan.gemm1_gathers) {
-        e = gather();
-        if (e != cudaSuccess) return cuda_status(e, "permute");
-        e = run_gemm1(false);
+    bool activated = false;
+    auto run_gemm1 = [&](bool gathering) {
+      return grouped_gemm(plan.gemm1, gathering && !fp8 ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
+                          a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
+                          !fp8 || gemm2_quantizes || plan.gemm1.kernel == kernels::GemmKernel::kFp8Prefill
+                              ? &fuse
+                              : nullptr,
+                          act, &activated, route, false,
+                          gathering ? sorted_pairs : nullptr, p.top_k);
+    };
+    e = run_gemm1(plan.gemm1_gathers);
+    if (e == cudaErrorNotSupported && plan.gemm1_gathers) {
+      e = gather();
+      if (e != cudaSuccess) return cuda_status(e, "permute");
+      e = run_gemm1(false);
+    }
+    if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
+    const void* gemm2_a = act;
+    bool gemm2_done = false;
+    if (fp8 && activated) {  // act: the 16-bit activation, quantized by GEMM 2 itself where it can
+      GemmScales sc2_rows = sc2;
+      sc2_rows.a = nullptr;
+      e = gemm2_quantizes ? grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias,
+                                         y, max_rows, p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch,
+                                         dev, stream, nullptr, nullptr, nullptr, {}, /*quantize_a=*/true)
+                          : cudaErrorNotSupported;
+      gemm2_done = e == cudaSuccess;
+      if (e == cudaErrorNotSupported) {  // not asked, or declined (e.g. no tensor map): quantize the rows
+        e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
+                                          max_rows, dev, stream);
+        if (e != cudaSuccess) return cuda_status(e, "activation quantize");
+        gemm2_a = gemm1;
+      } else if (e != cudaSuccess) {
+        return cuda_status(e, "grouped GEMM 2");
       }
-      if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
-      const void* gemm2_a = act;
-      bool gemm2_done = false;
-      if (fp8 && activated) {  // act: the 16-bit activation, quantized by GEMM 2 itself where it can
-        GemmScales sc2_rows = sc2;
-        sc2_rows.a = nullptr;
-        e = gemm2_quantizes ? grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias,
-                                           y, max_rows, p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch,
-                                           dev, stream, nullptr, nullptr, nullptr, {}, /*quantize_a=*/true)
-                            : cudaErrorNotSupported;
-        gemm2_done = e == cudaSuccess;
-        if (e == cudaErrorNotSupported) {  // not asked, or declined (e.g. no tensor map): quantize the rows
-          e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
-                                            max_rows, dev, stream);
-          if (e != cudaSuccess) return cuda_status(e, "activation quantize");
-          gemm2_a = gemm1;
-        } else if (e != cudaSuccess) {
-          return cuda_status(e, "grouped GEMM 2");
-        }
-      } else if (!activated) {
-        if (fp8)
-          e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
-                                               quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
-                                               stream);
-        else
-          e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
-                                         p.gate_up_order, cd, dev, stream);
-        if (e != cudaSuccess) return cuda_status(e, "activation");
-      }
-      if (!gemm2_done) {
-        e = grouped_gemm(plan.gemm2, gemm2_a, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
-                         max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
-        if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
-      }
+    } else if (!activated) {
+      if (fp8)
+        e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
+                                             quant_rows(a.a2_scale, a.w2_scale, act), max_rows, dev,
+                                             stream);
+      else
+        e = kernels::launch_activation(gemm1, act, valid_rows, max_rows, p.intermediate_size, ap,
+                                       p.gate_up_order, cd, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "activation");
+    }
+    if (!gemm2_done) {
+      e = grouped_gemm(plan.gemm2, gemm2_a, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
+                       max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
     }
     e = kernels::launch_finalize(y, cd, sb.pair_to_row, output_weights, T, p.top_k, p.hidden_size,
                                  output, p.output_dtype, dev, stream);

@@ -29,11 +29,6 @@ struct SortBuffers {
   size_t temp_bytes;
   int32_t* expert_offsets;  // [E_local + 1]
   int32_t* pair_to_row;     // [T*k]: row of pair p, -1 if invalid
-  // Words a later kernel of the layer needs zero when it starts (the decode
-  // pair kernel's counters, grouped_gemm_sm90.hpp), or null: the sort's
-  // first kernel zeroes them (launch_sort_gather_tiny: before its trigger).
-  int32_t* zero = nullptr;
-  int64_t zero_words = 0;
 };
 
 // Where the global experts live: [first, first + num_local), or the expert
@@ -81,8 +76,6 @@ cudaError_t launch_sort(const int32_t* topk_ids, const int64_t* topk_ids64, int6
 // the compute dtype), the rows are quantized as launch_permute_quant does
 // (rows unused; quant->expert_offsets is not read: the offsets come from the
 // ranking). Per-tensor scaling measured no faster this way (bench/RESULTS.md).
-// b.zero is zeroed before the kernel triggers its dependents (the decode
-// pair kernel claims work from those counters before its PDL wait).
 struct QuantRows;
 cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk_ids64, int64_t num_tokens,
                                     int64_t top_k, int64_t num_experts, int64_t num_local_experts,

@@ -43,7 +43,6 @@ const char* kind_name(uint8_t kind) {
     case kGemmSimple: return "simple GEMM";
     case kActivation: return "activation";
     case kFinalize: return "finalize";
-    case kGemmDecodePair: return "decode GEMM pair";
     default: return "?";
   }
 }

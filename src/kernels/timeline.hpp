@@ -33,7 +33,6 @@ enum Kind : uint8_t {
   kGemmSimple,
   kActivation,
   kFinalize,
-  kGemmDecodePair,
   kKinds
 };
 const char* kind_name(uint8_t kind);

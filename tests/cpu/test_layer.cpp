@@ -2,12 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <random>
-#include <string>
 #include <vector>
 
-#include "common/fp8_cases.hpp"
 #include "common/test_util.hpp"
 #include "reference/oracle.hpp"
 
@@ -264,43 +261,4 @@ TEST(Layer, RouterArgumentRejections) {
   s = MoeLayer::run(a, wsb.data(), ws);
   EXPECT_NE(s.message().find("router.num_groups/topk_groups: expected 1/1"), std::string::npos) << s.message();
   EXPECT_TRUE(MoeLayer::run(l.arguments(out.data()), wsb.data(), ws).ok());
-}
-
-// The CUDA plan (pure host code, so checked here): with MOEKIT_DECODE_PAIR=1
-// both GEMMs run in one launch exactly where both are the decode kernel on
-// 16-token passes, 16-bit or fp8 with block scales; never without it.
-TEST(Layer, PlanPairsTheDecodeGemmsOnlyWhereAskedAndWhereTheyFit) {
-  auto plan_of = [](Problem p) {
-    p.device = MOEKIT_DEVICE_CUDA;
-    std::string plan;
-    const Status s = MoeLayer::describe_plan(p, &plan);
-    EXPECT_TRUE(s.ok()) << s.message();
-    return plan;
-  };
-  auto paired = [&](const Problem& p) {
-    return plan_of(p).find("both in one launch") != std::string::npos;
-  };
-  // qwen3-30b-a3b's shape: 8 rows per expert at T = 128, 16 at 256.
-  const Problem bf16_1 = test::small_problem(1, 128, 8, 2048, 768, MOEKIT_DTYPE_BF16);
-  Problem bf16_128 = bf16_1, bf16_256 = bf16_1, bf16_4096 = bf16_1;
-  bf16_128.num_tokens = 128;
-  bf16_256.num_tokens = 256;
-  bf16_4096.num_tokens = 4096;
-  Problem fp8_block = test::fp8_problem(8, 128, 8, 2048, 768, MOEKIT_QUANT_FP8_BLOCK);
-  Problem fp8_tensor = test::fp8_problem(8, 128, 8, 2048, 768, MOEKIT_QUANT_FP8_TENSOR);
-  Problem fp32 = test::small_problem(1, 128, 8, 2048, 768, MOEKIT_DTYPE_FP32);
-  const char* set = std::getenv("MOEKIT_DECODE_PAIR");
-  const std::string before = set != nullptr ? set : "";  // (a copy: unsetenv may free it)
-  unsetenv("MOEKIT_DECODE_PAIR");
-  EXPECT_FALSE(paired(bf16_1)) << plan_of(bf16_1);
-  EXPECT_FALSE(paired(fp8_block));
-  setenv("MOEKIT_DECODE_PAIR", "1", 1);
-  EXPECT_TRUE(paired(bf16_1)) << plan_of(bf16_1);
-  EXPECT_TRUE(paired(bf16_128)) << plan_of(bf16_128);
-  EXPECT_FALSE(paired(bf16_256)) << plan_of(bf16_256);    // 32-token passes
-  EXPECT_FALSE(paired(bf16_4096)) << plan_of(bf16_4096);  // tiles
-  EXPECT_TRUE(paired(fp8_block)) << plan_of(fp8_block);
-  EXPECT_FALSE(paired(fp8_tensor)) << plan_of(fp8_tensor);
-  EXPECT_FALSE(paired(fp32)) << plan_of(fp32);  // the simple GEMM
-  if (set != nullptr) setenv("MOEKIT_DECODE_PAIR", before.c_str(), 1); else unsetenv("MOEKIT_DECODE_PAIR");
 }

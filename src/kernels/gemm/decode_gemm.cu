@@ -62,7 +62,6 @@
 
 #include "common/activation_math.hpp"
 #include "kernels/common.cuh"
-#include "kernels/gemm/decode_pair_schedule.hpp"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
 #include "kernels/gemm/tma_tiles.cuh"
 #include "kernels/quant/quantize_rows.cuh"
@@ -227,289 +226,6 @@ __device__ __forceinline__ void quantize_stage(const unsigned char* rows16, unsi
   }
 }
 
-// One GEMM of a decode kernel as its warps see it: the maps the producer
-// loads from, and what the consumers compute and store.
-template <class T>
-struct Side {
-  const CUtensorMap* w_map;  // [E, N, K] weights, box (128 B of k, 64 rows, 1)
-  const CUtensorMap* a_map;  // [rows, K] expert-ordered rows, box (128 B of k, kTok rows)
-  const T* bias;             // [E, N] or null
-  T* c;                      // [rows, N], or fused: [rows, inter]
-  int n;
-  Epilogue ep;
-  Scales sc;
-  tma::Items it;
-};
-
-// The ring in shared memory: slot s at base + s * kSlot (shared address
-// addr + s * kSlot), its full and empty barriers; and where the consumers are
-// in it (every consumer thread walks the same sequence).
-struct Ring {
-  unsigned char* base;
-  uint32_t addr;
-  uint64_t* full;
-  uint64_t* empty;
-  int stages;
-};
-struct Walk {
-  int slot = 0;
-  uint32_t phase = 0;
-  int quant_buf = 0;  // kQuantA: the row tile the next stage writes
-};
-
-// The consumers' static shared memory: the fused epilogue's staged tile
-// [kTok tokens, 64 rows] and, kQuantA, two e4m3 row tiles [kTok, 128 B]
-// (128-byte swizzle, as TMA writes them) and their scales, by stage.
-template <class T>
-struct Staging {
-  T* staged;
-  unsigned char* quant_tiles;
-  float* quant_scales;
-};
-
-// The producer's two loads of a stage (the item and stage of cur) into
-// slot: load_weights arms full[slot] for the whole stage (kSlotBytes<Op,
-// kTok> bytes) and loads its weight box; load_rows loads its token rows.
-template <class Op, int kTok, int kSlot, class T>
-__device__ __forceinline__ void load_weights(const Side<T>& s, const Ring& r, int slot, const tma::Cursor& cur) {
-  Barrier::arrive_and_expect_tx(&r.full[slot], kSlotBytes<Op, kTok>);
-  tma::load_weight_box(s.w_map, &r.full[slot], kWeightHint, r.base + slot * kSlot, cur.kb * kStageK<Op>, cur,
-                       s.ep.split_halves);
-  // e4m3, MOEKIT_DECODE_SCALE_PREFETCH bit 1: at an item's first stage, a
-  // ring ahead of its consumers, the weight-scale rows of its first
-  // and last weight row (of each half with split halves), so the
-  // consumers' scale loads hit L2 instead of waiting on DRAM.
-  if constexpr (kIsFp8<Op>)
-    if ((s.sc.prefetch & 1) && cur.kb == 0 && s.sc.w != nullptr) {
-      const int k_stages = s.it.k_stages;
-      const float* rows = s.sc.w + cur.u.expert * s.sc.w_stride;
-      const int span = s.ep.split_halves ? kGatedCols : kSliceRows;
-      for (int half = 0; half < (s.ep.split_halves ? 2 : 1); ++half) {
-        const int first = half * s.ep.inter + cur.w_row0;
-        const int last = min(first + span - 1, (s.ep.split_halves && half == 0 ? s.ep.inter : s.n) - 1);
-        prefetch_l2(rows + static_cast<int64_t>(first / 128) * k_stages, k_stages * sizeof(float));
-        if (last / 128 != first / 128)
-          prefetch_l2(rows + static_cast<int64_t>(last / 128) * k_stages, k_stages * sizeof(float));
-      }
-    }
-}
-template <class Op, int kTok, int kSlot, class T>
-__device__ __forceinline__ void load_rows(const Side<T>& s, const Ring& r, int slot, const tma::Cursor& cur) {
-  unsigned char* dst = r.base + slot * kSlot + kWeightBoxBytes;
-  cute::SM90_TMA_LOAD_2D::copy(s.a_map, &r.full[slot], kTokenHint, dst, cur.kb * kStageK<Op>,
-                               cur.u.begin + cur.u.row0);
-  if constexpr (kQuantA<Op>)  // the stage's second 64 k of 16-bit rows
-    cute::SM90_TMA_LOAD_2D::copy(s.a_map, &r.full[slot], kTokenHint, dst + kTok * kBoxBytes,
-                                 cur.kb * kStageK<Op> + kStageK<Op> / 2, cur.u.begin + cur.u.row0);
-  // The expert's activation scales ([k_stages, rows], written by
-  // the previous kernel: after the wait, as every row load is).
-  if constexpr (kIsFp8<Op>)
-    if ((s.sc.prefetch & 1) && cur.kb == 0 && s.sc.a != nullptr)
-      prefetch_l2(s.sc.a + static_cast<int64_t>(cur.u.begin) * s.it.k_stages,
-                  static_cast<size_t>(s.it.k_stages) * cur.u.rows * sizeof(float));
-}
-
-// The consumer warps' work on one item: its k_stages stages from the ring
-// (w walks on), then its stores. first: the warp's first item (timeline).
-// kPublish (fused epilogue only): the stores are read next through TMA (the
-// pair kernel's GEMM 2), so each thread fences them into the async proxy
-// before the epilogue's last barrier.
-template <class T, class Op, int kTok, int kSlot, bool kPublish = false>
-__device__ __forceinline__ void consume_item(const Side<T>& s, const Ring& r, Walk& w, const Staging<T>& st,
-                                             int64_t item, bool first) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, q = lane % 4;
-  constexpr int kBlocks = kTok / 8;  // mma n8 blocks of tokens
-  // ldmatrix addresses: A rows (this warp's 16 weight rows) and B rows
-  // (tokens 0-15, +16 for the second half of 32), each at its first
-  // 16-byte chunk of a k16 step.
-  const int a_row = warp * kRowsPerWarp + lane % 16, a_chunk = lane / 16;
-  const int b_row = (lane / 16) * 8 + lane % 8, b_chunk = (lane / 8) % 2;
-  const Epilogue& ep = s.ep;
-  const Scales& sc = s.sc;
-  const int k_stages = s.it.k_stages, slices = s.it.slices;
-  const tma::Cursor cur = tma::cursor_at(s.it, item);  // the item as the producer loads it
-  const tma::Unit& u = cur.u;
-  const int slice = static_cast<int>(item % slices);
-  const int w_row0 = slice * kSliceRows + warp * kRowsPerWarp;  // unfused: D columns
-  const int blocks = min(kBlocks, (u.rows - u.row0 + 7) / 8);  // warp-uniform: n8 blocks with tokens
-  float acc[kBlocks][4] = {};
-  // e4m3: this thread's scales of a block: its weight rows' (one 128-row
-  // block: the warp's 16 rows start at a multiple of 16) and its 4 tokens'.
-  const float* sa_e = kIsFp8<Op> && !kQuantA<Op> ? sc.a + static_cast<int64_t>(u.begin) * k_stages : nullptr;
-  // With split halves (fused GEMM 1) the warp's 16 rows are rows j.. of
-  // the gate half (warps 0-1) or of the up half (warps 2-3), 16-aligned
-  // (decode_grouped_gemm), so inside one 128-row scale block either way.
-  const int w_scale_row =
-      ep.split_halves ? (warp / 2) * ep.inter + slice * kGatedCols + (warp % 2) * kRowsPerWarp : w_row0;
-  const float* sw_e = kIsFp8<Op> && sc.w != nullptr
-                          ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_scale_row / 128) * k_stages
-                          : nullptr;
-  // MOEKIT_DECODE_SCALE_PREFETCH bit 2: each stage's raw scales are
-  // loaded a stage ahead, during the stage before (ptxas otherwise issues
-  // the activation scales' loads after the full-barrier wait, so a stage
-  // whose data is in still waits an L2 round trip before its promotion).
-  // The same products either way.
-  const bool ahead = kIsFp8<Op> && !kQuantA<Op> && (sc.prefetch & 2) != 0;
-  float next_w = 1.0f, next_a[kBlocks][2];
-  auto load_next = [&](int kb) {
-    if (kb >= k_stages) return;
-    next_w = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
-#pragma unroll
-    for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int t = u.row0 + 8 * j + 2 * q + h;
-        next_a[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) : 0.0f;
-      }
-  };
-  if constexpr (kIsFp8<Op>)
-    if (ahead) load_next(0);
-  for (int kb = 0; kb < k_stages; ++kb) {
-    float scale[kBlocks][2];
-    float sw = 1.0f;  // the weight scale (kQuantA: the rows' scales come from the stage below)
-    if constexpr (kIsFp8<Op>) {
-      if (ahead) {
-        sw = next_w;
-#pragma unroll
-        for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-            scale[j][h] = u.row0 + 8 * j + 2 * q + h < u.rows ? next_a[j][h] * next_w : 0.0f;
-        load_next(kb + 1);
-      } else {  // issued before the wait: the loads overlap it
-        sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
-        if constexpr (!kQuantA<Op>) {
-#pragma unroll
-          for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int t = u.row0 + 8 * j + 2 * q + h;
-              scale[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) * sw : 0.0f;
-            }
-        }
-      }
-    }
-    Barrier::wait(&r.full[w.slot], w.phase);
-    if constexpr (MOEKIT_TIMELINE)  // when the warp's first stage arrived
-      if (first && kb == 0) timeline::mark(timeline::kGemmDecode, timeline::kFirstStage);
-    const uint32_t w_tile = r.addr + w.slot * kSlot;
-    uint32_t a_tile = w_tile + kWeightBoxBytes;
-    if constexpr (kQuantA<Op>) {
-      // The stage's 16-bit rows -> e4m3 bytes and one scale per row,
-      // as quantize_groups writes them (the same amax, scale and
-      // rounding; TMA's zero fill past K adds nothing to the amax).
-      unsigned char* tile = st.quant_tiles + w.quant_buf * kTok * kBoxBytes;
-      float* row_scale = st.quant_scales + w.quant_buf * kTok;
-      quantize_stage<T, kTok>(r.base + w.slot * kSlot + kWeightBoxBytes, tile, row_scale);
-      cutlass::arch::fence_view_async_shared();  // the stores, before wgmma reads them
-      consumer_barrier();
-#pragma unroll
-      for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int t = 8 * j + 2 * q + h;
-          scale[j][h] = u.row0 + t < u.rows ? row_scale[t] * sw : 0.0f;
-        }
-      a_tile = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
-      w.quant_buf ^= 1;
-    }
-    float part[kBlocks][4];  // e4m3: this block's sum, scaled into acc below
-    if constexpr (kIsFp8<Op>) {
-      wgmma_block<kTok>(part, w_tile, a_tile);
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < kBoxBytes / kMmaBytes; ++kk) {
-        uint32_t af[4];
-        ldmatrix_x4(af, w_tile + swizzled(a_row, 2 * kk + a_chunk));
-#pragma unroll
-        for (int h = 0; h < kBlocks / 2; ++h) {  // 16 tokens: n8 blocks 2h, 2h + 1
-          if (2 * h >= blocks) break;
-          uint32_t bf[4];
-          ldmatrix_x4(bf, a_tile + swizzled(b_row + 16 * h, 2 * kk + b_chunk));
-          mma_16x8x16<Op>(acc[2 * h], af, bf[0], bf[1]);
-          if (2 * h + 1 < blocks) mma_16x8x16<Op>(acc[2 * h + 1], af, bf[2], bf[3]);
-        }
-      }
-    }
-    __syncwarp();  // every lane's reads of this slot are done
-    if (lane == 0) Barrier::arrive(&r.empty[w.slot]);
-    if (++w.slot == r.stages) { w.slot = 0; w.phase ^= 1; }
-    if constexpr (kIsFp8<Op>) {
-#pragma unroll
-      for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[j][i] = fmaf(part[j][i], scale[j][i & 1], acc[j][i]);
-    }
-  }
-  // D^T fragment of block j: acc[j][0..1] at weight row g of this warp's
-  // 16, tokens row0 + 8j + 2q, +1; acc[j][2..3] at weight row g + 8.
-  if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemMath);
-  const T* bias_e = s.bias ? s.bias + static_cast<int64_t>(u.expert) * s.n : nullptr;
-  if (!ep.fused) {
-#pragma unroll
-    for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int rr = w_row0 + g + (i < 2 ? 0 : 8);
-        const int t = u.row0 + 8 * j + 2 * q + (i & 1);
-        if (rr >= s.n || t >= u.rows) continue;
-        const float b = bias_e ? to_float(bias_e[rr]) : 0.0f;
-        s.c[static_cast<int64_t>(u.begin + t) * s.n + rr] = from_float<T>(acc[j][i] + b);
-      }
-    if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemStored);
-    return;
-  }
-  // Fused: GEMM 1's values as it would store them, [kTok tokens, 64 local rows].
-  const bool gated = activation_is_gated(ep.act.kind);
-  const int item_cols = gated ? kGatedCols : kSliceRows;  // activation columns an item writes
-#pragma unroll
-  for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int rr = warp * kRowsPerWarp + g + (i < 2 ? 0 : 8);  // local weight row
-      const int t = 8 * j + 2 * q + (i & 1);
-      const int w_row = ep.split_halves ? (rr / kGatedCols) * ep.inter + slice * kGatedCols + rr % kGatedCols
-                                        : slice * kSliceRows + rr;
-      const bool valid = ep.split_halves ? slice * kGatedCols + rr % kGatedCols < ep.inter : w_row < s.n;
-      const float b = bias_e && valid ? to_float(bias_e[w_row]) : 0.0f;
-      st.staged[t * kSliceRows + rr] = from_float<T>(acc[j][i] + b);
-    }
-  consumer_barrier();
-  {
-    const int per = item_cols / 8;  // columns a thread computes: 4 gated, 8 otherwise
-    const int j0 = (threadIdx.x % 8) * per;
-    for (int t = threadIdx.x / 8; t < kTok && u.row0 + t < u.rows; t += 32 * kConsumerWarps / 8) {
-      const T* row = st.staged + t * kSliceRows;
-      T* out = s.c + static_cast<int64_t>(u.begin + u.row0 + t) * ep.inter + slice * item_cols;
-      for (int jj = 0; jj < per; ++jj) {
-        const int j = j0 + jj;
-        if (slice * item_cols + j >= ep.inter) break;
-        const float v = gated ? apply_gated_activation(ep.act, to_float(row[gate_column(ep.order, j, kGatedCols)]),
-                                                       to_float(row[up_column(ep.order, j, kGatedCols)]))
-                              : apply_activation(ep.act.kind, to_float(row[j]));
-        out[j] = from_float<T>(v);
-      }
-    }
-  }
-  if constexpr (kPublish) asm volatile("fence.proxy.async.global;" ::: "memory");
-  consumer_barrier();  // the staged tile is rewritten by the next item
-  if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemStored);
-}
-
-// The items of one GEMM of a decode kernel (it.count of them): units of
-// kTok rows of an expert (offs, first_unit: tma::start_block's) x slices.
-__device__ __forceinline__ tma::Items items_of(const int32_t* first_unit, const int32_t* offs, int num_experts,
-                                               int kTok, int n, int k, int stage_k, const Epilogue& ep) {
-  const bool gated = ep.fused && activation_is_gated(ep.act.kind);
-  const int item_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns an item writes
-  const int slices = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kSliceRows - 1) / kSliceRows;
-  // First weight coordinate of a slice: a row of w (3-D map) or of each half (4-D map).
-  const int slice_step = ep.split_halves ? kGatedCols : kSliceRows;
-  const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * slices;
-  return {first_unit, offs, num_experts, kTok, slices, slice_step, (k + stage_k - 1) / stage_k, items};
-}
-
 template <class T, class Op, int kTok>
 __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
     const __grid_constant__ CUtensorMap w_map,  // [E, N, K] weights, box (128 B of k, 64 rows, 1)
@@ -526,16 +242,18 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
   constexpr int kStage = kSlotBytes<Op, kTok>;
-  auto* full = reinterpret_cast<uint64_t*>(base + stages * kStage);  // [stages]
-  uint64_t* empty = full + stages;                                    // [stages]
-  auto* offs = reinterpret_cast<int32_t*>(empty + stages);            // [E + 1]
-  int32_t* first_unit = offs + num_experts + 1;                       // [E + 1]
-  const Ring ring{base, static_cast<uint32_t>(__cvta_generic_to_shared(base)), full, empty, stages};
+  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(base));  // stages x kStage
+  auto* full = reinterpret_cast<uint64_t*>(base + stages * kStage);              // [stages]
+  uint64_t* empty = full + stages;                                                // [stages]
+  auto* offs = reinterpret_cast<int32_t*>(empty + stages);                        // [E + 1]
+  int32_t* first_unit = offs + num_experts + 1;                                   // [E + 1]
   __shared__ typename cub::BlockScan<int, kThreads>::TempStorage scan_storage;
-  __shared__ alignas(16) uint16_t staged_raw[kTok * kSliceRows];
+  __shared__ alignas(16) uint16_t staged_raw[kTok * kSliceRows];  // fused: [kTok tokens, 64 rows]
+  // kQuantA: two e4m3 row tiles [kTok, 128 B] (128-byte swizzle, as TMA
+  // writes them) and their scales, alternating by stage.
   __shared__ alignas(kSwizzleAlign) unsigned char quant_tiles[kQuantA<Op> ? 2 * kTok * kBoxBytes : 1];
   __shared__ float quant_scales[kQuantA<Op> ? 2 * kTok : 1];
-  const Staging<T> staging{reinterpret_cast<T*>(staged_raw), quant_tiles, quant_scales};
+  T* staged = reinterpret_cast<T*>(staged_raw);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   // Everything up to pdl_wait() may overlap the previous kernel on the
@@ -549,234 +267,242 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
   // offsets come from ranking the ids (route) instead.
   tma::start_block<kThreads>(full, empty, stages, kConsumerWarps, &w_map, &a_map, offsets, route, offs,
                              first_unit, num_experts, kTok, scan_storage);
-  const Side<T> side{&w_map, &a_map, bias, c, n, ep, sc,
-                     items_of(first_unit, offs, num_experts, kTok, n, k, kStageK<Op>, ep)};
+  const bool gated = ep.fused && activation_is_gated(ep.act.kind);
+  const int item_cols = gated ? kGatedCols : kSliceRows;  // fused: activation columns an item writes
+  const int slices = ep.fused ? (ep.inter + item_cols - 1) / item_cols : (n + kSliceRows - 1) / kSliceRows;
+  // First weight coordinate of a slice: a row of w (3-D map) or of each half (4-D map).
+  const int slice_step = ep.split_halves ? kGatedCols : kSliceRows;
+  const int64_t items = static_cast<int64_t>(first_unit[num_experts]) * slices;
+  const int k_stages = (k + kStageK<Op> - 1) / kStageK<Op>;
+  const tma::Items it{first_unit, offs, num_experts, kTok, slices, slice_step, k_stages, items};
 
   if (warp == kConsumerWarps) {
     // Producer: one thread walks the same (item, k-stage) sequence as the
     // consumers, a ring ahead.
     if (lane == 0)
       tma::produce(
-          side.it, empty, stages,
-          [&](int slot, const tma::Cursor& cur) { load_weights<Op, kTok, kStage>(side, ring, slot, cur); },
-          [&](int slot, const tma::Cursor& cur) { load_rows<Op, kTok, kStage>(side, ring, slot, cur); });
+          it, empty, stages,
+          [&](int slot, const tma::Cursor& cur) {
+            Barrier::arrive_and_expect_tx(&full[slot], kStage);
+            tma::load_weight_box(&w_map, &full[slot], kWeightHint, base + slot * kStage,
+                                 cur.kb * kStageK<Op>, cur, ep.split_halves);
+            // e4m3, MOEKIT_DECODE_SCALE_PREFETCH bit 1: at an item's first stage, a
+            // ring ahead of its consumers, the weight-scale rows of its first
+            // and last weight row (of each half with split halves), so the
+            // consumers' scale loads hit L2 instead of waiting on DRAM.
+            if constexpr (kIsFp8<Op>)
+              if ((sc.prefetch & 1) && cur.kb == 0 && sc.w != nullptr) {
+                const float* rows = sc.w + cur.u.expert * sc.w_stride;
+                const int span = ep.split_halves ? kGatedCols : kSliceRows;
+                for (int half = 0; half < (ep.split_halves ? 2 : 1); ++half) {
+                  const int first = half * ep.inter + cur.w_row0;
+                  const int last = min(first + span - 1, (ep.split_halves && half == 0 ? ep.inter : n) - 1);
+                  prefetch_l2(rows + static_cast<int64_t>(first / 128) * k_stages, k_stages * sizeof(float));
+                  if (last / 128 != first / 128)
+                    prefetch_l2(rows + static_cast<int64_t>(last / 128) * k_stages, k_stages * sizeof(float));
+                }
+              }
+          },
+          [&](int slot, const tma::Cursor& cur) {
+            unsigned char* dst = base + slot * kStage + kWeightBoxBytes;
+            cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint, dst, cur.kb * kStageK<Op>,
+                                         cur.u.begin + cur.u.row0);
+            if constexpr (kQuantA<Op>)  // the stage's second 64 k of 16-bit rows
+              cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint, dst + kTok * kBoxBytes,
+                                           cur.kb * kStageK<Op> + kStageK<Op> / 2, cur.u.begin + cur.u.row0);
+            // The expert's activation scales ([k_stages, rows], written by
+            // the previous kernel: after the wait, as every row load is).
+            if constexpr (kIsFp8<Op>)
+              if ((sc.prefetch & 1) && cur.kb == 0 && sc.a != nullptr)
+                prefetch_l2(sc.a + static_cast<int64_t>(cur.u.begin) * k_stages,
+                            static_cast<size_t>(k_stages) * cur.u.rows * sizeof(float));
+          });
   } else {
+    const int g = lane / 4, q = lane % 4;
+    constexpr int kBlocks = kTok / 8;  // mma n8 blocks of tokens
+    // ldmatrix addresses: A rows (this warp's 16 weight rows) and B rows
+    // (tokens 0-15, +16 for the second half of 32), each at its first
+    // 16-byte chunk of a k16 step.
+    const int a_row = warp * kRowsPerWarp + lane % 16, a_chunk = lane / 16;
+    const int b_row = (lane / 16) * 8 + lane % 8, b_chunk = (lane / 8) % 2;
     pdl_wait();  // before the first store
-    Walk walk;
-    for (int64_t item = blockIdx.x; item < side.it.count; item += gridDim.x)
-      consume_item<T, Op, kTok, kStage>(side, ring, walk, staging, item, item == blockIdx.x);
+    int slot = 0;
+    uint32_t phase = 0;
+    int quant_buf = 0;  // kQuantA: the row tile this stage writes
+    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+      const tma::Cursor cur = tma::cursor_at(it, item);  // the item as the producer loads it
+      const tma::Unit& u = cur.u;
+      const int slice = static_cast<int>(item % slices);
+      const int w_row0 = slice * kSliceRows + warp * kRowsPerWarp;  // unfused: D columns
+      const int blocks = min(kBlocks, (u.rows - u.row0 + 7) / 8);  // warp-uniform: n8 blocks with tokens
+      float acc[kBlocks][4] = {};
+      // e4m3: this thread's scales of a block: its weight rows' (one 128-row
+      // block: the warp's 16 rows start at a multiple of 16) and its 4 tokens'.
+      const float* sa_e = kIsFp8<Op> && !kQuantA<Op> ? sc.a + static_cast<int64_t>(u.begin) * k_stages : nullptr;
+      // With split halves (fused GEMM 1) the warp's 16 rows are rows j.. of
+      // the gate half (warps 0-1) or of the up half (warps 2-3), 16-aligned
+      // (decode_grouped_gemm), so inside one 128-row scale block either way.
+      const int w_scale_row = ep.split_halves
+                                  ? (warp / 2) * ep.inter + slice * kGatedCols + (warp % 2) * kRowsPerWarp
+                                  : w_row0;
+      const float* sw_e = kIsFp8<Op> && sc.w != nullptr
+                              ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_scale_row / 128) * k_stages
+                              : nullptr;
+      // MOEKIT_DECODE_SCALE_PREFETCH bit 2: each stage's raw scales are
+      // loaded a stage ahead, during the stage before (ptxas otherwise issues
+      // the activation scales' loads after the full-barrier wait, so a stage
+      // whose data is in still waits an L2 round trip before its promotion).
+      // The same products either way.
+      const bool ahead = kIsFp8<Op> && !kQuantA<Op> && (sc.prefetch & 2) != 0;
+      float next_w = 1.0f, next_a[kBlocks][2];
+      auto load_next = [&](int kb) {
+        if (kb >= k_stages) return;
+        next_w = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
+#pragma unroll
+        for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int t = u.row0 + 8 * j + 2 * q + h;
+            next_a[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) : 0.0f;
+          }
+      };
+      if constexpr (kIsFp8<Op>)
+        if (ahead) load_next(0);
+      for (int kb = 0; kb < k_stages; ++kb) {
+        float scale[kBlocks][2];
+        float sw = 1.0f;  // the weight scale (kQuantA: the rows' scales come from the stage below)
+        if constexpr (kIsFp8<Op>) {
+          if (ahead) {
+            sw = next_w;
+#pragma unroll
+            for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+              for (int h = 0; h < 2; ++h)
+                scale[j][h] = u.row0 + 8 * j + 2 * q + h < u.rows ? next_a[j][h] * next_w : 0.0f;
+            load_next(kb + 1);
+          } else {  // issued before the wait: the loads overlap it
+            sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
+            if constexpr (!kQuantA<Op>) {
+#pragma unroll
+              for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int t = u.row0 + 8 * j + 2 * q + h;
+                  scale[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) * sw : 0.0f;
+                }
+            }
+          }
+        }
+        Barrier::wait(&full[slot], phase);
+        if constexpr (MOEKIT_TIMELINE)  // when the warp's first stage arrived
+          if (item == blockIdx.x && kb == 0) timeline::mark(timeline::kGemmDecode, timeline::kFirstStage);
+        const uint32_t w_tile = ring + slot * kStage;
+        uint32_t a_tile = w_tile + kWeightBoxBytes;
+        if constexpr (kQuantA<Op>) {
+          // The stage's 16-bit rows -> e4m3 bytes and one scale per row,
+          // as quantize_groups writes them (the same amax, scale and
+          // rounding; TMA's zero fill past K adds nothing to the amax).
+          unsigned char* tile = quant_tiles + quant_buf * kTok * kBoxBytes;
+          float* row_scale = quant_scales + quant_buf * kTok;
+          quantize_stage<T, kTok>(base + slot * kStage + kWeightBoxBytes, tile, row_scale);
+          cutlass::arch::fence_view_async_shared();  // the stores, before wgmma reads them
+          consumer_barrier();
+#pragma unroll
+          for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int t = 8 * j + 2 * q + h;
+              scale[j][h] = u.row0 + t < u.rows ? row_scale[t] * sw : 0.0f;
+            }
+          a_tile = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
+          quant_buf ^= 1;
+        }
+        float part[kBlocks][4];  // e4m3: this block's sum, scaled into acc below
+        if constexpr (kIsFp8<Op>) {
+          wgmma_block<kTok>(part, w_tile, a_tile);
+        } else {
+#pragma unroll
+          for (int kk = 0; kk < kBoxBytes / kMmaBytes; ++kk) {
+            uint32_t af[4];
+            ldmatrix_x4(af, w_tile + swizzled(a_row, 2 * kk + a_chunk));
+#pragma unroll
+            for (int h = 0; h < kBlocks / 2; ++h) {  // 16 tokens: n8 blocks 2h, 2h + 1
+              if (2 * h >= blocks) break;
+              uint32_t bf[4];
+              ldmatrix_x4(bf, a_tile + swizzled(b_row + 16 * h, 2 * kk + b_chunk));
+              mma_16x8x16<Op>(acc[2 * h], af, bf[0], bf[1]);
+              if (2 * h + 1 < blocks) mma_16x8x16<Op>(acc[2 * h + 1], af, bf[2], bf[3]);
+            }
+          }
+        }
+        __syncwarp();  // every lane's reads of this slot are done
+        if (lane == 0) Barrier::arrive(&empty[slot]);
+        if (++slot == stages) { slot = 0; phase ^= 1; }
+        if constexpr (kIsFp8<Op>) {
+#pragma unroll
+          for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[j][i] = fmaf(part[j][i], scale[j][i & 1], acc[j][i]);
+        }
+      }
+      // D^T fragment of block j: acc[j][0..1] at weight row g of this warp's
+      // 16, tokens row0 + 8j + 2q, +1; acc[j][2..3] at weight row g + 8.
+      if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemMath);
+      const T* bias_e = bias ? bias + static_cast<int64_t>(u.expert) * n : nullptr;
+      if (!ep.fused) {
+#pragma unroll
+        for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int r = w_row0 + g + (i < 2 ? 0 : 8);
+            const int t = u.row0 + 8 * j + 2 * q + (i & 1);
+            if (r >= n || t >= u.rows) continue;
+            const float b = bias_e ? to_float(bias_e[r]) : 0.0f;
+            c[static_cast<int64_t>(u.begin + t) * n + r] = from_float<T>(acc[j][i] + b);
+          }
+        if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemStored);
+        continue;
+      }
+      // Fused: GEMM 1's values as it would store them, [kTok tokens, 64 local rows].
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = warp * kRowsPerWarp + g + (i < 2 ? 0 : 8);  // local weight row
+          const int t = 8 * j + 2 * q + (i & 1);
+          const int w_row = ep.split_halves ? (r / kGatedCols) * ep.inter + slice * kGatedCols + r % kGatedCols
+                                            : slice * kSliceRows + r;
+          const bool valid = ep.split_halves ? slice * kGatedCols + r % kGatedCols < ep.inter : w_row < n;
+          const float b = bias_e && valid ? to_float(bias_e[w_row]) : 0.0f;
+          staged[t * kSliceRows + r] = from_float<T>(acc[j][i] + b);
+        }
+      consumer_barrier();
+      {
+        const int per = item_cols / 8;  // columns a thread computes: 4 gated, 8 otherwise
+        const int j0 = (threadIdx.x % 8) * per;
+        for (int t = threadIdx.x / 8; t < kTok && u.row0 + t < u.rows; t += 32 * kConsumerWarps / 8) {
+          const T* row = staged + t * kSliceRows;
+          T* out = c + static_cast<int64_t>(u.begin + u.row0 + t) * ep.inter + slice * item_cols;
+          for (int jj = 0; jj < per; ++jj) {
+            const int j = j0 + jj;
+            if (slice * item_cols + j >= ep.inter) break;
+            const float v =
+                gated ? apply_gated_activation(ep.act, to_float(row[gate_column(ep.order, j, kGatedCols)]),
+                                               to_float(row[up_column(ep.order, j, kGatedCols)]))
+                      : apply_activation(ep.act.kind, to_float(row[j]));
+            out[j] = from_float<T>(v);
+          }
+        }
+      }
+      consumer_barrier();  // the staged tile is rewritten by the next item
+      if constexpr (MOEKIT_TIMELINE) timeline::mark(timeline::kGemmDecode, timeline::kItemStored);
+    }
   }
   // Every thread triggers only after its own wait (the layer's rule,
   // common.cuh). The producer warp's other 31 lanes get here without
   // having waited; a trigger from them could start the next kernel before
   // the kernel before this one has finished, and the decode GEMM reads
   // expert_offsets early on the strength of that rule.
-  pdl_wait();
-  pdl_launch_dependents();
-}
-
-
-// The decode pair kernel: GEMM 1 (activation in its epilogue) and GEMM 2 of a
-// decode layer in one persistent launch, so GEMM 2's weights stream while
-// GEMM 1 finishes and there is no kernel boundary between them. The items
-// and the producer's order: decode_pair_schedule.hpp (why it cannot hang).
-// Both GEMMs share the units (kTok rows of an expert) and the ring, whose
-// slots are the larger of the two GEMMs' slots; the consumers' arithmetic
-// is consume_item's, so every value is bitwise what the two decode kernels
-// write. A unit's GEMM 1 items count in unit_done once stored (each
-// thread's proxy fence after its stores, the epilogue's last barrier, a
-// fence, then an atomic), and in gemm1_done; the producer loads a GEMM 2
-// stage's rows, GEMM 1's output, through TMA only after an acquire load has
-// seen the unit complete (with wait_all: every GEMM 1 item) and a proxy
-// fence of its own. wait_all is for GEMM 2's output
-// over GEMM 1's e4m3 rows (the layer's buffers): a 16-bit row of it spans
-// two e4m3 rows, of any unit. (16-bit rows alias one to one: a unit's rows
-// are rewritten only after its own GEMM 1 items have read them; a row box
-// reaching into the next expert's rows reads values whose products are
-// never stored.)
-template <class T>
-struct PairArgs {
-  const int32_t* offsets;  // [E + 1]
-  int num_experts;
-  const T* bias1;  // [E, N1] or null
-  T* act;          // [rows, I]: GEMM 1's activation, GEMM 2's rows
-  int n1, k1;
-  Epilogue ep1;
-  Scales sc1;
-  const T* bias2;  // [E, H] or null
-  T* c2;           // [rows, H]
-  int n2, k2;
-  Scales sc2;
-  int stages;
-  int32_t* unit_done;   // [units]: zero when the kernel starts (see decode_pair_gemm)
-  int32_t* gemm1_done;  // zero likewise
-  unsigned* ticket;     // zero likewise
-  int wait_all;         // GEMM 2 waits for every GEMM 1 item, not its unit's
-  DecodeRouting route;
-};
-
-template <class T, class Op1, class Op2, int kTok, int kSlot>
-struct PairEnv {  // decode_pair_schedule.hpp's Env on the device
-  const Side<T>& s1;
-  const Side<T>& s2;
-  const Ring& r;
-  int32_t* slot_ticket;
-  unsigned* ticket;
-  const int32_t* unit_done;
-  const int32_t* gemm1_done;
-  bool wait_all;
-  tma::Cursor wcur{}, rcur{};  // the items being armed and loaded
-
-  __device__ __forceinline__ int64_t claim() { return atomicAdd(ticket, 1u); }
-  __device__ __forceinline__ bool slot_free(int slot, uint32_t parity) {
-    // test_wait, not try_wait, which may suspend the thread for a while:
-    // meanwhile a unit could complete whose rows the next step would load.
-    return Barrier::test_wait(&r.empty[slot], parity, 1);
-  }
-  __device__ __forceinline__ void seek(tma::Cursor& cur, int64_t t, int kb) {
-    if (kb == 0) {  // (a branch: selecting one of the two Items by reference would put both on the stack)
-      if (t < s1.it.count)
-        cur = tma::cursor_at(s1.it, t);
-      else
-        cur = tma::cursor_at(s2.it, t - s1.it.count);
-    }
-    cur.kb = kb;
-  }
-  __device__ __forceinline__ void arm(int slot, int64_t t, int kb) {
-    slot_ticket[slot] = static_cast<int32_t>(t);  // before the arrive, which releases it to the consumers
-    seek(wcur, t, kb);
-    if (t < s1.it.count)
-      load_weights<Op1, kTok, kSlot>(s1, r, slot, wcur);
-    else
-      load_weights<Op2, kTok, kSlot>(s2, r, slot, wcur);
-  }
-  __device__ __forceinline__ void arm_end(int slot) {
-    slot_ticket[slot] = pair::kEndTicket;
-    Barrier::arrive(&r.full[slot]);
-  }
-  __device__ __forceinline__ int64_t ticket_at(int slot) const { return slot_ticket[slot]; }
-  __device__ __forceinline__ bool wait_previous() {
-    pdl_wait();
-    return true;
-  }
-  __device__ __forceinline__ bool unit_ready(int64_t t) {
-    const int unit = (static_cast<int>(t) - static_cast<int>(s1.it.count)) / s2.it.slices;  // 32-bit division
-    const int32_t* counter = wait_all ? gemm1_done : unit_done + unit * pair::kCounterStride;
-    const int64_t needed = wait_all ? s1.it.count : s1.it.slices;
-    // A relaxed poll, then one acquire fence once the count is there: an
-    // acquire load on every poll invalidates the SM's L1 each time (CCTL),
-    // under the GEMM 1 CTAs sharing the SM.
-    int done;
-    asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(done) : "l"(counter) : "memory");
-    if (done < needed) return false;
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
-    asm volatile("fence.proxy.async.global;" ::: "memory");  // GEMM 1's stores, before TMA reads them
-    return true;
-  }
-  __device__ __forceinline__ void load(int slot, int64_t t, int kb) {
-    seek(rcur, t, kb);
-    if (t < s1.it.count)
-      load_rows<Op1, kTok, kSlot>(s1, r, slot, rcur);
-    else
-      load_rows<Op2, kTok, kSlot>(s2, r, slot, rcur);
-  }
-};
-
-template <class Op1, class Op2, int kTok>
-constexpr int kPairSlotBytes = std::max(kSlotBytes<Op1, kTok>, kSlotBytes<Op2, kTok>);
-
-template <class T, class Op1, class Op2, int kTok>
-__global__ void __launch_bounds__(kThreads, 2) decode_pair_kernel(
-    const __grid_constant__ CUtensorMap w1_map,  // GEMM 1: [E, N1, H] weights
-    const __grid_constant__ CUtensorMap a1_map,  // [rows, H] expert-ordered rows
-    const __grid_constant__ CUtensorMap w2_map,  // GEMM 2: [E, H, I] weights
-    const __grid_constant__ CUtensorMap a2_map,  // [rows, I]: act
-    const __grid_constant__ PairArgs<T> pa) {
-  timeline::Scope timeline_scope(timeline::kGemmDecodePair);  // MOEKIT_TIMELINE builds only
-  extern __shared__ unsigned char smem_raw[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
-  constexpr int kSlot = kPairSlotBytes<Op1, Op2, kTok>;
-  const int stages = pa.stages, num_experts = pa.num_experts;
-  auto* full = reinterpret_cast<uint64_t*>(base + stages * kSlot);  // [stages]
-  uint64_t* empty = full + stages;                                   // [stages]
-  auto* offs = reinterpret_cast<int32_t*>(empty + stages);           // [E + 1]
-  int32_t* first_unit = offs + num_experts + 1;                      // [E + 1]
-  const Ring ring{base, static_cast<uint32_t>(__cvta_generic_to_shared(base)), full, empty, stages};
-  __shared__ typename cub::BlockScan<int, kThreads>::TempStorage scan_storage;
-  __shared__ int32_t slot_ticket[kMaxStages];  // the ticket of each slot's stage
-  __shared__ alignas(16) uint16_t staged_raw[kTok * kSliceRows];
-  __shared__ alignas(kSwizzleAlign) unsigned char quant_tiles[kQuantA<Op2> ? 2 * kTok * kBoxBytes : 1];
-  __shared__ float quant_scales[kQuantA<Op2> ? 2 * kTok : 1];
-  const Staging<T> staging{reinterpret_cast<T*>(staged_raw), quant_tiles, quant_scales};
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Before the PDL wait, as in decode_gemm_kernel: the offsets (or the
-  // route's ids) and the weights; the tickets too, zeroed by the kernel
-  // before this one ahead of its trigger (launch_sort_gather_tiny).
-  tma::start_block<kThreads>(full, empty, stages, kConsumerWarps, &w1_map, &a1_map, pa.offsets, pa.route, offs,
-                             first_unit, num_experts, kTok, scan_storage);
-  if (threadIdx.x == 0) {
-    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&w2_map));
-    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&a2_map));
-  }
-  const Side<T> s1{&w1_map, &a1_map, pa.bias1, pa.act, pa.n1, pa.ep1, pa.sc1,
-                   items_of(first_unit, offs, num_experts, kTok, pa.n1, pa.k1, kStageK<Op1>, pa.ep1)};
-  const Side<T> s2{&w2_map, &a2_map, pa.bias2, pa.c2, pa.n2, Epilogue{}, pa.sc2,
-                   items_of(first_unit, offs, num_experts, kTok, pa.n2, pa.k2, kStageK<Op2>, Epilogue{})};
-
-  if (warp == kConsumerWarps) {
-    if (lane == 0) {
-      PairEnv<T, Op1, Op2, kTok, kSlot> env{s1,           s2,         ring,          slot_ticket,
-                                            pa.ticket,    pa.unit_done, pa.gemm1_done, pa.wait_all != 0};
-      pair::Producer prod;
-      prod.items1 = static_cast<int32_t>(s1.it.count);  // < 2^31 (decode_pair_gemm)
-      prod.total = static_cast<int32_t>(s1.it.count + s2.it.count);
-      prod.k_stages1 = s1.it.k_stages;
-      prod.k_stages2 = s2.it.k_stages;
-      prod.stages = stages;
-      prod.start(env);
-      // Nothing to do: if rows wait on a unit (or the previous kernel), poll
-      // with a backoff (every waiting CTA polls, so the counters' lines must
-      // not become hot: 128 ns doubling to 2 µs); else every slot is in use,
-      // so block on the next one (no polling, as the decode kernel).
-      unsigned backoff = 128;
-      while (!prod.done()) {
-        if (prod.step(env)) {
-          backoff = 128;
-        } else if (prod.rows_waiting()) {
-          __nanosleep(backoff);
-          backoff = min(2 * backoff, 2048u);
-        } else {
-          Barrier::wait(&empty[prod.slot_to_arm()], prod.parity_to_arm());
-        }
-      }
-    }
-  } else {
-    pdl_wait();  // before the first store
-    Walk walk;
-    bool first = true;
-    for (;;) {
-      Barrier::wait(&full[walk.slot], walk.phase);
-      const int32_t t = slot_ticket[walk.slot];
-      if (t == pair::kEndTicket) break;
-      if (t < s1.it.count) {
-        consume_item<T, Op1, kTok, kSlot, /*kPublish=*/true>(s1, ring, walk, staging, t, first);
-        // The fused epilogue ends at a consumer barrier after every
-        // consumer thread's stores (and proxy fence): publish them to the
-        // unit's GEMM 2.
-        if (threadIdx.x == 0) {
-          asm volatile("fence.acq_rel.gpu;" ::: "memory");
-          atomicAdd(pa.unit_done + t / s1.it.slices * pair::kCounterStride, 1);  // (int32 t)
-          atomicAdd(pa.gemm1_done, 1);
-        }
-      } else {
-        consume_item<T, Op2, kTok, kSlot>(s2, ring, walk, staging, t - s1.it.count, first);
-      }
-      first = false;
-    }
-  }
-  // As decode_gemm_kernel: every thread triggers only after its own wait.
   pdl_wait();
   pdl_launch_dependents();
 }
@@ -906,114 +632,6 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
   if (p.quantize_a)
     return p.dtype == MOEKIT_DTYPE_BF16 ? launch_for(__nv_bfloat16{}, Fp8QuantA{}) : launch_for(__half{}, Fp8QuantA{});
   return tma::for_types<Fp8>(p, launch_for);
-}
-
-int64_t decode_pair_sync_words(int64_t num_experts, int64_t rows_capacity) {
-  // A counter per unit of 16 rows (the pair kernel's passes, as
-  // decode_grouped_gemm bounds them), GEMM 1's total, the ticket, each on
-  // its own 128-byte line: waiting CTAs poll them (an H200 ran the pair
-  // kernel at half speed with them packed into one line and polled every
-  // 64 ns: 2026-12-05).
-  return (std::min(num_experts, rows_capacity) + rows_capacity / 16 + 2) * pair::kCounterStride;
-}
-
-cudaError_t decode_pair_gemm(const GroupedGemmParams& p1, const GroupedGemmParams& p2, int64_t rows_capacity,
-                             cudaStream_t stream, const FusedActivation& fuse, int planned_tokens,
-                             const DecodeRouting& route, int32_t* sync) {
-  // 16-bit both, or e4m3 weights with block scales: GEMM 1 on e4m3 rows with
-  // their scales, GEMM 2 quantizing the 16-bit activation itself.
-  const bool fp8 = p1.a_scale != nullptr;
-  // Buffers one kernel writes while it reads others: the activation must
-  // overlap neither GEMM 1's rows nor GEMM 2's output; GEMM 2's output may
-  // be GEMM 1's 16-bit rows exactly (per unit, see PairArgs), else if it
-  // overlaps them GEMM 2 waits for all of GEMM 1.
-  auto span = [&](const void* ptr, int64_t cols, int64_t bytes) {
-    const auto* b = static_cast<const char*>(ptr);
-    return std::pair<const char*, const char*>{b, b + rows_capacity * cols * bytes};
-  };
-  auto overlap = [](std::pair<const char*, const char*> x, std::pair<const char*, const char*> y) {
-    return x.first < y.second && y.first < x.second;
-  };
-  const auto rows1 = span(p1.a, p1.k, fp8 ? 1 : 2), act = span(p1.c, fuse.inter, 2), out = span(p2.c, p2.n, 2);
-  if (overlap(act, rows1) || overlap(act, out)) return cudaErrorNotSupported;
-  const bool wait_all = overlap(out, rows1) && (fp8 || p2.c != p1.a || p2.n != p1.k);
-  if (p1.quantize_a || p2.a_scale != nullptr || p2.quantize_a != fp8 || p1.dtype != p2.dtype ||
-      p1.num_experts != p2.num_experts || p1.expert_offsets != p2.expert_offsets || p2.a != p1.c ||
-      p2.k != fuse.inter || p1.gather_pairs != nullptr || p2.gather_pairs != nullptr)
-    return cudaErrorNotSupported;
-  if (!tma::operands_fit(p1, rows_capacity, kDecodeMaxExperts) ||
-      !tma::operands_fit(p2, rows_capacity, kDecodeMaxExperts))
-    return cudaErrorNotSupported;
-  if (route.pairs > kWarpRankPairs || (route.pairs > 0 && route.pl.num_local != p1.num_experts))
-    return cudaErrorNotSupported;
-  Epilogue ep1{};
-  if (!tma::make_epilogue(&fuse, p1.n, &ep1)) return cudaErrorNotSupported;
-  if (fp8 && ep1.split_halves && ep1.inter % kRowsPerWarp != 0) return cudaErrorNotSupported;
-  constexpr int kTok = 16;  // the tiny batches it serves (select_config's passes there)
-  if (pass_tokens(planned_tokens, rows_capacity, p1.num_experts) != kTok) return cudaErrorNotSupported;
-  if (sync == nullptr) return cudaErrorNotSupported;
-  const int64_t sync_words = decode_pair_sync_words(p1.num_experts, rows_capacity);
-  const int elem_bytes = fp8 ? 1 : 2;
-  CUtensorMap w1_map{}, a1_map{}, w2_map{}, a2_map{};
-  if (!tma::encode_weights(&w1_map, tma::map_type(p1), p1.w, p1.num_experts, p1.n, p1.k, elem_bytes,
-                           ep1.split_halves ? 2 * kGatedCols : kSliceRows, ep1.split_halves) ||
-      !tma::encode_rows(&a1_map, tma::map_type(p1), p1.a, rows_capacity, p1.k, elem_bytes, kTok) ||
-      !tma::encode_weights(&w2_map, tma::map_type(p2), p2.w, p2.num_experts, p2.n, p2.k, elem_bytes, kSliceRows,
-                           false) ||
-      !tma::encode_rows(&a2_map, tma::map_type_16bit(p2.dtype), p2.a, rows_capacity, p2.k, 2, kTok))
-    return cudaErrorNotSupported;
-  Scales sc1 = tma::scales_of(p1), sc2 = tma::scales_of(p2);
-  sc1.prefetch = sc2.prefetch = scale_prefetch();
-  // Items: as decode_grouped_gemm bounds them, GEMM 1's slices of the
-  // activation's columns (32 gated, 64 otherwise) and GEMM 2's of H.
-  const int64_t units = std::min<int64_t>(p1.num_experts, rows_capacity) + rows_capacity / kTok;
-  const int64_t cols1 = activation_is_gated(fuse.params.kind) ? kGatedCols : kSliceRows;
-  const int64_t items = units * ((fuse.inter + cols1 - 1) / cols1 + (p2.n + kSliceRows - 1) / kSliceRows);
-  if (items >= (int64_t{1} << 31)) return cudaErrorNotSupported;  // tickets are int32
-
-  auto launch_for = [&](auto out_tag, auto op1_tag, auto op2_tag) {
-    using T = decltype(out_tag);
-    using Op1 = decltype(op1_tag);
-    using Op2 = decltype(op2_tag);
-    constexpr int kSlot = kPairSlotBytes<Op1, Op2, kTok>;
-    // The ring of GEMM 1 (the larger expert), in the bytes of its 16-token slots.
-    const int stages =
-        std::clamp(ring_stages(p1.n, p1.k, elem_bytes, kTok) * decode_slot_bytes(kTok) / kSlot, 2, kMaxStages);
-    const size_t smem = smem_bytes(p1.num_experts, stages, kSlot);
-    constexpr auto kernel = decode_pair_kernel<T, Op1, Op2, kTok>;
-    const size_t max_smem = smem_bytes(kDecodeMaxExperts, kMaxStages, kStageBytes<16>);
-    static const cudaError_t opt_in =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(max_smem));
-    if (opt_in != cudaSuccess) return opt_in;
-    if (smem > max_smem) return cudaErrorNotSupported;
-    const int64_t grid =
-        std::max<int64_t>(1, std::min<int64_t>(int64_t{ctas_per_sm<kernel>(smem)} * p1.sm_count, items));
-    const PairArgs<T> args{p1.expert_offsets,
-                           p1.num_experts,
-                           static_cast<const T*>(p1.bias),
-                           static_cast<T*>(p1.c),
-                           static_cast<int>(p1.n),
-                           static_cast<int>(p1.k),
-                           ep1,
-                           sc1,
-                           static_cast<const T*>(p2.bias),
-                           static_cast<T*>(p2.c),
-                           static_cast<int>(p2.n),
-                           static_cast<int>(p2.k),
-                           sc2,
-                           stages,
-                           sync,
-                           sync + sync_words - 2 * pair::kCounterStride,
-                           reinterpret_cast<unsigned*>(sync + sync_words - pair::kCounterStride),
-                           wait_all,
-                           route};
-    return launch_pdl(kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), smem, stream, w1_map, a1_map,
-                      w2_map, a2_map, args);
-  };
-  if (p1.dtype == MOEKIT_DTYPE_BF16)
-    return fp8 ? launch_for(__nv_bfloat16{}, Fp8{}, Fp8QuantA{})
-               : launch_for(__nv_bfloat16{}, __nv_bfloat16{}, __nv_bfloat16{});
-  return fp8 ? launch_for(__half{}, Fp8{}, Fp8QuantA{}) : launch_for(__half{}, __half{}, __half{});
 }
 
 }  // namespace moekit::kernels

@@ -66,23 +66,6 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
                                 cudaStream_t stream, const FusedActivation* fuse = nullptr,
                                 int pass_tokens = 0, const DecodeRouting& route = {});
 
-// Both GEMMs of a decode layer in one persistent launch (decode_gemm.cu,
-// decode_pair_schedule.hpp): p1 is GEMM 1 with the activation fused (p1.c
-// the activation, [rows, I]), p2 is GEMM 2 reading it (p2.a == p1.c), both
-// on the decode kernel's arithmetic, so the bits are those of the two
-// decode_grouped_gemm launches. 16-bit operands, or e4m3 weights with block
-// scales: p1 on e4m3 rows with their scales, p2 with quantize_a. Only for
-// 16-token passes (tiny batches). sync: decode_pair_sync_words(E,
-// rows_capacity) int32 words that are zero when the kernel starts and stay
-// untouched by anything else until it ends; the kernel claims work from
-// them before its PDL wait, so the kernel before it must zero them before
-// its trigger (launch_sort_gather_tiny's zero). cudaErrorNotSupported if it
-// cannot take the problem (then nothing was launched).
-int64_t decode_pair_sync_words(int64_t num_experts, int64_t rows_capacity);
-cudaError_t decode_pair_gemm(const GroupedGemmParams& p1, const GroupedGemmParams& p2, int64_t rows_capacity,
-                             cudaStream_t stream, const FusedActivation& fuse, int pass_tokens,
-                             const DecodeRouting& route, int32_t* sync);
-
 // The hand-written prefill kernel (prefill_gemm.cu): TMA + wgmma, 128 rows x
 // 256 columns (e4m3 with block scales: 128 x 128, the promotion of one block
 // overlapping the next block's wgmmas), the expert as a TMA coordinate (no

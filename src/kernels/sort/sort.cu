@@ -63,10 +63,9 @@ __global__ void __launch_bounds__(kThreads) sort_small_kernel(
     const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bits,
     int32_t* __restrict__ sorted_pairs,
     int32_t* __restrict__ pair_to_row, int32_t* __restrict__ expert_offsets,
-    moekit_diagnostics_t* diagnostics, int32_t* __restrict__ zero, int64_t zero_count) {
+    moekit_diagnostics_t* diagnostics) {
   timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
   pdl_launch_dependents();  // the gather may launch now; it waits for this kernel's maps
-  sort_detail::zero_words(zero, zero_count);
   using BlockSort = cub::BlockRadixSort<uint32_t, kThreads, kItems, int32_t>;
   __shared__ union {
     typename BlockSort::TempStorage sort;
@@ -123,9 +122,8 @@ template <class IdT>
 __global__ void __launch_bounds__(kThreads) make_keys_kernel(
     const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl,
     uint32_t* __restrict__ keys, int32_t* __restrict__ vals,
-    moekit_diagnostics_t* diagnostics, int32_t* __restrict__ zero, int64_t zero_count) {
+    moekit_diagnostics_t* diagnostics) {
   timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
-  sort_detail::zero_words(zero, zero_count);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t p = blockIdx.x * int64_t{kThreads} + threadIdx.x; p < pairs; p += stride) {
     keys[p] = local_key(ids[p], pl);
@@ -215,13 +213,12 @@ cudaError_t sort_ids(const IdT* topk_ids, int64_t num_tokens, int64_t top_k, int
                                           : sort_small_kernel<kMaxSmallItems, IdT>;
     kernel<<<1, kThreads, 0, stream>>>(topk_ids, pairs, top_k, pl, sort_key_bits(num_local_experts),
                                        b.pairs[0], b.pair_to_row,
-                                       b.expert_offsets, diagnostics, b.zero, b.zero_words);
+                                       b.expert_offsets, diagnostics);
     *sorted_pairs = b.pairs[0];
     return cudaGetLastError();
   }
   make_keys_kernel<IdT><<<grid_for((pairs + kThreads - 1) / kThreads, dev.sm_count), kThreads, 0,
-                     stream>>>(topk_ids, pairs, top_k, pl, b.keys[0], b.pairs[0], diagnostics, b.zero,
-                                        b.zero_words);
+                     stream>>>(topk_ids, pairs, top_k, pl, b.keys[0], b.pairs[0], diagnostics);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
 
   cub::DoubleBuffer<uint32_t> keys(b.keys[0], b.keys[1]);

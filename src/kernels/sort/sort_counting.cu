@@ -65,11 +65,9 @@ __device__ __forceinline__ void load_keys(const IdT* __restrict__ ids, int64_t p
 template <class IdT>
 __global__ void __launch_bounds__(kThreads) count_keys_kernel(
     const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bins, int bits,
-    int32_t* __restrict__ counts, moekit_diagnostics_t* diagnostics, int32_t* __restrict__ zero,
-    int64_t zero_count) {
+    int32_t* __restrict__ counts, moekit_diagnostics_t* diagnostics) {
   timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
   pdl_launch_dependents();  // launched the ordinary way: the ranking kernel may start ranking now
-  zero_words(zero, zero_count);
   __shared__ int32_t hist[kCountMaxBins];
   for (int b = threadIdx.x; b < bins; b += kThreads) hist[b] = 0;
   __syncthreads();
@@ -100,10 +98,9 @@ __global__ void __launch_bounds__(kThreads) rank_scatter_kernel(
     const IdT* __restrict__ ids, int64_t pairs, int64_t top_k, Placement pl, int bins, int bits, int tiles,
     const int32_t* __restrict__ counts, int32_t* __restrict__ sorted_pairs,
     int32_t* __restrict__ pair_to_row, int32_t* __restrict__ expert_offsets,
-    moekit_diagnostics_t* diagnostics, int32_t* __restrict__ zero, int64_t zero_count) {
+    moekit_diagnostics_t* diagnostics) {
   timeline::Scope timeline_scope(timeline::kSort);  // MOEKIT_TIMELINE builds only
   if constexpr (kWholeBatch) pdl_launch_dependents();
-  zero_words(zero, zero_count);  // (null in the second kernel of two)
   using Scan = cub::BlockScan<int32_t, kThreads>;
   __shared__ int32_t warp_hist[kCountWarps][kCountMaxBins];  // counts, then exclusive prefix over warps
   __shared__ int32_t base[kCountMaxBins];                     // row of the key's first pair of this tile
@@ -197,20 +194,18 @@ cudaError_t launch_counting_sort(const IdT* ids, int64_t pairs, int64_t top_k, c
   if (pairs <= kCountTile) {  // one tile: one block, one launch
     rank_scatter_kernel<IdT, true><<<1, kThreads, 0, stream>>>(ids, pairs, top_k, pl, bins, bits, 1, nullptr,
                                                                b.pairs[0], b.pair_to_row, b.expert_offsets,
-                                                               diagnostics, b.zero, b.zero_words);
+                                                               diagnostics);
     return cudaGetLastError();
   }
   const int64_t tiles = count_tiles(pairs);
   if (b.temp_bytes < static_cast<size_t>(tiles * bins) * sizeof(int32_t)) return cudaErrorInvalidValue;
   int32_t* counts = static_cast<int32_t*>(b.temp);  // [tiles, bins]
   count_keys_kernel<IdT><<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(ids, pairs, top_k, pl, bins, bits,
-                                                                               counts, diagnostics, b.zero,
-                                                                               b.zero_words);
+                                                                               counts, diagnostics);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   return launch_pdl(rank_scatter_kernel<IdT, false>, dim3(static_cast<unsigned>(tiles)), dim3(kThreads), 0, stream,
                     ids, pairs, top_k, pl, bins, bits, static_cast<int>(tiles), static_cast<const int32_t*>(counts),
-                    b.pairs[0], b.pair_to_row, b.expert_offsets, static_cast<moekit_diagnostics_t*>(nullptr),
-                    static_cast<int32_t*>(nullptr), int64_t{0});
+                    b.pairs[0], b.pair_to_row, b.expert_offsets, static_cast<moekit_diagnostics_t*>(nullptr));
 }
 
 template cudaError_t launch_counting_sort<int32_t>(const int32_t*, int64_t, int64_t, const Placement&,

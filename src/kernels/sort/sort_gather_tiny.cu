@@ -9,7 +9,6 @@ namespace {
 
 using sort_detail::add_diagnostics;
 using sort_detail::kSortThreads;
-using sort_detail::zero_words;
 
 // Up to kWarpRankPairs pairs (T <= 4 at k = 8): every block ranks the ids in
 // its first warp (32 shuffles), block 0 writes the maps, the offsets and the
@@ -29,18 +28,8 @@ __global__ void __launch_bounds__(kSortThreads) sort_gather_tiny_kernel(
     TOut* __restrict__ rows,                 // [T*k, H] expert order (16-bit)
     QuantRows q,                             // kQuant: e4m3 rows and their block scales instead
     int32_t* __restrict__ sorted_pairs, int32_t* __restrict__ pair_to_row,
-    int32_t* __restrict__ expert_offsets, moekit_diagnostics_t* diagnostics, int32_t* __restrict__ zero,
-    int64_t zero_count) {
+    int32_t* __restrict__ expert_offsets, moekit_diagnostics_t* diagnostics) {
   timeline::Scope timeline_scope(timeline::kSortGatherTiny);  // MOEKIT_TIMELINE builds only
-  // The next kernel launches once every block has triggered; the decode pair
-  // kernel claims work from `zero` at once (before its PDL wait), so block 0
-  // zeroes it and fences before any of its threads triggers. (This kernel is
-  // launched the ordinary way: the previous user of those words has finished.)
-  if (zero != nullptr && blockIdx.x == 0) {
-    zero_words(zero, zero_count);
-    __threadfence();
-    __syncthreads();
-  }
   pdl_launch_dependents();
   __shared__ uint32_t ranked_keys[kWarpRankPairs];
   __shared__ int32_t ranked_pairs[kWarpRankPairs];
@@ -112,7 +101,7 @@ cudaError_t launch_sort_gather_tiny(const int32_t* topk_ids, const int64_t* topk
         <<<static_cast<unsigned>(pairs), kSortThreads, 0, stream>>>(
             ids, pairs, top_k, pl, static_cast<const TIn*>(hidden), pair_weights, hidden_size,
             static_cast<TOut*>(rows), quant != nullptr ? *quant : QuantRows{}, b.pairs[0], b.pair_to_row,
-            b.expert_offsets, diagnostics, b.zero, b.zero_words);
+            b.expert_offsets, diagnostics);
     launched = true;
   };
   // Each instance from the tags of one lambda: choosing the quantizing one

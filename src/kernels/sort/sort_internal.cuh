@@ -28,14 +28,6 @@ template <class IdT>
 cudaError_t launch_counting_sort(const IdT* ids, int64_t pairs, int64_t top_k, const Placement& pl,
                                  const SortBuffers& b, moekit_diagnostics_t* diagnostics, cudaStream_t stream);
 
-// Block 0 zeroes p[0, n) (SortBuffers::zero; null: nothing). The sort's
-// first kernel calls it: the kernel that needs the words zero runs two or
-// more kernels later, so they are complete when it starts.
-__device__ __forceinline__ void zero_words(int32_t* p, int64_t n) {
-  if (p == nullptr || blockIdx.x != 0) return;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) p[i] = 0;
-}
-
 struct Counts {
   unsigned long long invalid_ids, no_valid, no_local;
 };
