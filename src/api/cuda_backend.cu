@@ -296,8 +296,9 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
       e = kernels::launch_hand_written_gemm(cfg.kernel, fused, max_rows, stream, fuse, cfg.pass_tokens, route);
       if (e == cudaSuccess && fuse != nullptr)
         *activated = true;
-      else if (e == cudaErrorNotSupported && fuse != nullptr)  // the activation declined: the GEMM alone, the stage after it
-        e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, nullptr, cfg.pass_tokens, route);
+      else if (e == cudaErrorNotSupported && fuse != nullptr)  // the activation declined: the GEMM alone,
+        e = kernels::launch_hand_written_gemm(cfg.kernel, gp, max_rows, stream, nullptr, cfg.pass_tokens,
+                                              route);  // and the activation stage after it
     } else {
       e = kernels::launch_grouped_gemm_sm90(cfg.kernel, gp, stream);
     }
@@ -318,8 +319,8 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
 std::string describe(const LayerPlan& plan) {
   return "gemm1 " + std::string(kernels::gemm_kernel_name(plan.gemm1.kernel)) + " (" + plan.gemm1.reason +
          (plan.gemm1_gathers ? "; gathers its rows" : "") + "); gemm2 " +
-         kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" + plan.gemm2.reason + "); " + std::to_string(plan.chunks) + " chunk(s) of " +
-         std::to_string(plan.chunk_tokens) + " tokens";
+         kernels::gemm_kernel_name(plan.gemm2.kernel) + " (" + plan.gemm2.reason + "); " +
+         std::to_string(plan.chunks) + " chunk(s) of " + std::to_string(plan.chunk_tokens) + " tokens";
 }
 
 }  // namespace
