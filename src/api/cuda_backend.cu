@@ -244,14 +244,6 @@ LayerPlan plan_layer(const Problem& p) {
   return plan;
 }
 
-// MOEKIT_FP8_GEMM2_QUANTIZES=1: fp8 block-scaled decode without the
-// activation-quantize stage (cuda_run). Read per call, as MOEKIT_GEMM is, so
-// a test can compare both forms in one process.
-bool fp8_gemm2_quantizes_requested() {
-  const char* s = std::getenv("MOEKIT_FP8_GEMM2_QUANTIZES");
-  return s != nullptr && std::string(s) == "1";
-}
-
 bool print_config_requested() {
   static const bool on = std::getenv("MOEKIT_PRINT_CONFIG") != nullptr;
   return on;
@@ -271,24 +263,22 @@ struct GemmScales {
 // hand-written decode and prefill kernels) writes the activation to act_out and sets *activated;
 // otherwise (or if it declines the activation: e4m3 split halves whose I it
 // cannot take) c gets the GEMM's output and the caller runs the activation.
-// quantize_a (fp8 block scaling, a 16-bit): the decode kernel quantizes a
-// itself (GroupedGemmParams::quantize_a); cudaErrorNotSupported if it
-// declines, with nothing launched, and no fallback here. The same for
 // gather_pairs (GEMM 1 on the prefill kernel, a the layer's input rows):
-// the caller then gathers the rows and calls again.
+// cudaErrorNotSupported if the kernel declines, with nothing launched, and
+// no fallback here: the caller then gathers the rows and calls again.
 cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const int32_t* offsets,
                          int64_t experts, const void* w, const void* bias, void* c,
                          int64_t max_rows, int64_t n, int64_t k, moekit_dtype_t dtype,
                          const GemmScales& sc, void* scratch, const kernels::DeviceInfo& dev,
                          cudaStream_t stream, const kernels::FusedActivation* fuse = nullptr,
                          void* act_out = nullptr, bool* activated = nullptr,
-                         const kernels::DecodeRouting& route = {}, bool quantize_a = false,
+                         const kernels::DecodeRouting& route = {},
                          const int32_t* gather_pairs = nullptr, int64_t top_k = 0) {
   if (cfg.kernel != kernels::GemmKernel::kSimple) {
     kernels::GroupedGemmParams gp{a,     offsets, static_cast<int>(experts), w,   bias,
                                   c,     n,       k,    dtype,  scratch,
                                   dev.sm_count, sc.a, sc.w, sc.w_stride, sc.ones,
-                                  sc.ones ? sc.ones_count : 0, quantize_a, gather_pairs, top_k};
+                                  sc.ones ? sc.ones_count : 0, gather_pairs, top_k};
     cudaError_t e;
     if (kernels::gemm_kernel_is_hand_written(cfg.kernel)) {
       kernels::GroupedGemmParams fused = gp;
@@ -304,8 +294,8 @@ cudaError_t grouped_gemm(const kernels::GemmConfig& cfg, const void* a, const in
     }
     if (e != cudaErrorNotSupported) return e;  // else declined: the simple kernel takes it
   }
-  // ... unless the rows are the kernel's to quantize or gather, which it does not do.
-  if (quantize_a || gather_pairs != nullptr) return cudaErrorNotSupported;
+  // ... unless the rows are the kernel's to gather, which it does not do.
+  if (gather_pairs != nullptr) return cudaErrorNotSupported;
   if (sc.a == nullptr)
     return kernels::launch_grouped_gemm(a, offsets, experts, w, bias, c, max_rows, n, k, dtype,
                                         dev, stream);
@@ -459,27 +449,16 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     const ActivationParams ap{p.activation, p.swiglu_alpha, p.swiglu_beta, p.swiglu_limit};
     // The decode and prefill kernels run the activation in their epilogue
     // and write act directly (one launch and GEMM 1's [rows, N1] round trip
-    // fewer). fp8, with MOEKIT_FP8_GEMM2_QUANTIZES=1 (off until it has run
-    // on a GPU): with block scales and the decode kernel for both GEMMs,
-    // GEMM 2 then quantizes that 16-bit activation itself, stage by stage
-    // (one 1x128 group a stage), so the activation-quantize stage goes too;
-    // GEMM 1 on the fp8 prefill kernel (forced only, so far) writes the
-    // 16-bit activation and a plain quantize stage reads half the bytes the
-    // activation-quantize stage would; otherwise that stage quantizes GEMM
+    // fewer). fp8: that 16-bit activation is what the activation-quantize
+    // stage would quantize, so a plain quantize stage takes it (half the
+    // bytes read, the same launches); otherwise that stage quantizes GEMM
     // 1's output.
     const kernels::FusedActivation fuse{ap, p.gate_up_order, p.intermediate_size};
-    const bool gemm2_quantizes = fp8 && !per_tensor && plan.gemm1.kernel == kernels::GemmKernel::kFp8Decode &&
-                                 plan.gemm2.kernel == kernels::GemmKernel::kFp8Decode &&
-                                 fp8_gemm2_quantizes_requested();
     bool activated = false;
     auto run_gemm1 = [&](bool gathering) {
       return grouped_gemm(plan.gemm1, gathering && !fp8 ? hidden : rows, sb.expert_offsets, p.num_local_experts, a.w13,
-                          a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream,
-                          !fp8 || gemm2_quantizes || plan.gemm1.kernel == kernels::GemmKernel::kFp8Prefill
-                              ? &fuse
-                              : nullptr,
-                          act, &activated, route, false,
-                          gathering ? sorted_pairs : nullptr, p.top_k);
+                          a.w13_bias, gemm1, max_rows, n1, p.hidden_size, cd, sc1, scratch, dev, stream, &fuse,
+                          act, &activated, route, gathering ? sorted_pairs : nullptr, p.top_k);
     };
     e = run_gemm1(plan.gemm1_gathers);
     if (e == cudaErrorNotSupported && plan.gemm1_gathers) {
@@ -489,23 +468,11 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
     }
     if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 1");
     const void* gemm2_a = act;
-    bool gemm2_done = false;
-    if (fp8 && activated) {  // act: the 16-bit activation, quantized by GEMM 2 itself where it can
-      GemmScales sc2_rows = sc2;
-      sc2_rows.a = nullptr;
-      e = gemm2_quantizes ? grouped_gemm(plan.gemm2, act, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias,
-                                         y, max_rows, p.hidden_size, p.intermediate_size, cd, sc2_rows, scratch,
-                                         dev, stream, nullptr, nullptr, nullptr, {}, /*quantize_a=*/true)
-                          : cudaErrorNotSupported;
-      gemm2_done = e == cudaSuccess;
-      if (e == cudaErrorNotSupported) {  // not asked, or declined (e.g. no tensor map): quantize the rows
-        e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
-                                          max_rows, dev, stream);
-        if (e != cudaSuccess) return cuda_status(e, "activation quantize");
-        gemm2_a = gemm1;
-      } else if (e != cudaSuccess) {
-        return cuda_status(e, "grouped GEMM 2");
-      }
+    if (fp8 && activated) {  // act: the 16-bit activation; its e4m3 rows go to gemm1's buffer
+      e = kernels::launch_quantize_rows(act, cd, p.intermediate_size, quant_rows(a.a2_scale, a.w2_scale, gemm1),
+                                        max_rows, dev, stream);
+      if (e != cudaSuccess) return cuda_status(e, "activation quantize");
+      gemm2_a = gemm1;
     } else if (!activated) {
       if (fp8)
         e = kernels::launch_activation_quant(gemm1, cd, p.intermediate_size, ap, p.gate_up_order,
@@ -516,11 +483,9 @@ Status cuda_run(const Arguments& a, void* workspace, size_t workspace_bytes,
                                        p.gate_up_order, cd, dev, stream);
       if (e != cudaSuccess) return cuda_status(e, "activation");
     }
-    if (!gemm2_done) {
-      e = grouped_gemm(plan.gemm2, gemm2_a, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
-                       max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
-      if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
-    }
+    e = grouped_gemm(plan.gemm2, gemm2_a, sb.expert_offsets, p.num_local_experts, a.w2, a.w2_bias, y,
+                     max_rows, p.hidden_size, p.intermediate_size, cd, sc2, scratch, dev, stream);
+    if (e != cudaSuccess) return cuda_status(e, "grouped GEMM 2");
     e = kernels::launch_finalize(y, cd, sb.pair_to_row, output_weights, T, p.top_k, p.hidden_size,
                                  output, p.output_dtype, dev, stream);
     if (e != cudaSuccess) return cuda_status(e, "finalize");

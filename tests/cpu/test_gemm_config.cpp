@@ -30,27 +30,40 @@ TEST(GemmConfig, DecodeStreamsWeightsAndLargerBatchesUseTiles) {
   EXPECT_EQ(select_config(gemm(384, 8, 128, 2048, 768)).kernel, GemmKernel::kDecode);   // 24 rows
   EXPECT_NE(std::string(select_config(gemm(256, 8, 128, 1536, 2048)).reason).find("32-token"), std::string::npos);
   EXPECT_EQ(std::string(select_config(gemm(128, 8, 128, 1536, 2048)).reason).find("32-token"), std::string::npos);
-  EXPECT_EQ(select_config(gemm(385, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);  // 25 rows
+  EXPECT_EQ(select_config(gemm(385, 8, 128, 1536, 2048)).kernel, GemmKernel::kPrefill);  // 25 rows
   // Not for e4m3 (it measured no faster there).
   EXPECT_EQ(select_config(gemm(256, 8, 128, 1536, 2048, MOEKIT_DTYPE_FP8_E4M3)).kernel,
             GemmKernel::kFp8Pingpong64x128);
-  EXPECT_EQ(select_config(gemm(1024, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);
-  EXPECT_EQ(select_config(gemm(2048, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);   // 128 rows
+  // 25-96 rows per expert: GEMM 1 on the prefill kernel (gather and activation fused).
+  EXPECT_EQ(select_config(gemm(1024, 8, 128, 1536, 2048)).kernel, GemmKernel::kPrefill);
+  EXPECT_EQ(select_config(gemm(1536, 8, 128, 1536, 2048)).kernel, GemmKernel::kPrefill);     // 96 rows
+  EXPECT_EQ(select_config(gemm(1537, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);  // 97 rows
+  EXPECT_EQ(select_config(gemm(2048, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile64x256);  // 128 rows
   EXPECT_EQ(select_config(gemm(2049, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 1536, 2048)).kernel, GemmKernel::kTile128x256);
   // mixtral-8x7b: E = 8, k = 2: 2 rows per expert at T = 8, 16 at T = 64
   // (experts over 8 MiB: no 32-token decode).
   EXPECT_EQ(select_config(gemm(8, 2, 8, 28672, 4096)).kernel, GemmKernel::kDecode);
-  EXPECT_EQ(select_config(gemm(64, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile64x256);
+  EXPECT_EQ(select_config(gemm(64, 2, 8, 28672, 4096)).kernel, GemmKernel::kPrefill);
   EXPECT_EQ(select_config(gemm(16384, 2, 8, 28672, 4096)).kernel, GemmKernel::kTile128x256);
   // A narrow N keeps 128x128 tiles.
   EXPECT_EQ(select_config(gemm(4096, 8, 128, 768, 2048)).kernel, GemmKernel::kTile128x128);
 }
 
 // GEMM 2 (N = H) at 129-1024 rows per expert runs 64x256 ping-pong tiles where
-// GEMM 1 runs 128x256; below, and for narrow N or e4m3, both GEMMs choose alike.
+// GEMM 1 runs 128x256; it runs the prefill kernel at 33-64 rows only, where
+// GEMM 1 does from the decode kernel's limit up to 96; for decode batches,
+// narrow N or e4m3 both GEMMs choose alike.
 TEST(GemmConfig, SecondGemmOfPrefillUsesPingPongTiles) {
   auto second = [](GemmProblem q) { q.gemm = 2; return select_config(q); };
+  // qwen3-30b-a3b's GEMM 2 (N = 2048, K = 768) around the prefill kernel's rows.
+  EXPECT_EQ(second(gemm(512, 8, 128, 2048, 768)).kernel, GemmKernel::kTile64x256);  // 32 rows
+  EXPECT_EQ(second(gemm(513, 8, 128, 2048, 768)).kernel, GemmKernel::kPrefill);     // 33 rows
+  EXPECT_EQ(second(gemm(1024, 8, 128, 2048, 768)).kernel, GemmKernel::kPrefill);    // 64 rows
+  EXPECT_EQ(second(gemm(1025, 8, 128, 2048, 768)).kernel, GemmKernel::kTile64x256); // 65 rows
+  EXPECT_EQ(select_config(gemm(1025, 8, 128, 1536, 2048)).kernel, GemmKernel::kPrefill);  // its GEMM 1
+  EXPECT_EQ(second(gemm(64, 2, 8, 4096, 14336)).kernel, GemmKernel::kTile64x256);  // mixtral, 16 rows
+  EXPECT_EQ(second(gemm(256, 2, 8, 4096, 14336)).kernel, GemmKernel::kPrefill);    // mixtral, 64 rows
   EXPECT_EQ(second(gemm(4096, 2, 8, 4096, 14336)).kernel, GemmKernel::kTile64x256);   // mixtral
   EXPECT_EQ(second(gemm(4096, 8, 256, 7168, 2048)).kernel, GemmKernel::kTile64x256);  // deepseek-v3
   EXPECT_EQ(second(gemm(8192, 8, 256, 7168, 2048)).kernel, GemmKernel::kTile64x256);  // deepseek-v3, 256 rows
@@ -74,11 +87,15 @@ TEST(GemmConfig, BoundariesOfRowsPerExpertAndN) {
   // 9-24 rows per expert: decode on experts of <= 8 MiB, tiles above.
   for (int64_t rows : {9, 16, 24}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kDecode) << rows;
   EXPECT_EQ(select_config(gemm(24, 1, 1, 4096, 1024)).kernel, GemmKernel::kDecode);   // exactly 8 MiB
-  EXPECT_EQ(select_config(gemm(16, 1, 1, 4104, 1024)).kernel, GemmKernel::kTile64x256);  // over
+  EXPECT_EQ(select_config(gemm(16, 1, 1, 4104, 1024)).kernel, GemmKernel::kPrefill);  // over
   for (int64_t rows : {25, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1016, 64)).kernel, GemmKernel::kTile128x128) << rows;
-  for (int64_t rows : {25, 64}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
-  // 65-128 rows: 64-row tiles still (about half the experts would spill into a second 128-row tile).
-  for (int64_t rows : {65, 128}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
+  for (int64_t rows : {25, 64, 96}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kPrefill) << rows;
+  // 97-128 rows: 64-row tiles (about half the experts of a 128-row mean would spill into a second 128-row tile).
+  for (int64_t rows : {97, 128}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile64x256) << rows;
+  // More experts than the prefill kernel keeps in shared memory: 64-row tiles.
+  const int64_t pe = moekit::kernels::kPrefillMaxExperts;
+  EXPECT_EQ(select_config(gemm(64 * pe, 1, pe, 1024, 64)).kernel, GemmKernel::kPrefill);
+  EXPECT_EQ(select_config(gemm(64 * pe, 1, pe + 1, 1024, 64)).kernel, GemmKernel::kTile64x256);
   for (int64_t rows : {129, 1 << 20}) EXPECT_EQ(select_config(gemm(rows, 1, 1, 1024, 64)).kernel, GemmKernel::kTile128x256) << rows;
   // Rounded up: 49 rows over 2 experts is 25 per expert.
   EXPECT_EQ(select_config(gemm(48, 1, 2, 64, 64)).kernel, GemmKernel::kDecode);

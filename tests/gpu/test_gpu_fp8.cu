@@ -492,19 +492,20 @@ TEST(GpuFp8, DeviceEncodingMatchesTheHostReference) {
   EXPECT_EQ(bad, 0) << "of " << n << " values";
 }
 
-// MOEKIT_FP8_GEMM2_QUANTIZES=1: GEMM 1 (decode kernel) writes the 16-bit
-// activation and GEMM 2 quantizes it stage by stage, one 1x128 group a
-// stage, instead of the activation-quantize stage. Its bytes must be the
-// stage's: every gated kind and gate/up order and a plain activation, biases,
-// fp16, partial scale groups in H and I, I % 32 == 16 (the gate half's last
-// 32-row slice half full, and up rows straddling a 128-row scale block),
-// tiny batches (the sort's launch quantizes the input), an expert map and an
-// EP rank, and the special values with extreme weight scales; and the CPU
-// reference with it on.
-TEST(GpuFp8, SecondGemmQuantizingItsRowsWritesTheStagesBytes) {
+// fp8 block-scaled decode: GEMM 1 (decode kernel) applies the activation in
+// its epilogue and a plain quantize stage takes the 16-bit result, where
+// the activation-quantize stage would take GEMM 1's output. The bytes must be
+// those of the stages (GEMM 1 forced onto CUTLASS swap-AB, which writes the
+// decode kernel's bits and no activation): every gated kind and gate/up order
+// and a plain activation, biases, fp16, partial scale groups in H and I,
+// I % 32 == 16 (the gate half's last 32-row slice half full, and up rows
+// straddling a 128-row scale block), tiny batches (the sort's launch
+// quantizes the input), an expert map and an EP rank, and the special values
+// with extreme weight scales; and the CPU reference.
+TEST(GpuFp8, DecodeEpilogueActivationWritesTheStagesBytes) {
   REQUIRE_GPU();
-  if (std::getenv("MOEKIT_GEMM") != nullptr || std::getenv("MOEKIT_FP8_GEMM2_QUANTIZES") != nullptr)
-    GTEST_SKIP() << "compares the two forms itself; runs without MOEKIT_GEMM and MOEKIT_FP8_GEMM2_QUANTIZES";
+  if (std::getenv("MOEKIT_GEMM") != nullptr || std::getenv("MOEKIT_GEMM1") != nullptr)
+    GTEST_SKIP() << "compares two kernels itself; runs without MOEKIT_GEMM and MOEKIT_GEMM1";
   struct Case {
     int64_t T, k, H, I;
     moekit_activation_t act;
@@ -539,17 +540,13 @@ TEST(GpuFp8, SecondGemmQuantizingItsRowsWritesTheStagesBytes) {
       DeviceLayer d(l);
       std::string plan;
       MoeLayer::describe_plan(d.args.problem, &plan);
-      ASSERT_NE(plan.find("gemm2 fp8 block-scaled decode"), std::string::npos) << plan;
-      const std::vector<uint8_t> stages = test::run_with_env(d, "MOEKIT_FP8_GEMM2_QUANTIZES", nullptr);
-      const std::vector<uint8_t> fused = test::run_with_env(d, "MOEKIT_FP8_GEMM2_QUANTIZES", "1");
+      ASSERT_NE(plan.find("gemm1 fp8 block-scaled decode"), std::string::npos) << plan;
+      const std::vector<uint8_t> stages = test::run_with_env(d, "MOEKIT_GEMM1", "fp8_swap128x16");
+      const std::vector<uint8_t> fused = test::run_with_env(d, "MOEKIT_GEMM1", nullptr);
       size_t first = 0;
       while (first < fused.size() && fused[first] == stages[first]) ++first;
       EXPECT_EQ(first, fused.size()) << "first differing byte " << first << " of " << fused.size();
       EXPECT_TRUE(d.all_canaries_intact());
-      if (!c.special) {  // and the CPU reference and the oracle, with it on
-        setenv("MOEKIT_FP8_GEMM2_QUANTIZES", "1", 1);
-        expect_fp8_gpu_matches(l, what + " GEMM 2 quantizing");
-        unsetenv("MOEKIT_FP8_GEMM2_QUANTIZES");
-      }
+      if (!c.special) expect_fp8_gpu_matches(l, what);  // and the CPU reference and the oracle
     }
 }

@@ -247,10 +247,6 @@ TEST(GpuGemm, Fp8FamiliesDeclineSixteenBitOperandsAndTheOtherWayRound) {
   p.n = 144;
   EXPECT_EQ(kernels::decode_grouped_gemm(p, 64, nullptr, &fuse72), cudaErrorNotSupported);
   p.n = 128;
-  // Rows it quantizes itself: the decode kernel only.
-  p.quantize_a = true;
-  EXPECT_EQ(kernels::prefill_grouped_gemm(p, 64, nullptr, nullptr), cudaErrorNotSupported);
-  p.quantize_a = false;
   // Gathered rows: the prefill kernel only, and with e4m3 only with block
   // scales (per-tensor scaling's stand-in ones: w_scale_ones).
   p.gather_pairs = static_cast<const int32_t*>(off.data());

@@ -605,7 +605,9 @@ TEST(GpuLayer, HundredsOfRandomConfigurationsSharingOneWorkspace) {
 // moekit.h: "The result does not depend on T." One token's row is bitwise the
 // same at every batch size, whichever GEMM kernel each T selects (the TMA +
 // mma.sync decode kernel at small T, in 16-token passes and at T = 64 (16
-// rows per expert) in 32-token passes, 64x256 and 128x256 tiles above, and
+// rows per expert) in 32-token passes; the prefill kernel for GEMM 1 at
+// T = 128, 200 and 257 (32, 50 and 65 rows per expert), which gathers its
+// rows, and for GEMM 2 at T = 200; 64x256 and 128x256 tiles above, and
 // CUTLASS swap-AB 128x16, forced at T = 1 and 7) and across chunks
 // (T = 20000 at top-4 runs as two chunks of 16384 and 3616 tokens).
 TEST(GpuLayer, BatchInvariantRowAtEveryT) {
@@ -614,7 +616,7 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
     const int64_t H = 1024, I = 512, k = 4;  // N >= 1024: GEMM 1 reaches 128x256 tiles, GEMM 2 64x256
     const ref::HostLayer base = ref::make_random_layer(problem(1, 16, k, H, I, dt), 31);
     std::vector<uint8_t> first;
-    for (int64_t T : {1, 7, 64, 257, 1025, 4097, 20000}) {
+    for (int64_t T : {1, 7, 64, 128, 200, 257, 385, 1025, 4097, 20000}) {
       ref::HostLayer l = ref::make_random_layer(problem(T, 16, k, H, I, dt), 32 + T);
       l.w13 = base.w13;
       l.w2 = base.w2;
@@ -640,6 +642,10 @@ TEST(GpuLayer, BatchInvariantRowAtEveryT) {
       EXPECT_EQ(row, first) << moekit_dtype_name(dt) << " T=" << T << ": " << plan;
       if (T == 64 && std::getenv("MOEKIT_GEMM") == nullptr)  // (a forced kernel runs every T)
         EXPECT_NE(plan.find("32-token"), std::string::npos) << plan;
+      if (T == 200 && std::getenv("MOEKIT_GEMM") == nullptr)  // both GEMMs, GEMM 1 gathering
+        EXPECT_TRUE(plan.find("gemm1 prefill") != std::string::npos &&
+                    plan.find("gemm2 prefill") != std::string::npos && plan.find("gathers its rows") != std::string::npos)
+            << plan;
       if (T <= 7) {  // CUTLASS's wgmma swap-AB kernel gives the same bits as mma.sync
         const std::vector<uint8_t> again = test::run_forced(d, "swap128x16");
         EXPECT_TRUE(std::equal(again.begin() + pos * H * b, again.begin() + (pos + 1) * H * b,

@@ -26,11 +26,11 @@
 //    an expert of 9-32 rows once; at up to 24 rows per expert on small
 //    experts that beats CUTLASS's 64x256 tiles (select_config).
 //  - For GEMM 1 the epilogue can apply the activation instead (Epilogue),
-//    so the layer skips the activation stage at decode; with e4m3 weights
-//    too (MOEKIT_FP8_GEMM2_QUANTIZES=1, cuda_backend.cu), GEMM 2 then takes
-//    that 16-bit activation and quantizes each stage's rows itself
-//    (Fp8QuantA: one 128-deep stage is one 1x128 scale group), so the fp8
-//    layer skips its activation-quantize stage as well.
+//    so the layer skips the activation stage at decode (fp8 layers: a
+//    plain quantize stage then reads half the bytes of the
+//    activation-quantize stage). GEMM 2 quantizing its own 16-bit rows
+//    stage by stage (one launch fewer for fp8) lost 20-56% and was removed
+//    (bench/RESULTS.md, 2026-12-05).
 //  - e4m3 operands with block scales (fp8 layers) run the same pipeline:
 //    a 128-byte box row is 128 k, one scale block, so a stage is one block.
 //    The four consumer warps are one warpgroup and run wgmma m64n16k32 (or n32) on
@@ -101,20 +101,10 @@ size_t smem_bytes(int num_experts, int stages, int stage_bytes) {
 
 using Barrier = cutlass::arch::ClusterTransactionBarrier;
 
-// The operands: Op is T (16-bit), Fp8 (e4m3 bytes with block scales), or
-// Fp8QuantA: e4m3 weights with block scales and 16-bit rows that the
-// consumers quantize per stage (one 128-deep stage is one 1x128 scale group
-// of each row) as the quantizing stages would (GroupedGemmParams::quantize_a).
+// The operands: Op is T (16-bit) or Fp8 (e4m3 bytes with block scales).
 struct Fp8 {};
-struct Fp8QuantA {};
 template <class Op>
-constexpr bool kQuantA = std::is_same_v<Op, Fp8QuantA>;
-template <class Op>
-constexpr bool kIsFp8 = std::is_same_v<Op, Fp8> || kQuantA<Op>;
-// Bytes of one ring slot: the weight box, and the token rows' box (two
-// 16-bit boxes of 64 k with kQuantA).
-template <class Op, int kTok>
-constexpr int kSlotBytes = kQuantA<Op> ? (64 + 2 * kTok) * kBoxBytes : decode_slot_bytes(kTok);
+constexpr bool kIsFp8 = std::is_same_v<Op, Fp8>;
 template <class Op>
 constexpr int kStageK = kBoxBytes / (kIsFp8<Op> ? 1 : 2);  // k of one stage: 64, or 128 (one scale block)
 
@@ -193,39 +183,6 @@ __device__ __forceinline__ void consumer_barrier() {
   asm volatile("bar.sync 1, %0;" ::"n"(32 * kConsumerWarps) : "memory");
 }
 
-// A hint that the bytes [p, p + bytes) will be read soon: an L2 prefetch of
-// each 128-byte line, the first at p itself (a prefetch never faults, and no
-// address before p or past the range is named).
-__device__ __forceinline__ void prefetch_l2(const void* p, size_t bytes) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p), end = a + bytes;
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-  for (uintptr_t line = (a | 127) + 1; line < end; line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
-}
-
-// kQuantA: the consumer warpgroup quantizes a stage's kTok 16-bit rows
-// (two TMA boxes of 64 k, 128-byte swizzle) into an e4m3 tile laid out as
-// TMA would have written it, and the row's scale of this 128-column group:
-// 8 threads a row, 16 columns each, the amax over the 8 by shuffles.
-template <class T, int kTok>
-__device__ __forceinline__ void quantize_stage(const unsigned char* rows16, unsigned char* tile, float* row_scale) {
-  const int ct = static_cast<int>(threadIdx.x);  // consumer thread, 0..127
-  const int part = ct % 8;                       // columns 16 part .. 16 part + 15
-  const unsigned char* box = rows16 + (part / 4) * kTok * kBoxBytes;
-#pragma unroll
-  for (int r = ct / 8; r < kTok; r += 32 * kConsumerWarps / 8) {
-    float v[2][8];
-#pragma unroll
-    for (int c = 0; c < 2; ++c) load8(reinterpret_cast<const T*>(box + swizzled(r, 2 * (part % 4) + c)), v[c]);
-    float amax = fmaxf(quant::amax8(v[0]), quant::amax8(v[1]));
-#pragma unroll
-    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float s = fp8_scale_of(amax), inv = fp8_inverse(s);
-    const uint2 lo = quantize8<false>(v[0], s, inv), hi = quantize8<false>(v[1], s, inv);
-    *reinterpret_cast<uint4*>(tile + swizzled(r, part)) = make_uint4(lo.x, lo.y, hi.x, hi.y);
-    if (part == 0) row_scale[r] = s;
-  }
-}
-
 template <class T, class Op, int kTok>
 __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
     const __grid_constant__ CUtensorMap w_map,  // [E, N, K] weights, box (128 B of k, 64 rows, 1)
@@ -241,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* base = smem_raw + ((kSwizzleAlign - raw % kSwizzleAlign) % kSwizzleAlign);
-  constexpr int kStage = kSlotBytes<Op, kTok>;
+  constexpr int kStage = kStageBytes<kTok>;
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(base));  // stages x kStage
   auto* full = reinterpret_cast<uint64_t*>(base + stages * kStage);              // [stages]
   uint64_t* empty = full + stages;                                                // [stages]
@@ -249,10 +206,6 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
   int32_t* first_unit = offs + num_experts + 1;                                   // [E + 1]
   __shared__ typename cub::BlockScan<int, kThreads>::TempStorage scan_storage;
   __shared__ alignas(16) uint16_t staged_raw[kTok * kSliceRows];  // fused: [kTok tokens, 64 rows]
-  // kQuantA: two e4m3 row tiles [kTok, 128 B] (128-byte swizzle, as TMA
-  // writes them) and their scales, alternating by stage.
-  __shared__ alignas(kSwizzleAlign) unsigned char quant_tiles[kQuantA<Op> ? 2 * kTok * kBoxBytes : 1];
-  __shared__ float quant_scales[kQuantA<Op> ? 2 * kTok : 1];
   T* staged = reinterpret_cast<T*>(staged_raw);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -286,36 +239,11 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
             Barrier::arrive_and_expect_tx(&full[slot], kStage);
             tma::load_weight_box(&w_map, &full[slot], kWeightHint, base + slot * kStage,
                                  cur.kb * kStageK<Op>, cur, ep.split_halves);
-            // e4m3, MOEKIT_DECODE_SCALE_PREFETCH bit 1: at an item's first stage, a
-            // ring ahead of its consumers, the weight-scale rows of its first
-            // and last weight row (of each half with split halves), so the
-            // consumers' scale loads hit L2 instead of waiting on DRAM.
-            if constexpr (kIsFp8<Op>)
-              if ((sc.prefetch & 1) && cur.kb == 0 && sc.w != nullptr) {
-                const float* rows = sc.w + cur.u.expert * sc.w_stride;
-                const int span = ep.split_halves ? kGatedCols : kSliceRows;
-                for (int half = 0; half < (ep.split_halves ? 2 : 1); ++half) {
-                  const int first = half * ep.inter + cur.w_row0;
-                  const int last = min(first + span - 1, (ep.split_halves && half == 0 ? ep.inter : n) - 1);
-                  prefetch_l2(rows + static_cast<int64_t>(first / 128) * k_stages, k_stages * sizeof(float));
-                  if (last / 128 != first / 128)
-                    prefetch_l2(rows + static_cast<int64_t>(last / 128) * k_stages, k_stages * sizeof(float));
-                }
-              }
           },
           [&](int slot, const tma::Cursor& cur) {
             unsigned char* dst = base + slot * kStage + kWeightBoxBytes;
             cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint, dst, cur.kb * kStageK<Op>,
                                          cur.u.begin + cur.u.row0);
-            if constexpr (kQuantA<Op>)  // the stage's second 64 k of 16-bit rows
-              cute::SM90_TMA_LOAD_2D::copy(&a_map, &full[slot], kTokenHint, dst + kTok * kBoxBytes,
-                                           cur.kb * kStageK<Op> + kStageK<Op> / 2, cur.u.begin + cur.u.row0);
-            // The expert's activation scales ([k_stages, rows], written by
-            // the previous kernel: after the wait, as every row load is).
-            if constexpr (kIsFp8<Op>)
-              if ((sc.prefetch & 1) && cur.kb == 0 && sc.a != nullptr)
-                prefetch_l2(sc.a + static_cast<int64_t>(cur.u.begin) * k_stages,
-                            static_cast<size_t>(k_stages) * cur.u.rows * sizeof(float));
           });
   } else {
     const int g = lane / 4, q = lane % 4;
@@ -328,7 +256,6 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
     pdl_wait();  // before the first store
     int slot = 0;
     uint32_t phase = 0;
-    int quant_buf = 0;  // kQuantA: the row tile this stage writes
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
       const tma::Cursor cur = tma::cursor_at(it, item);  // the item as the producer loads it
       const tma::Unit& u = cur.u;
@@ -338,7 +265,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       float acc[kBlocks][4] = {};
       // e4m3: this thread's scales of a block: its weight rows' (one 128-row
       // block: the warp's 16 rows start at a multiple of 16) and its 4 tokens'.
-      const float* sa_e = kIsFp8<Op> && !kQuantA<Op> ? sc.a + static_cast<int64_t>(u.begin) * k_stages : nullptr;
+      const float* sa_e = kIsFp8<Op> ? sc.a + static_cast<int64_t>(u.begin) * k_stages : nullptr;
       // With split halves (fused GEMM 1) the warp's 16 rows are rows j.. of
       // the gate half (warps 0-1) or of the up half (warps 2-3), 16-aligned
       // (decode_grouped_gemm), so inside one 128-row scale block either way.
@@ -348,75 +275,23 @@ __global__ void __launch_bounds__(kThreads, 2) decode_gemm_kernel(
       const float* sw_e = kIsFp8<Op> && sc.w != nullptr
                               ? sc.w + u.expert * sc.w_stride + static_cast<int64_t>(w_scale_row / 128) * k_stages
                               : nullptr;
-      // MOEKIT_DECODE_SCALE_PREFETCH bit 2: each stage's raw scales are
-      // loaded a stage ahead, during the stage before (ptxas otherwise issues
-      // the activation scales' loads after the full-barrier wait, so a stage
-      // whose data is in still waits an L2 round trip before its promotion).
-      // The same products either way.
-      const bool ahead = kIsFp8<Op> && !kQuantA<Op> && (sc.prefetch & 2) != 0;
-      float next_w = 1.0f, next_a[kBlocks][2];
-      auto load_next = [&](int kb) {
-        if (kb >= k_stages) return;
-        next_w = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
-#pragma unroll
-        for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int t = u.row0 + 8 * j + 2 * q + h;
-            next_a[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) : 0.0f;
-          }
-      };
-      if constexpr (kIsFp8<Op>)
-        if (ahead) load_next(0);
       for (int kb = 0; kb < k_stages; ++kb) {
         float scale[kBlocks][2];
-        float sw = 1.0f;  // the weight scale (kQuantA: the rows' scales come from the stage below)
-        if constexpr (kIsFp8<Op>) {
-          if (ahead) {
-            sw = next_w;
+        if constexpr (kIsFp8<Op>) {  // issued before the wait: the loads overlap it
+          const float sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
 #pragma unroll
-            for (int j = 0; j < kBlocks; ++j)
+          for (int j = 0; j < kBlocks; ++j)
 #pragma unroll
-              for (int h = 0; h < 2; ++h)
-                scale[j][h] = u.row0 + 8 * j + 2 * q + h < u.rows ? next_a[j][h] * next_w : 0.0f;
-            load_next(kb + 1);
-          } else {  // issued before the wait: the loads overlap it
-            sw = sw_e != nullptr ? __ldg(sw_e + kb) : 1.0f;
-            if constexpr (!kQuantA<Op>) {
-#pragma unroll
-              for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  const int t = u.row0 + 8 * j + 2 * q + h;
-                  scale[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) * sw : 0.0f;
-                }
+            for (int h = 0; h < 2; ++h) {
+              const int t = u.row0 + 8 * j + 2 * q + h;
+              scale[j][h] = t < u.rows ? __ldg(sa_e + static_cast<int64_t>(kb) * u.rows + t) * sw : 0.0f;
             }
-          }
         }
         Barrier::wait(&full[slot], phase);
         if constexpr (MOEKIT_TIMELINE)  // when the warp's first stage arrived
           if (item == blockIdx.x && kb == 0) timeline::mark(timeline::kGemmDecode, timeline::kFirstStage);
         const uint32_t w_tile = ring + slot * kStage;
-        uint32_t a_tile = w_tile + kWeightBoxBytes;
-        if constexpr (kQuantA<Op>) {
-          // The stage's 16-bit rows -> e4m3 bytes and one scale per row,
-          // as quantize_groups writes them (the same amax, scale and
-          // rounding; TMA's zero fill past K adds nothing to the amax).
-          unsigned char* tile = quant_tiles + quant_buf * kTok * kBoxBytes;
-          float* row_scale = quant_scales + quant_buf * kTok;
-          quantize_stage<T, kTok>(base + slot * kStage + kWeightBoxBytes, tile, row_scale);
-          cutlass::arch::fence_view_async_shared();  // the stores, before wgmma reads them
-          consumer_barrier();
-#pragma unroll
-          for (int j = 0; j < kBlocks; ++j)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int t = 8 * j + 2 * q + h;
-              scale[j][h] = u.row0 + t < u.rows ? row_scale[t] * sw : 0.0f;
-            }
-          a_tile = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
-          quant_buf ^= 1;
-        }
+        const uint32_t a_tile = w_tile + kWeightBoxBytes;
         float part[kBlocks][4];  // e4m3: this block's sum, scaled into acc below
         if constexpr (kIsFp8<Op>) {
           wgmma_block<kTok>(part, w_tile, a_tile);
@@ -532,17 +407,6 @@ int ring_stages(int64_t n, int64_t k, int elem_bytes, int pass_tokens) {
   return forced >= 2 ? std::min(forced, most) : decode_ring_stages(n, k, elem_bytes, pass_tokens);
 }
 
-// MOEKIT_DECODE_SCALE_PREFETCH (e4m3 only; 0, off, by default until
-// measured): bit 1, the producer prefetches each item's block scales to L2;
-// bit 2, the consumers load each stage's scales a stage ahead.
-int scale_prefetch() {
-  static const int bits = [] {
-    const char* s = std::getenv("MOEKIT_DECODE_SCALE_PREFETCH");
-    return s != nullptr ? std::atoi(s) & 3 : 0;
-  }();
-  return bits;
-}
-
 // Token rows per pass: the plan's (16 or 32), else decode_pass_tokens of
 // rows / experts; MOEKIT_DECODE_TOKENS (16 or 32) overrides both, for tuning.
 int pass_tokens(int planned, int64_t rows_capacity, int64_t num_experts) {
@@ -581,14 +445,12 @@ int ctas_per_sm(size_t smem) {
 
 cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
                                 const FusedActivation* fuse, int planned_tokens, const DecodeRouting& route) {
-  // e4m3 weights with block scales: e4m3 rows with their scales (a_scale),
-  // or 16-bit rows the kernel quantizes (quantize_a).
-  const bool fp8 = p.a_scale != nullptr || p.quantize_a;
+  const bool fp8 = p.a_scale != nullptr;  // e4m3 rows and weights with block scales
   if (!tma::operands_fit(p, rows_capacity, kDecodeMaxExperts) || p.gather_pairs != nullptr)
     return cudaErrorNotSupported;  // (rows come in expert order)
   if (route.pairs > kWarpRankPairs || (route.pairs > 0 && route.pl.num_local != p.num_experts))
     return cudaErrorNotSupported;
-  const int elem_bytes = fp8 ? 1 : 2, row_bytes = p.quantize_a ? 2 : elem_bytes;
+  const int elem_bytes = fp8 ? 1 : 2;
   Epilogue ep{};
   if (!tma::make_epilogue(fuse, p.n, &ep)) return cudaErrorNotSupported;
   // e4m3 weights: a warp's 16 rows must share one 128-row scale block, so
@@ -600,17 +462,11 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
   // Split halves: one box holds rows j.. of the gate and the up half.
   if (!tma::encode_weights(&w_map, tma::map_type(p), p.w, p.num_experts, p.n, p.k, elem_bytes,
                            ep.split_halves ? 2 * kGatedCols : kSliceRows, ep.split_halves) ||
-      !tma::encode_rows(&a_map, p.quantize_a ? tma::map_type_16bit(p.dtype) : tma::map_type(p), p.a,
-                        rows_capacity, p.k, row_bytes, tokens))
+      !tma::encode_rows(&a_map, tma::map_type(p), p.a, rows_capacity, p.k, elem_bytes, tokens))
     return cudaErrorNotSupported;
-  Scales sc = tma::scales_of(p);
-  sc.prefetch = scale_prefetch();
-  // quantize_a: slots of 16-bit rows, as many as fit the bytes of the ring
-  // the 16-token e4m3 slots would have.
-  const int slot = p.quantize_a ? (64 + 2 * tokens) * kBoxBytes : decode_slot_bytes(tokens);
-  const int stages = p.quantize_a ? std::max(2, ring_stages(p.n, p.k, elem_bytes, 16) * decode_slot_bytes(16) / slot)
-                                  : ring_stages(p.n, p.k, elem_bytes, tokens);
-  const size_t smem = smem_bytes(p.num_experts, stages, slot);
+  const Scales sc = tma::scales_of(p);
+  const int stages = ring_stages(p.n, p.k, elem_bytes, tokens);
+  const size_t smem = smem_bytes(p.num_experts, stages, decode_slot_bytes(tokens));
 
   // Items: at most min(E, rows) experts with rows, rows / tokens more passes, times the slices.
   const int64_t slices = (p.n + kSliceRows - 1) / kSliceRows;
@@ -629,8 +485,6 @@ cudaError_t decode_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacit
     };
     return tokens == 32 ? run(std::integral_constant<int, 32>{}) : run(std::integral_constant<int, 16>{});
   };
-  if (p.quantize_a)
-    return p.dtype == MOEKIT_DTYPE_BF16 ? launch_for(__nv_bfloat16{}, Fp8QuantA{}) : launch_for(__half{}, Fp8QuantA{});
   return tma::for_types<Fp8>(p, launch_for);
 }
 

@@ -169,6 +169,31 @@ GemmConfig select_config(const GemmProblem& p) {
   if (p.n < 1024)
     return {GemmKernel::kTile128x128,
             "> 8 rows per expert, N < 1024: 128x128 tiles keep enough CTAs busy on a narrow N"};
+  // The hand-written prefill kernel (128x256 tiles) where a 128-row tile
+  // holds each expert's rows: GEMM 1 gathers its own rows and applies the
+  // activation in its epilogue, so the layer runs neither stage, and GEMM 2
+  // at 33-64 rows keeps an expert in one tile where 64-row tiles spill about
+  // half of them into a second. H200, 2026-12-05, layer us, three rounds,
+  // defaults (64x256 both) / GEMM 1 on prefill / both on prefill:
+  // qwen3 T=512 (32 rows) 354.2 / 337.5 / 334.9, T=1024 391.8 / 368.1 /
+  // 365.2, T=1536 (96) 427.7 / 393.6 / 395.8; mixtral T=64 (16) 710.8 /
+  // 695.9 / 691.7, T=256 (64) 789.2 / 754.7 / 715.0, T=384 (96) 766.9 /
+  // 739.8 / 733.1; deepseek-v3 T=768 (24) 5604 / 5422 / 5373, T=2048 (64)
+  // 5997 / 5799 / 5836, T=3072 (96) 6469 / 6297 / 6333. At 128 rows, where
+  // about half the experts spill into a second 128-row tile, GEMM 1 on it
+  // tied (qwen3 T=2048 482.6 / 475.2) or lost (mixtral T=512 952 / 1096);
+  // GEMM 2 on it lost above 64 rows (qwen3 T=1536 / 1792 / 2048, deepseek-v3
+  // T=3072). Not for e4m3: the fp8 prefill kernel lost at every point.
+  if (experts <= kPrefillMaxExperts && p.gemm == 1 && rows_per_expert <= kPrefillGemm1MaxRows)
+    return {GemmKernel::kPrefill,
+            "GEMM 1, up to 96 rows per expert (a 128-row tile holds an expert's rows and their "
+            "scatter): the prefill kernel, 128x256 tiles, which gathers its rows and applies the "
+            "activation in its epilogue, so the layer runs neither stage"};
+  if (experts <= kPrefillMaxExperts && p.gemm == 2 && rows_per_expert > kPrefillGemm2MinRows &&
+      rows_per_expert <= kPrefillGemm2MaxRows)
+    return {GemmKernel::kPrefill,
+            "GEMM 2, 33-64 rows per expert: the prefill kernel's 128-row tiles hold each expert in one "
+            "tile, where about half of them would spill into a second 64-row tile"};
   // 65-128 rows per expert: 64-row tiles as well. Routed rows
   // scatter around their mean (about +-11 at 128 for random routing), so
   // about half the experts spill into a second, nearly empty 128-row tile
@@ -182,8 +207,8 @@ GemmConfig select_config(const GemmProblem& p) {
   if (rows_per_expert <= 128)
     return {GemmKernel::kTile64x256,
             rows_per_expert <= 64
-                ? "9-64 rows per expert (17-64 for experts of <= 8 MiB): 64-row tiles waste little of "
-                  "wgmma's M side, two in flight per CTA (ping-pong)"
+                ? "9-64 rows per expert where neither the decode nor the prefill kernel is chosen: 64-row "
+                  "tiles waste little of wgmma's M side, two in flight per CTA (ping-pong)"
                 : "65-128 rows per expert, N >= 1024: 64-row ping-pong tiles, since about half the experts "
                   "of a 128-row mean would spill into a second, nearly empty 128-row tile"};
   // GEMM 2 above 128 rows per expert: the 64x256 ping-pong tiles won where

@@ -41,11 +41,6 @@ struct GroupedGemmParams {
   int64_t w_scale_stride;
   float* w_scale_ones;
   int64_t w_scale_ones_count;
-  // Block scaling with 16-bit a (dtype) instead of e4m3 a and a_scale (null):
-  // the kernel quantizes each row's 128-column groups itself, with the
-  // quantizing stages' arithmetic (kernels::QuantRows). The decode kernel
-  // only; every other kernel declines it.
-  bool quantize_a = false;
   // Gathered rows (the prefill kernel; every other kernel declines): row i
   // of the GEMM's A is row gather_pairs[i] / gather_top_k of a, the layer's
   // [T, K] input (e4m3 with block scales: quantized once per token, a_scale

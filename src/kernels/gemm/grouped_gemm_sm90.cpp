@@ -19,7 +19,6 @@ size_t grouped_gemm_scratch_bytes(int64_t num_experts, int sm_count) {
 
 cudaError_t launch_grouped_gemm_sm90(GemmKernel kernel, const GroupedGemmParams& p,
                                      cudaStream_t stream) {
-  if (p.quantize_a) return cudaErrorNotSupported;  // the decode kernel's form only
   if (p.gather_pairs != nullptr) return cudaErrorNotSupported;  // the prefill kernel's form only
   switch (kernel) {
     case GemmKernel::kSwap128x16: return sm90_grouped_gemm_swap128x16(p, stream);

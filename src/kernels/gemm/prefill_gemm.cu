@@ -418,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_gemm_kernel(
 cudaError_t prefill_grouped_gemm(const GroupedGemmParams& p, int64_t rows_capacity, cudaStream_t stream,
                                  const FusedActivation* fuse) {
   const bool fp8 = p.a_scale != nullptr;
-  if (p.quantize_a || !tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
+  if (!tma::operands_fit(p, rows_capacity, kPrefillMaxExperts)) return cudaErrorNotSupported;
   // Gathering: rows copied 16 bytes at a time from a 16-byte aligned input
   // of rows_capacity / top_k rows; e4m3 with block scales only (per-tensor
   // scaling folds each expert's weight scale into its rows' scales).

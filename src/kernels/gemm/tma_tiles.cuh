@@ -243,7 +243,6 @@ struct Scales {
   const float* a;
   const float* w;
   int64_t w_stride;
-  int prefetch = 0;  // decode kernel: the producer prefetches each item's scales to L2 (a tuning knob)
 };
 inline Scales scales_of(const GroupedGemmParams& p) {
   return {p.a_scale, p.w_scale_ones != nullptr ? nullptr : p.w_scale, p.w_scale_stride};
@@ -277,7 +276,7 @@ inline bool make_epilogue(const FusedActivation* fuse, int64_t n, Epilogue* ep) 
 // rows of a multiple of 16 bytes and 16-byte aligned bases, N a multiple of 8
 // (pairs of output columns), every index in int32.
 inline bool operands_fit(const GroupedGemmParams& p, int64_t rows_capacity, int64_t max_experts) {
-  const int64_t elem_bytes = p.a_scale != nullptr || p.quantize_a ? 1 : 2;  // the narrower operand's
+  const int64_t elem_bytes = p.a_scale != nullptr ? 1 : 2;
   if (p.dtype != MOEKIT_DTYPE_BF16 && p.dtype != MOEKIT_DTYPE_FP16) return false;
   if (p.num_experts < 1 || p.num_experts > max_experts || rows_capacity < 1 ||
       rows_capacity > (int64_t{1} << 31) - 1)
@@ -315,12 +314,10 @@ cudaError_t for_types(const GroupedGemmParams& p, F&& f) {
   return fp8 ? f(__half{}, Fp8{}) : f(__half{}, __half{});
 }
 
-inline CUtensorMapDataType map_type_16bit(moekit_dtype_t dtype) {
-  return dtype == MOEKIT_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-}
-// The operands' map type (the weights' with quantize_a, whose rows are 16-bit).
+// The operands' map type.
 inline CUtensorMapDataType map_type(const GroupedGemmParams& p) {
-  return p.a_scale != nullptr || p.quantize_a ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : map_type_16bit(p.dtype);
+  if (p.a_scale != nullptr) return CU_TENSOR_MAP_DATA_TYPE_UINT8;
+  return p.dtype == MOEKIT_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
 }
 
 }  // namespace moekit::kernels::tma
