@@ -51,7 +51,7 @@ TEST(GemmConfig, DecodeStreamsWeightsAndLargerBatchesUseTiles) {
 }
 
 // GEMM 2 (N = H) at 129-1024 rows per expert runs 64x256 ping-pong tiles where
-// GEMM 1 runs 128x256; it runs the prefill kernel at 33-64 rows only, where
+// GEMM 1 runs 128x256; it runs the prefill kernel at 33-80 rows only, where
 // GEMM 1 does from the decode kernel's limit up to 96; for decode batches,
 // narrow N or e4m3 both GEMMs choose alike.
 TEST(GemmConfig, SecondGemmOfPrefillUsesPingPongTiles) {
@@ -60,8 +60,9 @@ TEST(GemmConfig, SecondGemmOfPrefillUsesPingPongTiles) {
   EXPECT_EQ(second(gemm(512, 8, 128, 2048, 768)).kernel, GemmKernel::kTile64x256);  // 32 rows
   EXPECT_EQ(second(gemm(513, 8, 128, 2048, 768)).kernel, GemmKernel::kPrefill);     // 33 rows
   EXPECT_EQ(second(gemm(1024, 8, 128, 2048, 768)).kernel, GemmKernel::kPrefill);    // 64 rows
-  EXPECT_EQ(second(gemm(1025, 8, 128, 2048, 768)).kernel, GemmKernel::kTile64x256); // 65 rows
-  EXPECT_EQ(select_config(gemm(1025, 8, 128, 1536, 2048)).kernel, GemmKernel::kPrefill);  // its GEMM 1
+  EXPECT_EQ(second(gemm(1280, 8, 128, 2048, 768)).kernel, GemmKernel::kPrefill);    // 80 rows
+  EXPECT_EQ(second(gemm(1281, 8, 128, 2048, 768)).kernel, GemmKernel::kTile64x256); // 81 rows
+  EXPECT_EQ(select_config(gemm(1281, 8, 128, 1536, 2048)).kernel, GemmKernel::kPrefill);  // its GEMM 1
   EXPECT_EQ(second(gemm(64, 2, 8, 4096, 14336)).kernel, GemmKernel::kTile64x256);  // mixtral, 16 rows
   EXPECT_EQ(second(gemm(256, 2, 8, 4096, 14336)).kernel, GemmKernel::kPrefill);    // mixtral, 64 rows
   EXPECT_EQ(second(gemm(4096, 2, 8, 4096, 14336)).kernel, GemmKernel::kTile64x256);   // mixtral

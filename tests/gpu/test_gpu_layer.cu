@@ -607,7 +607,7 @@ TEST(GpuLayer, HundredsOfRandomConfigurationsSharingOneWorkspace) {
 // mma.sync decode kernel at small T, in 16-token passes and at T = 64 (16
 // rows per expert) in 32-token passes; the prefill kernel for GEMM 1 at
 // T = 128, 200 and 257 (32, 50 and 65 rows per expert), which gathers its
-// rows, and for GEMM 2 at T = 200; 64x256 and 128x256 tiles above, and
+// rows, and for GEMM 2 at T = 200 and 257; 64x256 and 128x256 tiles above, and
 // CUTLASS swap-AB 128x16, forced at T = 1 and 7) and across chunks
 // (T = 20000 at top-4 runs as two chunks of 16384 and 3616 tokens).
 TEST(GpuLayer, BatchInvariantRowAtEveryT) {

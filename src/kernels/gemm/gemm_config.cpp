@@ -173,7 +173,9 @@ GemmConfig select_config(const GemmProblem& p) {
   // holds each expert's rows: GEMM 1 gathers its own rows and applies the
   // activation in its epilogue, so the layer runs neither stage, and GEMM 2
   // at 33-64 rows keeps an expert in one tile where 64-row tiles spill about
-  // half of them into a second. H200, 2026-12-05, layer us, three rounds,
+  // half of them into a second (at 65-80 both pad an expert to 128 rows:
+  // mixtral T=257 (65 rows) 753.1 / 714.0 with GEMM 2 on it, qwen3 T=1280
+  // (80) 388.3 / 387.5). H200, 2026-12-05, layer us, three rounds,
   // defaults (64x256 both) / GEMM 1 on prefill / both on prefill:
   // qwen3 T=512 (32 rows) 354.2 / 337.5 / 334.9, T=1024 391.8 / 368.1 /
   // 365.2, T=1536 (96) 427.7 / 393.6 / 395.8; mixtral T=64 (16) 710.8 /
@@ -182,8 +184,8 @@ GemmConfig select_config(const GemmProblem& p) {
   // 5997 / 5799 / 5836, T=3072 (96) 6469 / 6297 / 6333. At 128 rows, where
   // about half the experts spill into a second 128-row tile, GEMM 1 on it
   // tied (qwen3 T=2048 482.6 / 475.2) or lost (mixtral T=512 952 / 1096);
-  // GEMM 2 on it lost above 64 rows (qwen3 T=1536 / 1792 / 2048, deepseek-v3
-  // T=3072). Not for e4m3: the fp8 prefill kernel lost at every point.
+  // GEMM 2 on it lost at 96 rows and above (qwen3 T=1536 / 1792 / 2048,
+  // deepseek-v3 T=3072). Not for e4m3: the fp8 prefill kernel lost at every point.
   if (experts <= kPrefillMaxExperts && p.gemm == 1 && rows_per_expert <= kPrefillGemm1MaxRows)
     return {GemmKernel::kPrefill,
             "GEMM 1, up to 96 rows per expert (a 128-row tile holds an expert's rows and their "
@@ -192,8 +194,8 @@ GemmConfig select_config(const GemmProblem& p) {
   if (experts <= kPrefillMaxExperts && p.gemm == 2 && rows_per_expert > kPrefillGemm2MinRows &&
       rows_per_expert <= kPrefillGemm2MaxRows)
     return {GemmKernel::kPrefill,
-            "GEMM 2, 33-64 rows per expert: the prefill kernel's 128-row tiles hold each expert in one "
-            "tile, where about half of them would spill into a second 64-row tile"};
+            "GEMM 2, 33-80 rows per expert: the prefill kernel's 128-row tiles hold each expert in one "
+            "tile, where near 64 rows about half of them would spill into a second 64-row tile"};
   // 65-128 rows per expert: 64-row tiles as well. Routed rows
   // scatter around their mean (about +-11 at 128 for random routing), so
   // about half the experts spill into a second, nearly empty 128-row tile

@@ -66,10 +66,10 @@ constexpr int64_t kPrefillMaxExperts = 1024;
 // 16-bit rows per expert where select_config picks the prefill kernel (past
 // the decode kernel's rows): GEMM 1 up to 96 (an expert's rows, mean plus
 // about three standard deviations of random routing, in one 128-row tile);
-// GEMM 2 from 33 to 64.
+// GEMM 2 from 33 to 80.
 constexpr int64_t kPrefillGemm1MaxRows = 96;
 constexpr int64_t kPrefillGemm2MinRows = 32;
-constexpr int64_t kPrefillGemm2MaxRows = 64;
+constexpr int64_t kPrefillGemm2MaxRows = 80;
 
 // Whether kernel k takes e4m3 operands with block scales (the fp8 families and
 // the simple kernel, which has both forms).
