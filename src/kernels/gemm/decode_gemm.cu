@@ -64,7 +64,6 @@
 #include "kernels/common.cuh"
 #include "kernels/gemm/grouped_gemm_sm90.hpp"
 #include "kernels/gemm/tma_tiles.cuh"
-#include "kernels/quant/quantize_rows.cuh"
 
 namespace moekit::kernels {
 
