@@ -324,8 +324,7 @@ TEST(GpuFp8, TinyBatchesQuantizeInTheSortsLaunch) {
           const bool fp16 = p.input_dtype == MOEKIT_DTYPE_FP16;
           for (int64_t t = 0; t < sh.T; ++t)
             if (t != test::kNanToken && t != test::kInfToken && t != test::kDenormalToken &&
-                !((sc.static_scale || fp16) && t == test::kHugeToken) &&
-                !((sc.static_scale || fp16) && t == test::kMaxToken))
+                !((sc.static_scale || fp16) && (t == test::kHugeToken || t == test::kMaxToken)))
               oracle.push_back(t);
         } else if (variant != 4) {
           test::make_adversarial(l, 31 * seed + sh.T);

@@ -191,7 +191,7 @@ GemmConfig select_config(const GemmProblem& p) {
             "GEMM 1, up to 96 rows per expert (a 128-row tile holds an expert's rows and their "
             "scatter): the prefill kernel, 128x256 tiles, which gathers its rows and applies the "
             "activation in its epilogue, so the layer runs neither stage"};
-  if (experts <= kPrefillMaxExperts && p.gemm == 2 && rows_per_expert > kPrefillGemm2MinRows &&
+  if (experts <= kPrefillMaxExperts && p.gemm == 2 && rows_per_expert >= kPrefillGemm2MinRows &&
       rows_per_expert <= kPrefillGemm2MaxRows)
     return {GemmKernel::kPrefill,
             "GEMM 2, 33-80 rows per expert: the prefill kernel's 128-row tiles hold each expert in one "

@@ -68,7 +68,7 @@ constexpr int64_t kPrefillMaxExperts = 1024;
 // about three standard deviations of random routing, in one 128-row tile);
 // GEMM 2 from 33 to 80.
 constexpr int64_t kPrefillGemm1MaxRows = 96;
-constexpr int64_t kPrefillGemm2MinRows = 32;
+constexpr int64_t kPrefillGemm2MinRows = 33;
 constexpr int64_t kPrefillGemm2MaxRows = 80;
 
 // Whether kernel k takes e4m3 operands with block scales (the fp8 families and
