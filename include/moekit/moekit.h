@@ -76,7 +76,24 @@ extern "C" {
 #define MOEKIT_VERSION_MINOR 1
 #define MOEKIT_VERSION_PATCH 0
 
-typedef enum moekit_status {
+/* The largest hidden_size and intermediate_size (2^24; models use up to
+ * ~2^15): a row's element and byte offsets stay in int32 arithmetic. A shape
+ * whose weights ([E_local, N1, H], [E_local, H, I]) would pass 2^62 bytes is
+ * rejected too, so no size the library computes can wrap. */
+#define MOEKIT_MAX_ROW_LENGTH 16777216
+
+/* The enums below are 4 bytes in C and C++. In C++ their underlying type is
+ * fixed to int32_t, so whatever int32 a caller stores in one (a garbage dtype,
+ * a kind from a newer header) is a value of the type, and the validation that
+ * rejects it with MOEKIT_ERROR_INVALID_ARGUMENT is defined behaviour rather
+ * than a load of an out-of-range enum. */
+#ifdef __cplusplus
+#define MOEKIT_ENUM(name) enum name : int32_t
+#else
+#define MOEKIT_ENUM(name) enum name
+#endif
+
+typedef MOEKIT_ENUM(moekit_status) {
   MOEKIT_SUCCESS = 0,
   MOEKIT_ERROR_INVALID_ARGUMENT = 1, /* a shape, dtype, pointer or size is wrong */
   MOEKIT_ERROR_NOT_SUPPORTED = 2,    /* valid, but this backend cannot run it */
@@ -86,7 +103,7 @@ typedef enum moekit_status {
   MOEKIT_ERROR_INTERNAL = 6
 } moekit_status_t;
 
-typedef enum moekit_dtype {
+typedef MOEKIT_ENUM(moekit_dtype) {
   MOEKIT_DTYPE_BF16 = 0,
   MOEKIT_DTYPE_FP16 = 1,
   MOEKIT_DTYPE_FP32 = 2,
@@ -112,7 +129,7 @@ typedef enum moekit_dtype {
  * from 1e-30 to 1e+30 give finite results wherever the exact result is finite
  * in fp32 (the product s_a * s_w can underflow to 0 only when the exact
  * output is below fp32's range too). */
-typedef enum moekit_quant {
+typedef MOEKIT_ENUM(moekit_quant) {
   MOEKIT_QUANT_NONE = 0,
   MOEKIT_QUANT_FP8_BLOCK = 1,  /* DeepSeek-V3 style: one fp32 scale per 128x128 block of
                                   each weight matrix, activations per token per 128 columns */
@@ -126,7 +143,7 @@ typedef struct moekit_quant_config {
 } moekit_quant_config_t;
 
 /* Gated kinds read N1 = 2I columns of GEMM 1 (gate and up); the rest read I. */
-typedef enum moekit_activation {
+typedef MOEKIT_ENUM(moekit_activation) {
   MOEKIT_ACT_SWIGLU = 0,     /* silu_a(min(g, limit)) * (clamp(u, -limit, limit) + beta),
                                 silu_a(x) = x * sigmoid(alpha * x); alpha=1, beta=0,
                                 limit=inf is plain SwiGLU; gpt-oss uses 1.702, 1, 7 */
@@ -141,13 +158,13 @@ typedef enum moekit_activation {
 } moekit_activation_t;
 
 /* Where gate and up live among the N1 = 2I rows of w13 (gated kinds only). */
-typedef enum moekit_gate_up_order {
+typedef MOEKIT_ENUM(moekit_gate_up_order) {
   MOEKIT_GATE_UP = 0,     /* rows [0, I) gate, [I, 2I) up: vLLM/SGLang w13 = [w1; w3] */
   MOEKIT_UP_GATE = 1,     /* rows [0, I) up, [I, 2I) gate: TensorRT-LLM/FlashInfer */
   MOEKIT_INTERLEAVED = 2  /* row 2j gate j, row 2j+1 up j: gpt-oss checkpoints */
 } moekit_gate_up_order_t;
 
-typedef enum moekit_device {
+typedef MOEKIT_ENUM(moekit_device) {
   MOEKIT_DEVICE_CPU = 0,  /* pointers are host memory; stream is ignored */
   MOEKIT_DEVICE_CUDA = 1  /* pointers are device memory on the current device */
 } moekit_device_t;
@@ -159,7 +176,7 @@ typedef enum moekit_device {
  * results are deterministic and identical between the CPU and CUDA backends.
  * For weights, NaN logits count as -FLT_MAX and +-Inf as +-FLT_MAX (so +Inf
  * entries share the softmax mass and an all-NaN row is uniform). */
-typedef enum moekit_router_kind {
+typedef MOEKIT_ENUM(moekit_router_kind) {
   MOEKIT_ROUTER_NONE = 0,          /* layer only: topk_ids/topk_weights are given */
   MOEKIT_ROUTER_SOFTMAX_TOPK = 1,  /* softmax over E, top-k, optionally renormalized
                                       over the k (Qwen3, DeepSeek-V2) */
@@ -198,8 +215,8 @@ typedef struct moekit_router_arguments {
 
 typedef struct moekit_problem {
   int64_t num_tokens;        /* T >= 0 */
-  int64_t hidden_size;       /* H, a multiple of 8 */
-  int64_t intermediate_size; /* I, a multiple of 8 */
+  int64_t hidden_size;       /* H, a multiple of 8, <= MOEKIT_MAX_ROW_LENGTH */
+  int64_t intermediate_size; /* I, a multiple of 8, <= MOEKIT_MAX_ROW_LENGTH */
   int64_t num_experts;       /* E_total >= 1 */
   int64_t num_local_experts; /* E_local = E_total / ep_size */
   int64_t ep_rank;           /* 0 <= ep_rank < ep_size */

@@ -31,6 +31,7 @@ namespace {
 
 constexpr size_t kTensorAlign = 16;  // 16-byte vector loads and stores
 constexpr size_t kWorkspaceAlign = 256;
+constexpr int64_t kMaxRowLength = MOEKIT_MAX_ROW_LENGTH;
 
 bool valid_dtype(moekit_dtype_t d) {
   return d == MOEKIT_DTYPE_BF16 || d == MOEKIT_DTYPE_FP16 || d == MOEKIT_DTYPE_FP32;
@@ -42,10 +43,35 @@ Status check_dtype(const char* name, moekit_dtype_t d) {
                static_cast<int>(d));
 }
 
-Status check_multiple_of_8(const char* name, int64_t v) {
-  if (v > 0 && v % 8 == 0) return Status();
-  return error(MOEKIT_ERROR_INVALID_ARGUMENT, name,
-               ": expected a positive multiple of 8 (every row must be 16-byte aligned), got ", v);
+Status check_row_length(const char* name, int64_t v) {
+  if (v <= 0 || v % 8 != 0)
+    return error(MOEKIT_ERROR_INVALID_ARGUMENT, name,
+                 ": expected a positive multiple of 8 (every row must be 16-byte aligned), got ", v);
+  if (v > kMaxRowLength)
+    return error(MOEKIT_ERROR_INVALID_ARGUMENT, name, ": expected at most ", kMaxRowLength,
+                 " (2^24: a row's offsets stay in int32 arithmetic), got ", v);
+  return Status();
+}
+
+// a * b * c <= limit, for positive factors, without overflowing.
+bool product_at_most(int64_t a, int64_t b, int64_t c, int64_t limit) {
+  return a <= limit / b && a * b <= limit / c;
+}
+
+// Every tensor's byte size must be a number the overlap checks and the
+// kernels' int64 offsets can hold. With H, I <= 2^24, T * k < 2^31 and a
+// router's E <= kRouterMaxExperts, only the weights ([E_local, N1, H] and
+// [E_local, H, I], up to 4 bytes an element) can pass 2^62 bytes.
+Status check_weight_sizes(const Problem& p) {
+  constexpr int64_t kMaxElements = (int64_t{1} << 62) / 4;
+  const int64_t n1 = gemm1_columns(p);
+  if (!product_at_most(p.num_local_experts, n1, p.hidden_size, kMaxElements) ||
+      !product_at_most(p.num_local_experts, p.hidden_size, p.intermediate_size, kMaxElements))
+    return error(MOEKIT_ERROR_INVALID_ARGUMENT,
+                 "num_local_experts: expected the weights (num_local_experts * N1 * hidden_size "
+                 "elements) to fit in 2^62 bytes, got ", p.num_local_experts, " * ", n1, " * ",
+                 p.hidden_size);
+  return Status();
 }
 
 struct Region {
@@ -251,8 +277,8 @@ Status validate_problem(const Problem& p) {
   if (p.device != MOEKIT_DEVICE_CPU && p.device != MOEKIT_DEVICE_CUDA)
     return error(kInvalid, "device: expected cpu (0) or cuda (1), got ", static_cast<int>(p.device));
   if (p.num_tokens < 0) return error(kInvalid, "num_tokens: expected >= 0, got ", p.num_tokens);
-  if (E s = check_multiple_of_8("hidden_size", p.hidden_size); !s) return s;
-  if (E s = check_multiple_of_8("intermediate_size", p.intermediate_size); !s) return s;
+  if (E s = check_row_length("hidden_size", p.hidden_size); !s) return s;
+  if (E s = check_row_length("intermediate_size", p.intermediate_size); !s) return s;
   if (p.num_experts < 1 || p.num_experts > std::numeric_limits<int32_t>::max())
     return error(kInvalid, "num_experts: expected 1 <= num_experts <= 2147483647 (int32 ids), got ",
                  p.num_experts);
@@ -305,6 +331,7 @@ Status validate_problem(const Problem& p) {
     return error(kInvalid, "has_w13_bias: expected 0 or 1, got ", p.has_w13_bias);
   if (p.has_w2_bias != 0 && p.has_w2_bias != 1)
     return error(kInvalid, "has_w2_bias: expected 0 or 1, got ", p.has_w2_bias);
+  if (E s = check_weight_sizes(p); !s) return s;
   if (p.router.kind != MOEKIT_ROUTER_NONE)
     return validate_router_config(p.router, p.num_experts, p.top_k, "router.");
   return Status();

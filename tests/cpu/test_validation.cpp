@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <functional>
+#include <iterator>
 #include <limits>
+#include <random>
 #include <string>
 
 #include "common/test_util.hpp"
@@ -46,6 +48,17 @@ std::vector<Case> cases() {
       {"H zero", [](auto& a) { a.problem.hidden_size = 0; }, kInv, "hidden_size: expected a positive multiple of 8"},
       {"I not multiple of 8", [](auto& a) { a.problem.intermediate_size = 700; }, kInv,
        "intermediate_size: expected a positive multiple of 8"},
+      {"H above the row limit", [](auto& a) { a.problem.hidden_size = MOEKIT_MAX_ROW_LENGTH + 8; }, kInv,
+       "hidden_size: expected at most 16777216 (2^24: a row's offsets stay in int32 arithmetic), got 16777224"},
+      // 2^62 would wrap every byte size computed from it (T * H * 4 = 2^68).
+      {"H 2^62", [](auto& a) { a.problem.hidden_size = int64_t{1} << 62; }, kInv, "hidden_size: expected at most"},
+      {"I above the row limit", [](auto& a) { a.problem.intermediate_size = int64_t{1} << 40; }, kInv,
+       "intermediate_size: expected at most 16777216"},
+      {"weights past 2^62 bytes", [](auto& a) {
+         a.problem.num_experts = a.problem.num_local_experts = 2147483647;
+         a.problem.hidden_size = a.problem.intermediate_size = MOEKIT_MAX_ROW_LENGTH; }, kInv,
+       "num_local_experts: expected the weights (num_local_experts * N1 * hidden_size elements) to fit in "
+       "2^62 bytes, got 2147483647 * 33554432 * 16777216"},
       {"no experts", [](auto& a) { a.problem.num_experts = 0; }, kInv, "num_experts: expected 1 <= num_experts"},
       {"too many experts", [](auto& a) { a.problem.num_experts = 1ll << 32; }, kInv, "(int32 ids)"},
       {"ep_size 0", [](auto& a) { a.problem.ep_size = 0; }, kInv, "ep_size: expected >= 1, got 0"},
@@ -180,4 +193,68 @@ TEST(Validation, CudaDeviceWithoutAGpuIsAClearError) {
   Status s = MoeLayer::workspace_size(p, &bytes);
   EXPECT_EQ(s.code(), MOEKIT_ERROR_NO_DEVICE);
   EXPECT_NE(s.message().find("device: expected a CUDA GPU"), std::string::npos) << s.message();
+}
+
+// Every field of the problem from a set of hostile values (the int64 and
+// int32 extremes, values around the limits, garbage enums, NaN): each call
+// returns a status and never crashes, and where a CPU workspace size comes
+// back it covers the gathered rows, T * k * H fp32 values (a wrapped product
+// would be smaller). The sanitizer build (`cmake --preset sanitize`) runs this
+// under ASan and UBSan, where a signed overflow or a bad enum load fails it.
+TEST(Validation, HostileProblemFieldsGetAStatusNeverACrash) {
+  const int64_t ints[] = {std::numeric_limits<int64_t>::min(), -(int64_t{1} << 40), -1, 0, 1, 2, 3, 8, 16, 128,
+                          4096, MOEKIT_MAX_ROW_LENGTH, MOEKIT_MAX_ROW_LENGTH + 8, 2147483647, int64_t{1} << 31,
+                          int64_t{1} << 32, int64_t{1} << 62, std::numeric_limits<int64_t>::max()};
+  const int32_t enums[] = {std::numeric_limits<int32_t>::min(), -1, 0, 1, 2, 3, 4, 8, 9, 255,
+                           std::numeric_limits<int32_t>::max()};
+  const float floats[] = {kNaN, -INFINITY, INFINITY, -1.0f, 0.0f, 1.0f, 1.702f, 1e30f};
+  std::mt19937_64 rng(20261205);
+  auto pick = [&](const auto& set) { return set[rng() % std::size(set)]; };
+  auto maybe = [&](auto& field, const auto& set) {  // a hostile value one time in ten
+    if (rng() % 10 == 0) field = static_cast<std::decay_t<decltype(field)>>(pick(set));
+  };
+  Fixture f;
+  int accepted = 0;
+  for (int i = 0; i < 20000; ++i) {
+    moekit_arguments_t a = f.args_;
+    moekit_problem_t& p = a.problem;
+    for (int64_t* field : {&p.num_tokens, &p.hidden_size, &p.intermediate_size, &p.num_experts,
+                           &p.num_local_experts, &p.ep_rank, &p.ep_size, &p.top_k})
+      maybe(*field, ints);
+    maybe(p.input_dtype, enums);
+    maybe(p.weight_dtype, enums);
+    maybe(p.output_dtype, enums);
+    maybe(p.activation, enums);
+    maybe(p.gate_up_order, enums);
+    maybe(p.device, enums);
+    maybe(p.router.kind, enums);
+    maybe(p.router.logits_dtype, enums);
+    maybe(p.quant.kind, enums);
+    for (int32_t* field : {&p.has_w13_bias, &p.has_w2_bias, &p.quant.static_activation_scale,
+                           &p.apply_router_weight_on_input, &p.has_expert_map, &p.router.renormalize,
+                           &p.router.num_groups, &p.router.topk_groups})
+      maybe(*field, enums);
+    for (float* field : {&p.swiglu_alpha, &p.swiglu_beta, &p.swiglu_limit, &p.router.routed_scaling_factor})
+      maybe(*field, floats);
+    if (p.device != MOEKIT_DEVICE_CPU) p.device = MOEKIT_DEVICE_CPU;  // CUDA: covered without a GPU above
+    SCOPED_TRACE(testing::Message() << "iteration " << i << ": T " << p.num_tokens << " H " << p.hidden_size
+                                    << " I " << p.intermediate_size << " E " << p.num_experts << "/"
+                                    << p.num_local_experts << " k " << p.top_k);
+    size_t bytes = 0;
+    const moekit_status_t ws = moekit_workspace_size(&p, &bytes);
+    ASSERT_TRUE(ws == MOEKIT_SUCCESS || ws == MOEKIT_ERROR_INVALID_ARGUMENT) << moekit_last_error_message();
+    if (ws == MOEKIT_SUCCESS) {
+      ++accepted;
+      const long double rows = static_cast<long double>(p.num_tokens) * p.top_k * p.hidden_size * 4;
+      ASSERT_GE(static_cast<long double>(bytes), rows);
+    }
+    // The fixture's pointers: right for its own shape only, so a changed
+    // shape is either rejected or (sizes that shrank) accepted; nothing runs.
+    const moekit_status_t ok = moekit_can_implement(&a);
+    ASSERT_TRUE(ok == MOEKIT_SUCCESS || ok == MOEKIT_ERROR_INVALID_ARGUMENT) << moekit_last_error_message();
+    if (ws != MOEKIT_SUCCESS) {
+      ASSERT_EQ(ok, MOEKIT_ERROR_INVALID_ARGUMENT);
+    }
+  }
+  EXPECT_GT(accepted, 500);  // the valid problems among them were accepted
 }
