@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "common/test_util.hpp"
 
@@ -157,7 +158,13 @@ TEST(Validation, WorkspaceErrors) {
   s = MoeLayer::run(f.args_, f.ws_->data() + 16, f.ws_bytes_);
   EXPECT_EQ(s.code(), MOEKIT_ERROR_WORKSPACE);
   EXPECT_NE(s.message().find("workspace: expected a 256-byte aligned pointer"), std::string::npos);
-  s = MoeLayer::run(f.args_, f.out_.data(), f.ws_bytes_);
+  // A workspace that starts at the output: the output sits at the front of
+  // a buffer that also holds the workspace's extent, so output is the one
+  // tensor it overlaps whatever the heap put next to the fixture's buffers.
+  test::GuardedBuffer shared(f.out_.size() + f.ws_bytes_);
+  moekit_arguments_t a = f.args_;
+  a.output = shared.data();
+  s = MoeLayer::run(a, shared.data(), f.ws_bytes_);
   EXPECT_EQ(s.code(), MOEKIT_ERROR_WORKSPACE);
   EXPECT_NE(s.message().find("workspace: expected memory disjoint from output"), std::string::npos)
       << s.message();
@@ -193,6 +200,17 @@ TEST(Validation, CudaDeviceWithoutAGpuIsAClearError) {
   Status s = MoeLayer::workspace_size(p, &bytes);
   EXPECT_EQ(s.code(), MOEKIT_ERROR_NO_DEVICE);
   EXPECT_NE(s.message().find("device: expected a CUDA GPU"), std::string::npos) << s.message();
+}
+
+// The row limit itself is accepted, with a workspace that holds its rows.
+TEST(Validation, RowsAtTheLengthLimitAreAccepted) {
+  for (const auto& [H, I] : {std::pair<int64_t, int64_t>{MOEKIT_MAX_ROW_LENGTH, 8}, {8, MOEKIT_MAX_ROW_LENGTH}}) {
+    Problem p = test::small_problem(3, 1, 1, H, I);
+    size_t bytes = 0;
+    const Status s = MoeLayer::workspace_size(p, &bytes);
+    EXPECT_TRUE(s.ok()) << s.message();
+    EXPECT_GE(bytes, size_t{3} * (H + 2 * I) * 4);  // the gathered rows and GEMM 1's output, fp32
+  }
 }
 
 // Every field of the problem from a set of hostile values (the int64 and

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "common/fp8_cases.hpp"
 #include "common/test_util.hpp"
@@ -209,6 +210,19 @@ TEST(GpuFp8, LongRowsAtDecode) {
       // come from it (a static scale saturates it, by design).
       if (!sc.static_scale) ref::store_from_float(p.input_dtype, l.hidden.data(), 2000, 10.0f);
       expect_fp8_gpu_matches(l, std::string(sc.name) + " T=" + std::to_string(T) + " H=2064 I=8336");
+    }
+}
+
+// Rows at the documented limit (MOEKIT_MAX_ROW_LENGTH): 2^17 scale blocks a
+// row of the input (H) or of the activation (I) with block scaling, one
+// amax over 2^24 values a row with dynamic per-tensor scaling.
+TEST(GpuFp8, RowsAtTheLengthLimit) {
+  REQUIRE_GPU();
+  constexpr int64_t kMax = MOEKIT_MAX_ROW_LENGTH;
+  for (const Scheme& sc : {kSchemes[0], kSchemes[1]})
+    for (const auto& [H, I] : {std::pair<int64_t, int64_t>{kMax, 16}, {16, kMax}}) {
+      ref::HostLayer l = ref::make_random_layer(test::fp8_problem(3, 1, 1, H, I, sc.kind, sc.static_scale), 12);
+      expect_fp8_gpu_matches(l, std::string(sc.name) + " H=" + std::to_string(H) + " I=" + std::to_string(I));
     }
 }
 

@@ -249,6 +249,19 @@ TEST(GpuLayer, IndicesPast2To31) {
   expect_gpu_matches(l, "T*k*H > 2^31", false);
 }
 
+// Rows at the documented limit (MOEKIT_MAX_ROW_LENGTH = 2^24 columns): one
+// expert with H at the limit and one with I at it (GEMM 1 then has 2^25
+// output columns), T = 3, so every stage walks a row longer than any model's.
+TEST(GpuLayer, RowsAtTheLengthLimit) {
+  REQUIRE_GPU();
+  constexpr int64_t kMax = MOEKIT_MAX_ROW_LENGTH;
+  struct S { int64_t H, I; };
+  for (S s : {S{kMax, 8}, S{8, kMax}}) {
+    ref::HostLayer l = ref::make_random_layer(problem(3, 1, 1, s.H, s.I), 11);
+    expect_gpu_matches(l, "H=" + std::to_string(s.H) + " I=" + std::to_string(s.I));
+  }
+}
+
 TEST(GpuLayer, ZeroTokensLaunchesNothing) {
   REQUIRE_GPU();
   Problem p = problem(0, 8, 2, 64, 32);
