@@ -311,7 +311,9 @@ MOEKIT_API moekit_status_t moekit_can_implement(const moekit_arguments_t* args);
  *   + with fp8 weights: P * 4 * ceil(max(H, I) / 128) (activation scales; b is then
  *     the input dtype's size) and, per tensor, 4 * ceil(max(N1, I) / 128) * ceil(max(H, I) / 128),
  * which is bounded at every T: e.g. 1.8 GB for H = 7168, I = 2048, k = 8 in bf16.
- * The CPU backend needs one such workspace for all T tokens. */
+ * The CPU backend needs one such workspace for all T tokens, plus a scratch
+ * row of 4 * max(H, I) bytes per host thread (std::thread::hardware_concurrency,
+ * 1 to 64), so query it on the machine that runs the layer. */
 MOEKIT_API moekit_status_t moekit_workspace_size(const moekit_problem_t* p, size_t* bytes);
 
 /* Runs the layer. workspace must be 256-byte aligned, in the problem's memory
