@@ -4,12 +4,11 @@
 
 #include <cmath>
 #include <functional>
-#include <iterator>
 #include <limits>
-#include <random>
 #include <string>
 #include <utility>
 
+#include "common/hostile_problem.hpp"
 #include "common/test_util.hpp"
 
 using namespace moekit;
@@ -220,44 +219,15 @@ TEST(Validation, RowsAtTheLengthLimitAreAccepted) {
 // would be smaller). The sanitizer build (`cmake --preset sanitize`) runs this
 // under ASan and UBSan, where a signed overflow or a bad enum load fails it.
 TEST(Validation, HostileProblemFieldsGetAStatusNeverACrash) {
-  const int64_t ints[] = {std::numeric_limits<int64_t>::min(), -(int64_t{1} << 40), -1, 0, 1, 2, 3, 8, 16, 128,
-                          4096, MOEKIT_MAX_ROW_LENGTH, MOEKIT_MAX_ROW_LENGTH + 8, 2147483647, int64_t{1} << 31,
-                          int64_t{1} << 32, int64_t{1} << 62, std::numeric_limits<int64_t>::max()};
-  const int32_t enums[] = {std::numeric_limits<int32_t>::min(), -1, 0, 1, 2, 3, 4, 8, 9, 255,
-                           std::numeric_limits<int32_t>::max()};
-  const float floats[] = {kNaN, -INFINITY, INFINITY, -1.0f, 0.0f, 1.0f, 1.702f, 1e30f};
-  std::mt19937_64 rng(20261205);
-  auto pick = [&](const auto& set) { return set[rng() % std::size(set)]; };
-  auto maybe = [&](auto& field, const auto& set) {  // a hostile value one time in ten
-    if (rng() % 10 == 0) field = static_cast<std::decay_t<decltype(field)>>(pick(set));
-  };
+  test::HostileProblems hostile(20261205, 10);
   Fixture f;
   int accepted = 0;
   for (int i = 0; i < 20000; ++i) {
     moekit_arguments_t a = f.args_;
     moekit_problem_t& p = a.problem;
-    for (int64_t* field : {&p.num_tokens, &p.hidden_size, &p.intermediate_size, &p.num_experts,
-                           &p.num_local_experts, &p.ep_rank, &p.ep_size, &p.top_k})
-      maybe(*field, ints);
-    maybe(p.input_dtype, enums);
-    maybe(p.weight_dtype, enums);
-    maybe(p.output_dtype, enums);
-    maybe(p.activation, enums);
-    maybe(p.gate_up_order, enums);
-    maybe(p.device, enums);
-    maybe(p.router.kind, enums);
-    maybe(p.router.logits_dtype, enums);
-    maybe(p.quant.kind, enums);
-    for (int32_t* field : {&p.has_w13_bias, &p.has_w2_bias, &p.quant.static_activation_scale,
-                           &p.apply_router_weight_on_input, &p.has_expert_map, &p.router.renormalize,
-                           &p.router.num_groups, &p.router.topk_groups})
-      maybe(*field, enums);
-    for (float* field : {&p.swiglu_alpha, &p.swiglu_beta, &p.swiglu_limit, &p.router.routed_scaling_factor})
-      maybe(*field, floats);
-    if (p.device != MOEKIT_DEVICE_CPU) p.device = MOEKIT_DEVICE_CPU;  // CUDA: covered without a GPU above
-    SCOPED_TRACE(testing::Message() << "iteration " << i << ": T " << p.num_tokens << " H " << p.hidden_size
-                                    << " I " << p.intermediate_size << " E " << p.num_experts << "/"
-                                    << p.num_local_experts << " k " << p.top_k);
+    hostile.apply(p);
+    p.device = MOEKIT_DEVICE_CPU;  // CUDA: GpuLayer.HostileProblemFieldsGetAStatusNeverACrash
+    SCOPED_TRACE("iteration " + std::to_string(i) + ": " + test::sizes_of(p));
     size_t bytes = 0;
     const moekit_status_t ws = moekit_workspace_size(&p, &bytes);
     ASSERT_TRUE(ws == MOEKIT_SUCCESS || ws == MOEKIT_ERROR_INVALID_ARGUMENT) << moekit_last_error_message();

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "common/fp8_cases.hpp"
+#include "common/hostile_problem.hpp"
 #include "common/test_util.hpp"
 #include "gpu_util.hpp"
 #include "reference/reference.hpp"
@@ -260,6 +261,45 @@ TEST(GpuLayer, RowsAtTheLengthLimit) {
     ref::HostLayer l = ref::make_random_layer(problem(3, 1, 1, s.H, s.I), 11);
     expect_gpu_matches(l, "H=" + std::to_string(s.H) + " I=" + std::to_string(s.I));
   }
+}
+
+// The CPU suite's hostile problems on the CUDA backend: workspace size, plan
+// and argument checks return a status for each (never a crash, never a CUDA
+// error left behind), an accepted problem's workspace holds a chunk's
+// gathered rows (a wrapped size would be smaller), and the layer then still
+// gives the right answer.
+TEST(GpuLayer, HostileProblemFieldsGetAStatusNeverACrash) {
+  REQUIRE_GPU();
+  const ref::HostLayer l = ref::make_random_layer(problem(16, 8, 2, 32, 16), 13);
+  DeviceLayer d(l);
+  test::HostileProblems hostile(20261206, 10);
+  int accepted = 0;
+  for (int i = 0; i < 5000; ++i) {
+    moekit_arguments_t a = d.args;
+    moekit_problem_t& p = a.problem;
+    hostile.apply(p);
+    p.device = MOEKIT_DEVICE_CUDA;
+    SCOPED_TRACE("iteration " + std::to_string(i) + ": " + test::sizes_of(p));
+    size_t bytes = 0;
+    const moekit_status_t ws = moekit_workspace_size(&p, &bytes);
+    ASSERT_TRUE(ws == MOEKIT_SUCCESS || ws == MOEKIT_ERROR_INVALID_ARGUMENT) << moekit_last_error_message();
+    std::string plan;
+    const Status described = MoeLayer::describe_plan(p, &plan);
+    ASSERT_EQ(described.code(), ws) << described.message();
+    if (ws == MOEKIT_SUCCESS && p.num_tokens > 0) {
+      ++accepted;
+      const int64_t chunk = std::min<int64_t>(p.num_tokens, std::max<int64_t>(1, 65536 / p.top_k));
+      ASSERT_GE(static_cast<long double>(bytes), static_cast<long double>(chunk) * p.top_k * p.hidden_size * 2);
+    }
+    const moekit_status_t ok = moekit_can_implement(&a);
+    ASSERT_TRUE(ok == MOEKIT_SUCCESS || ok == MOEKIT_ERROR_INVALID_ARGUMENT) << moekit_last_error_message();
+    if (ws != MOEKIT_SUCCESS) {
+      ASSERT_EQ(ok, MOEKIT_ERROR_INVALID_ARGUMENT);
+    }
+  }
+  EXPECT_GT(accepted, 100);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  expect_gpu_matches(l, "the fixture's layer after the hostile problems");
 }
 
 TEST(GpuLayer, ZeroTokensLaunchesNothing) {
