@@ -60,13 +60,13 @@ bool product_at_most(int64_t a, int64_t b, int64_t c, int64_t limit) {
 
 // Every tensor's byte size must be a number the overlap checks and the
 // kernels' int64 offsets can hold. With H, I <= 2^24, T * k < 2^31 and a
-// router's E <= kRouterMaxExperts, only the weights ([E_local, N1, H] and
-// [E_local, H, I], up to 4 bytes an element) can pass 2^62 bytes.
+// router's E <= kRouterMaxExperts, only the weights (up to 4 bytes an
+// element) can pass 2^62 bytes, and w13 ([E_local, N1, H]) first: N1 >= I
+// makes w2 ([E_local, H, I]) no larger.
 Status check_weight_sizes(const Problem& p) {
   constexpr int64_t kMaxElements = (int64_t{1} << 62) / 4;
   const int64_t n1 = gemm1_columns(p);
-  if (!product_at_most(p.num_local_experts, n1, p.hidden_size, kMaxElements) ||
-      !product_at_most(p.num_local_experts, p.hidden_size, p.intermediate_size, kMaxElements))
+  if (!product_at_most(p.num_local_experts, n1, p.hidden_size, kMaxElements))
     return error(MOEKIT_ERROR_INVALID_ARGUMENT,
                  "num_local_experts: expected the weights (num_local_experts * N1 * hidden_size "
                  "elements) to fit in 2^62 bytes, got ", p.num_local_experts, " * ", n1, " * ",

@@ -5,12 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <iterator>
-#include <limits>
 #include <numeric>
 #include <random>
 #include <set>
 
+#include "common/hostile_problem.hpp"
 #include "common/router_cases.hpp"
 #include "common/router_math.hpp"
 #include "reference/router.hpp"
@@ -250,20 +249,12 @@ TEST(Router, Rejections) {
 // and UBSan), and an accepted problem that fits the buffers routes by the
 // contract: k distinct ids in [0, E) and finite weights per token.
 TEST(Router, HostileFieldsGetAStatusAndAcceptedOnesKeepTheContract) {
-  const int64_t ints[] = {std::numeric_limits<int64_t>::min(), -1, 0, 1, 2, 3, 4, 7, 8, 16, 64, 6144, 6145,
-                          2147483647, int64_t{1} << 32, std::numeric_limits<int64_t>::max()};
-  const int32_t enums[] = {std::numeric_limits<int32_t>::min(), -1, 0, 1, 2, 3, 4, 8, 9,
-                           std::numeric_limits<int32_t>::max()};
-  const float floats[] = {NAN, -INFINITY, INFINITY, -1.0f, 0.0f, 1.0f, 2.5f, 1e30f};
   constexpr int64_t kMaxT = 4, kMaxE = 64, kMaxK = 8;  // what the buffers hold
   std::vector<float> logits(kMaxT * kMaxE), w(kMaxT * kMaxK), bias(kMaxE);
   std::vector<int32_t> ids(kMaxT * kMaxK);
   std::mt19937_64 rng(20261205);
   std::uniform_real_distribution<float> value(-4.0f, 4.0f);
-  auto pick = [&](const auto& set) { return set[rng() % std::size(set)]; };
-  auto maybe = [&](auto& field, const auto& set) {
-    if (rng() % 6 == 0) field = static_cast<std::decay_t<decltype(field)>>(pick(set));
-  };
+  test::HostileProblems hostile(20261207, 6);
   int routed = 0;
   for (int i = 0; i < 20000; ++i) {
     const auto kind = static_cast<moekit_router_kind_t>(1 + rng() % 3);
@@ -272,14 +263,8 @@ TEST(Router, HostileFieldsGetAStatusAndAcceptedOnesKeepTheContract) {
     RouterProblem& p = a.problem;
     if (p.top_k > p.num_experts) p.top_k = p.num_experts;
     if (kind == MOEKIT_ROUTER_SIGMOID_GROUPED_TOPK && rng() % 2) a.correction_bias = bias.data();
-    for (int64_t* field : {&p.num_tokens, &p.num_experts, &p.top_k}) maybe(*field, ints);
-    maybe(p.config.kind, enums);
-    maybe(p.config.logits_dtype, enums);
-    maybe(p.device, enums);
-    for (int32_t* field : {&p.config.renormalize, &p.config.num_groups, &p.config.topk_groups})
-      maybe(*field, enums);
-    maybe(p.config.routed_scaling_factor, floats);
-    if (p.device != MOEKIT_DEVICE_CPU) p.device = MOEKIT_DEVICE_CPU;
+    hostile.apply(p);
+    p.device = MOEKIT_DEVICE_CPU;
     SCOPED_TRACE(testing::Message() << "iteration " << i << ": T " << p.num_tokens << " E " << p.num_experts
                                     << " k " << p.top_k << " kind " << static_cast<int>(p.config.kind));
     const moekit_status_t s = moekit_router_can_implement(&a);
